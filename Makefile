@@ -1,0 +1,45 @@
+# Two commands: `make test` and `make demo`. Both work on a fresh machine: they create
+# .venv, install the project, and (as root) the Debian packages the tests run for real.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := prometheus
+
+.PHONY: test demo venv system-deps lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip check
+	touch $(STAMP)
+
+# Real Prometheus and kubectl are test dependencies, not mocks: install them when we can.
+# Debian's kubernetes-client conflicts with a kubectl installed another way, so only when none is found.
+system-deps:
+	@missing=""; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing (run as root, or install them)" >&2; \
+	  fi; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: venv system-deps lint
+	$(VENV)/bin/pytest -q
+
+demo: venv system-deps
+	$(VENV)/bin/phasegate validate deployments/plans/token-refresh-locking.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache reports

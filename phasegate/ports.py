@@ -1,0 +1,155 @@
+"""The seams between the pure core and the world: small Protocols, frozen values.
+
+Flows and tasks talk to a ``Cluster``, a ``MetricsProvider`` and a ``Notifier`` (see
+``notify.py``) through these shapes only, so the same flow runs against a real cluster, the
+loopback emulator, or a ``MagicMock`` in a unit test. Adapters raise the errors in
+``errors.py``: temporary ones when a retry may help, permanent ones otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+# Annotations phasegate writes on the stable Deployment. They are the durable record of a
+# release: crash recovery and the scheduled reviews read them back from the cluster, because
+# in-memory state (and Prefect transaction rollback hooks) die with the process.
+ANNOTATION_PREFIX = "phasegate.dev/"
+ANN_PLAN = ANNOTATION_PREFIX + "plan"
+ANN_IMAGE = ANNOTATION_PREFIX + "image"
+ANN_PREVIOUS_IMAGE = ANNOTATION_PREFIX + "previous-image"
+ANN_PHASE = ANNOTATION_PREFIX + "phase"
+ANN_PHASE_STATE = ANNOTATION_PREFIX + "phase-state"
+ANN_ROLLOUT_ID = ANNOTATION_PREFIX + "rollout-id"
+ANN_PROMOTED_AT = ANNOTATION_PREFIX + "promoted-at"
+ANN_ROLLED_BACK = ANNOTATION_PREFIX + "rolled-back"
+ANN_SIGNED_OFF = ANNOTATION_PREFIX + "signed-off"
+ANN_NOTIFIED = ANNOTATION_PREFIX + "notified"
+
+TRACK_LABEL = "track"
+STABLE = "stable"
+CANARY = "canary"
+CANARY_SUFFIX = "-canary"
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    """One Deployment and the container in it that a rollout changes."""
+
+    namespace: str
+    deployment: str
+    container: str
+
+    @property
+    def canary(self) -> str:
+        return self.deployment + CANARY_SUFFIX
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.deployment}"
+
+
+@dataclass(frozen=True)
+class WorkloadState:
+    """What the cluster says about one Deployment right now."""
+
+    name: str
+    image: str
+    replicas: int
+    ready_replicas: int
+    updated_replicas: int
+    available_replicas: int
+    revision: int
+    generation: int
+    observed_generation: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def rolled_out(self) -> bool:
+        return (
+            self.observed_generation >= self.generation
+            and self.updated_replicas == self.replicas
+            and self.available_replicas == self.replicas
+            and self.ready_replicas == self.replicas
+        )
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """The stable Deployment and, if one exists, its canary."""
+
+    stable: WorkloadState
+    canary: WorkloadState | None
+
+
+@runtime_checkable
+class Cluster(Protocol):
+    """The handful of Kubernetes operations a rollout needs. Every one is idempotent:
+    running it again after a crash converges to the same state."""
+
+    def read_target(self, ref: TargetRef) -> TargetState:
+        """Raise ``TargetNotFound`` if the stable Deployment does not exist."""
+        ...
+
+    def set_image(self, ref: TargetRef, image: str, replicas: int | None = None) -> None:
+        """New image on the stable Deployment's container (staging deploy, promotion);
+        optionally set its replicas in the same write."""
+        ...
+
+    def set_canary(self, ref: TargetRef, image: str, share_percent: float, total_replicas: int) -> tuple[int, int]:
+        """Create or update ``<deployment>-canary`` with ``image`` at ceil(share × total)
+        replicas and scale stable to the rest (never both at zero). Returns (canary, stable)."""
+        ...
+
+    def remove_canary(self, ref: TargetRef, total_replicas: int) -> None:
+        """Stable back to ``total_replicas`` first, then the canary deleted. No-op if gone."""
+        ...
+
+    def wait_ready(self, namespace: str, deployment: str, timeout_seconds: float) -> WorkloadState:
+        """Block until rolled out. Raise ``ProgressDeadlineExceeded`` when the Deployment
+        reports it, ``TimeoutError`` after ``timeout_seconds``."""
+        ...
+
+    def undo(self, ref: TargetRef) -> int:
+        """``kubectl rollout undo``: the previous ReplicaSet revision's template becomes the
+        Deployment's. Returns the revision rolled back to."""
+        ...
+
+    def set_env(self, ref: TargetRef, name: str, value: str) -> None:
+        """Set one env var on the container of the stable Deployment and, if present, the canary."""
+        ...
+
+    def set_configmap_key(self, namespace: str, name: str, key: str, value: str) -> None: ...
+
+    def read_configmap(self, namespace: str, name: str) -> Mapping[str, str]: ...
+
+    def annotate(self, namespace: str, deployment: str, annotations: Mapping[str, str | None]) -> None:
+        """Merge annotations; a ``None`` value removes the key."""
+        ...
+
+    def find_annotated(self, namespaces: Sequence[str], key: str) -> list[WorkloadState]:
+        """Deployments in ``namespaces`` that carry annotation ``key``."""
+        ...
+
+    def missing_permissions(self, namespace: str) -> list[str]:
+        """The ``verb resource`` pairs the rollout needs that RBAC denies (empty: all allowed)."""
+        ...
+
+
+@runtime_checkable
+class MetricsProvider(Protocol):
+    """Flagger's provider interface: one query → one float, and is-online.
+
+    ``query`` raises ``NoData`` (empty, NaN, ±Inf), ``MultipleSeries``, ``QueryRejected``
+    (bad PromQL) or ``ProviderUnavailable`` (connection, timeout, 5xx). Thresholds are not
+    the provider's business.
+    """
+
+    def query(self, promql: str) -> float: ...
+
+    def query_range(self, promql: str, start: float, end: float, step: float) -> list[tuple[float, float]]:
+        """(unix time, value) pairs of a single series; NaN samples dropped."""
+        ...
+
+    def is_online(self) -> bool: ...
