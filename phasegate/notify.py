@@ -238,11 +238,13 @@ def to_blocks(notification: Notification, *, mention: str | None = None) -> tupl
 
 
 def thread_status(previous: Mapping[str, str], notification: Notification) -> dict[str, str]:
-    """The thread header's fields after ``notification``: the phase survives phase-less events."""
-    status = dict(previous)
+    """The thread header's fields after ``notification``, in a fixed order.
+
+    The phase survives phase-less events (a rollback notice keeps showing where it happened).
+    """
+    phase = notification.phase or previous.get("Phase")
+    status = {"Phase": phase} if phase else {}
     status["Status"] = title(notification)
-    if notification.phase:
-        status["Phase"] = notification.phase
     status["Last event"] = clip(notification.text, MAX_HEADER_EVENT_TEXT)
     return status
 
