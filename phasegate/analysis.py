@@ -1,0 +1,194 @@
+"""Measurements, outcomes and their assessment: the pure heart of every gate decision.
+
+Modelled on Argo Rollouts' analysis controller:
+- one ``Outcome`` type serves a measurement, a gate and a phase, with an explicit severity
+  order; the verdict of many is the ``worst`` of them;
+- evaluating a value is a pure function; a provider error is data (``Outcome.ERROR``), not
+  an exception;
+- no data is never success: a missing or NaN value is ``INCONCLUSIVE``;
+- a gate's measurements over a soak are assessed with Argo's limits (failure limit 0,
+  inconclusive limit 0, consecutive error limit 4 by default).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import operator
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from phasegate.plan import Baseline, Gate, GateKind
+
+
+class Outcome(enum.Enum):
+    SUCCESSFUL = "Successful"
+    INCONCLUSIVE = "Inconclusive"
+    ERROR = "Error"
+    FAILED = "Failed"
+
+    @property
+    def severity(self) -> int:
+        """Argo's order (analysisStatusOrder): Successful < Inconclusive < Error < Failed."""
+        return _SEVERITY[self]
+
+
+_SEVERITY = {Outcome.SUCCESSFUL: 0, Outcome.INCONCLUSIVE: 1, Outcome.ERROR: 2, Outcome.FAILED: 3}
+
+
+def worst(outcomes: Iterable[Outcome]) -> Outcome:
+    """The most severe outcome; an empty collection has observed nothing: Inconclusive."""
+    found = list(outcomes)
+    if not found:
+        return Outcome.INCONCLUSIVE
+    return max(found, key=lambda o: o.severity)
+
+
+class ReadingLike(Protocol):
+    """What a metrics round yields per query (``measure.Sample`` has this shape)."""
+
+    @property
+    def value(self) -> float | None: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Reading:
+    value: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One gate, one round: the numbers, the bound they were held to, and the verdict."""
+
+    gate: str
+    outcome: Outcome
+    at: float
+    value: float | None = None
+    baseline: float | None = None
+    compared: float | None = None
+    bound: str = ""
+    query: str = ""
+    message: str = ""
+
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+}
+ZERO_TOLERANCE = 1e-9  # increase() of an untouched counter is exactly 0; errors give >= 1
+
+
+def _usable(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def evaluate(
+    gate: Gate,
+    subject: ReadingLike,
+    baseline: ReadingLike | None = None,
+    *,
+    at: float = 0.0,
+    query: str = "",
+) -> Measurement:
+    """Hold one round's reading(s) to ``gate``. Judge gates go through ``judge`` instead."""
+    if gate.kind is GateKind.JUDGE:
+        raise ValueError("judge gates compare sample series: use phasegate.judge")
+
+    def result(outcome: Outcome, message: str = "", compared: float | None = None) -> Measurement:
+        return Measurement(
+            gate=gate.name,
+            outcome=outcome,
+            at=at,
+            value=subject.value if _usable(subject.value) else None,
+            baseline=baseline.value if baseline is not None and _usable(baseline.value) else None,
+            compared=compared,
+            bound=gate.bound,
+            query=query,
+            message=message,
+        )
+
+    if subject.error:
+        return result(Outcome.ERROR, subject.error)
+    if gate.compares:
+        if baseline is None:
+            return result(Outcome.INCONCLUSIVE, "no baseline reading")
+        if baseline.error:
+            return result(Outcome.ERROR, f"baseline: {baseline.error}")
+    if not _usable(subject.value):
+        return result(Outcome.INCONCLUSIVE, "no data")
+    value = float(subject.value)  # type: ignore[arg-type]
+    if gate.kind is GateKind.ZERO:
+        ok = abs(value) <= ZERO_TOLERANCE
+        return result(Outcome.SUCCESSFUL if ok else Outcome.FAILED, "" if ok else f"{value:g} > 0", value)
+    if gate.kind is GateKind.ABSOLUTE:
+        compared = value
+    else:
+        assert baseline is not None
+        if not _usable(baseline.value):
+            which = "stable" if gate.baseline is Baseline.STABLE else "pre-deploy"
+            return result(Outcome.INCONCLUSIVE, f"no {which} baseline data")
+        base = float(baseline.value)  # type: ignore[arg-type]
+        if gate.kind is GateKind.DELTA:
+            compared = value - base
+        elif base == 0:
+            # 0/0 is "no change"; x/0 is an unbounded increase.
+            compared = 1.0 if value == 0 else math.inf
+        else:
+            compared = value / base
+    ok = _OPS[gate.op](compared, gate.threshold)
+    message = "" if ok else f"{compared:g} breaks {gate.bound}"
+    return result(Outcome.SUCCESSFUL if ok else Outcome.FAILED, message, compared)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A gate's verdict over the measurements so far, with the counts behind it."""
+
+    gate: str
+    outcome: Outcome
+    measurements: int
+    failed: int
+    inconclusive: int
+    errors: int
+    consecutive_errors: int
+    reason: str
+
+
+def assess(gate: Gate, measurements: Sequence[Measurement]) -> Assessment:
+    """Argo's assessMetricStatus: failed > failure_limit → Failed; inconclusive >
+    inconclusive_limit → Inconclusive; consecutive errors > consecutive_error_limit → Error.
+    Otherwise Successful — but only if the latest measurement observed something healthy:
+    a gate never passes on a run of errors or on nothing at all."""
+    failed = sum(m.outcome is Outcome.FAILED for m in measurements)
+    inconclusive = sum(m.outcome is Outcome.INCONCLUSIVE for m in measurements)
+    errors = sum(m.outcome is Outcome.ERROR for m in measurements)
+    consecutive = 0
+    for m in reversed(measurements):
+        if m.outcome is not Outcome.ERROR:
+            break
+        consecutive += 1
+
+    def verdict(outcome: Outcome, reason: str) -> Assessment:
+        return Assessment(gate.name, outcome, len(measurements), failed, inconclusive, errors, consecutive, reason)
+
+    if failed > gate.failure_limit:
+        last = next(m for m in reversed(measurements) if m.outcome is Outcome.FAILED)
+        return verdict(Outcome.FAILED, f"{failed} failed (limit {gate.failure_limit}): {last.message}")
+    if consecutive > gate.consecutive_error_limit:
+        limit = gate.consecutive_error_limit
+        return verdict(Outcome.ERROR, f"{consecutive} errors in a row (limit {limit}): {measurements[-1].message}")
+    if inconclusive > gate.inconclusive_limit:
+        return verdict(Outcome.INCONCLUSIVE, f"{inconclusive} without data (limit {gate.inconclusive_limit})")
+    if not measurements:
+        return verdict(Outcome.INCONCLUSIVE, "not measured")
+    if measurements[-1].outcome is not Outcome.SUCCESSFUL:
+        return verdict(Outcome.INCONCLUSIVE, f"latest measurement: {measurements[-1].outcome.value}")
+    return verdict(Outcome.SUCCESSFUL, "")
