@@ -1,0 +1,463 @@
+"""The emulator's HTTP face: kube-apiserver's REST paths as a Starlette app.
+
+Covered: discovery (legacy, non-aggregated: kubectl 1.32 falls back to it when the answer
+is plain ``application/json``), get/list/watch/create/update/patch/delete on the resources
+in ``k8s_store.RESOURCES``, the ``status`` and ``scale`` subresources, ``Table`` output for
+``kubectl get``, SelfSubjectAccessReview, and ``Status`` bodies for every error.
+
+Two test hooks sit in front of every resource request: ``Rbac`` (deny chosen verb/resource
+pairs with a real 403, and answer access reviews accordingly) and ``Faults`` (a seeded,
+hence reproducible, share of requests answered 500, 409, or late). Discovery is exempt from
+faults: a real apiserver's discovery is served from memory and rarely fails, and kubectl
+caches it. Every request is logged as ``(method, path, query)`` for assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from phasegate.rehearsal import k8s_patch
+from phasegate.rehearsal.k8s_store import (
+    BY_PATH,
+    RESOURCES,
+    ApiError,
+    Obj,
+    ResourceType,
+    Store,
+    field_selector,
+    label_selector,
+    resource,
+    selector_string,
+)
+
+SERVER_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-phasegate-emulator",
+                  "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+                  "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.23.0", "compiler": "gc",
+                  "platform": "linux/amd64"}
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
+
+
+@dataclass
+class Faults:
+    """Seeded fault injection: ``set(error_500=0.3, conflict_409=0.2, slow=0.1, slow_seconds=0.5)``."""
+
+    error_500: float = 0.0
+    conflict_409: float = 0.0
+    slow: float = 0.0
+    slow_seconds: float = 0.5
+    injected: dict[str, int] = field(default_factory=lambda: {"500": 0, "409": 0, "slow": 0})
+    _random: random.Random = field(default_factory=lambda: random.Random(0))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def set(self, *, error_500: float = 0.0, conflict_409: float = 0.0, slow: float = 0.0,
+            slow_seconds: float = 0.5, seed: int = 0) -> None:
+        with self._lock:
+            self.error_500, self.conflict_409 = error_500, conflict_409
+            self.slow, self.slow_seconds = slow, slow_seconds
+            self._random = random.Random(seed)
+
+    def clear(self) -> None:
+        self.set()
+
+    def draw(self, verb: str) -> tuple[float, int | None]:
+        """(delay seconds, error code or None) for one request. 409 only hits writes."""
+        with self._lock:
+            roll_slow, roll_error = self._random.random(), self._random.random()
+            delay = self.slow_seconds if roll_slow < self.slow else 0.0
+            code = None
+            if roll_error < self.error_500:
+                code = 500
+            elif verb in WRITE_VERBS and roll_error < self.error_500 + self.conflict_409:
+                code = 409
+            if delay:
+                self.injected["slow"] += 1
+            if code:
+                self.injected[str(code)] += 1
+            return delay, code
+
+
+@dataclass
+class Rbac:
+    """Which (verb, resource) pairs are denied; everything else is allowed."""
+
+    denied: set[tuple[str, str]] = field(default_factory=set)
+
+    def deny(self, verb: str, resource_name: str) -> None:
+        """``deny("patch", "deployments")``; ``resource_name`` may name a subresource (``deployments/scale``)."""
+        self.denied.add((verb, resource_name))
+
+    def allows(self, verb: str, resource_name: str) -> bool:
+        return (verb, resource_name) not in self.denied and (verb, resource_name.split("/")[0]) not in self.denied
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    method: str
+    path: str
+    query: str
+
+
+@dataclass(frozen=True)
+class _Target:
+    rt: ResourceType
+    namespace: str | None
+    name: str | None
+    subresource: str
+
+
+def _parse(path: str) -> _Target | None:
+    parts = [p for p in path.split("/") if p]
+    if parts[:2] == ["api", "v1"]:
+        group, version, rest = "", "v1", parts[2:]
+    elif len(parts) >= 3 and parts[0] == "apis":
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None
+    namespace = None
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        namespace, rest = rest[1], rest[2:]
+    elif len(rest) == 2 and rest[0] == "namespaces" and group == "":
+        return _Target(resource("namespaces"), None, rest[1], "")
+    rt = BY_PATH.get((group, version, rest[0])) if rest else None
+    if rt is None or len(rest) > 3:
+        return None
+    return _Target(rt, namespace, rest[1] if len(rest) > 1 else None, rest[2] if len(rest) > 2 else "")
+
+
+def _verb(method: str, target: _Target, watch: bool) -> str:
+    if method == "GET":
+        return "get" if target.name else ("watch" if watch else "list")
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
+
+
+def _age(stamp: str) -> str:
+    seconds = int(time.time() - datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+    seconds = max(seconds, 0)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60}s" if seconds < 600 else f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def _columns(rt: ResourceType) -> list[tuple[str, int]]:
+    return {
+        "Deployment": [("Name", 0), ("Ready", 0), ("Up-to-date", 0), ("Available", 0), ("Age", 0),
+                       ("Containers", 1), ("Images", 1), ("Selector", 1)],
+        "ReplicaSet": [("Name", 0), ("Desired", 0), ("Current", 0), ("Ready", 0), ("Age", 0),
+                       ("Containers", 1), ("Images", 1), ("Selector", 1)],
+        "Pod": [("Name", 0), ("Ready", 0), ("Status", 0), ("Restarts", 0), ("Age", 0), ("IP", 1), ("Node", 1)],
+        "ConfigMap": [("Name", 0), ("Data", 0), ("Age", 0)],
+        "Service": [("Name", 0), ("Type", 0), ("Cluster-IP", 0), ("External-IP", 0), ("Port(s)", 0),
+                    ("Age", 0), ("Selector", 1)],
+        "Namespace": [("Name", 0), ("Status", 0), ("Age", 0)],
+    }.get(rt.kind, [("Name", 0), ("Age", 0)])
+
+
+def _cells(obj: Obj) -> list[Any]:
+    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    age = _age(meta["creationTimestamp"])
+    containers = (spec.get("template") or {}).get("spec", {}).get("containers") or []
+    names = ",".join(c["name"] for c in containers)
+    images = ",".join(c.get("image", "") for c in containers)
+    kind = obj["kind"]
+    if kind == "Deployment":
+        return [meta["name"], f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 0)}",
+                status.get("updatedReplicas", 0), status.get("availableReplicas", 0), age, names, images,
+                selector_string(spec.get("selector"))]
+    if kind == "ReplicaSet":
+        return [meta["name"], spec.get("replicas", 0), status.get("replicas", 0), status.get("readyReplicas", 0),
+                age, names, images, selector_string(spec.get("selector"))]
+    if kind == "Pod":
+        statuses = status.get("containerStatuses") or []
+        waiting = [s["state"]["waiting"]["reason"] for s in statuses if "waiting" in s.get("state", {})]
+        return [meta["name"], f"{sum(s.get('ready', False) for s in statuses)}/{len(spec.get('containers') or [])}",
+                waiting[0] if waiting else status.get("phase", "Pending"), 0, age, status.get("podIP", "<none>"),
+                spec.get("nodeName", "<none>")]
+    if kind == "ConfigMap":
+        return [meta["name"], len(obj.get("data") or {}) + len(obj.get("binaryData") or {}), age]
+    if kind == "Service":
+        ports = ",".join(f"{p['port']}/{p.get('protocol', 'TCP')}" for p in spec.get("ports") or [])
+        selector = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items()))
+        return [meta["name"], spec.get("type", "ClusterIP"), spec.get("clusterIP", "<none>"), "<none>",
+                ports or "<none>", age, selector or "<none>"]
+    if kind == "Namespace":
+        return [meta["name"], status.get("phase", "Active"), age]
+    return [meta["name"], age]
+
+
+def _table(rt: ResourceType, objects: list[Obj], rv: str, include: str) -> Obj:
+    def row_object(obj: Obj) -> Obj:
+        if include == "Object":
+            return obj
+        if include == "None":
+            return {}
+        return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
+
+    return {
+        "kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv},
+        "columnDefinitions": [
+            {"name": name, "type": "string", "format": "name" if name == "Name" else "", "description": name,
+             "priority": priority} for name, priority in _columns(rt)],
+        "rows": [{"cells": _cells(o), "object": row_object(o)} for o in objects],
+    }
+
+
+def _discovery_resources(group: str, version: str) -> Obj:
+    entries: list[Obj] = []
+    for rt in RESOURCES:
+        if (rt.group, rt.version) != (group, version):
+            continue
+        entry: Obj = {"name": rt.name, "singularName": rt.singular, "namespaced": rt.namespaced,
+                      "kind": rt.kind, "verbs": list(rt.verbs)}
+        if rt.short_names:
+            entry["shortNames"] = list(rt.short_names)
+        if rt.categories:
+            entry["categories"] = list(rt.categories)
+        entries.append(entry)
+        for sub in rt.subresources:
+            if sub == "scale":
+                entries.append({"name": f"{rt.name}/scale", "singularName": "", "namespaced": True,
+                                "group": "autoscaling", "version": "v1", "kind": "Scale",
+                                "verbs": ["get", "patch", "update"]})
+            else:
+                entries.append({"name": f"{rt.name}/{sub}", "singularName": "", "namespaced": rt.namespaced,
+                                "kind": rt.kind, "verbs": ["get", "patch", "update"]})
+    gv = f"{group}/{version}" if group else version
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": entries}
+
+
+def _groups() -> Obj:
+    names = sorted({rt.group for rt in RESOURCES if rt.group} | {"autoscaling"})
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+        {"name": g, "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
+         "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"}} for g in names]}
+
+
+def _scale_view(obj: Obj) -> Obj:
+    meta = obj["metadata"]
+    return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")},
+            "spec": {"replicas": obj["spec"].get("replicas", 0)},
+            "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
+                       "selector": selector_string(obj["spec"].get("selector"))}}
+
+
+def _apply_patch(content_type: str, original: Any, patch: Any) -> Any:
+    kind = content_type.split(";")[0].strip()
+    try:
+        if kind == "application/strategic-merge-patch+json":
+            return k8s_patch.strategic_merge(original, patch)
+        if kind == "application/merge-patch+json":
+            return k8s_patch.json_merge(original, patch)
+        if kind == "application/json-patch+json":
+            return k8s_patch.json_patch(original, patch)
+    except (k8s_patch.PatchError, KeyError, IndexError, TypeError) as exc:
+        raise ApiError(422, "Invalid", f"the patch could not be applied: {exc}") from exc
+    raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {kind}")
+
+
+class ApiServer:
+    """Builds the Starlette app over a ``Store``; holds the test hooks."""
+
+    def __init__(self, store: Store, *, faults: Faults, rbac: Rbac, user: str = "emulator") -> None:
+        self.store, self.faults, self.rbac, self.user = store, faults, rbac, user
+        self.requests: list[LoggedRequest] = []
+        self.closing = threading.Event()
+        self.address = "127.0.0.1:0"
+        self.app = Starlette(routes=[Route("/{path:path}", self._handle,
+                                           methods=["GET", "POST", "PUT", "PATCH", "DELETE"])])
+
+    async def _handle(self, request: Request) -> Response:
+        path = request.url.path
+        self.requests.append(LoggedRequest(request.method, path, request.url.query))
+        try:
+            discovery = self._discovery(path)
+            if discovery is not None:
+                return JSONResponse(discovery)
+            target = _parse(path)
+            if target is None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            watch = request.query_params.get("watch") in ("1", "true")
+            verb = _verb(request.method, target, watch)
+            resource_name = target.rt.name + (f"/{target.subresource}" if target.subresource else "")
+            if not self.rbac.allows(verb, resource_name):
+                raise self._forbidden(verb, target)
+            delay, code = self.faults.draw(verb)
+            if delay:
+                await asyncio.sleep(delay)
+            if code == 500:
+                raise ApiError(500, "InternalError", "Internal error occurred: injected fault")
+            if code == 409:
+                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {target.rt.name} '
+                                                f'"{target.name or ""}": injected conflict, please retry')
+            if watch:
+                return self._watch(request, target)
+            body = await request.body()
+            payload = json.loads(body) if body else None
+            return self._dispatch(request, target, verb, payload)
+        except ApiError as exc:
+            return JSONResponse(exc.status(), status_code=exc.code)
+        except json.JSONDecodeError as exc:
+            return JSONResponse(ApiError(400, "BadRequest", f"invalid JSON: {exc}").status(), status_code=400)
+
+    def _forbidden(self, verb: str, target: _Target) -> ApiError:
+        rt = target.rt
+        what = f"{rt.name}.{rt.group}" if rt.group else rt.name
+        where = f' in the namespace "{target.namespace}"' if target.namespace else " at the cluster scope"
+        name = f' "{target.name}"' if target.name else ""
+        return ApiError(403, "Forbidden", f'{what}{name} is forbidden: User "{self.user}" cannot {verb} resource '
+                                          f'"{rt.name}" in API group "{rt.group}"{where}',
+                        kind=rt.name, name=target.name or "", group=rt.group)
+
+    def _discovery(self, path: str) -> Obj | None:
+        path = path.rstrip("/") or "/"
+        if path == "/version":
+            return SERVER_VERSION
+        if path in ("/healthz", "/readyz", "/livez"):
+            return {"status": "ok"}
+        if path == "/api":
+            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": self.address}]}
+        if path == "/apis":
+            return _groups()
+        if path == "/api/v1":
+            return _discovery_resources("", "v1")
+        parts = path.strip("/").split("/")
+        if len(parts) == 3 and parts[0] == "apis":
+            return _discovery_resources(parts[1], parts[2])
+        return None
+
+    def _dispatch(self, request: Request, target: _Target, verb: str, payload: Any) -> Response:
+        rt, ns, name, sub = target.rt, target.namespace, target.name, target.subresource
+        store = self.store
+        if rt.kind == "SelfSubjectAccessReview" and verb == "create":
+            return JSONResponse(self._access_review(payload or {}), status_code=201)
+        if verb == "list":
+            q = request.query_params
+            with store.lock:
+                items = store.list(rt.key, ns, labels=q.get("labelSelector"), fields=q.get("fieldSelector"))
+                rv = str(store.resource_version)
+            if "as=Table" in request.headers.get("accept", ""):
+                return JSONResponse(_table(rt, items, rv, q.get("includeObject", "Metadata")))
+            return JSONResponse({"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
+                                 "metadata": {"resourceVersion": rv}, "items": items})
+        assert name is not None or verb == "create"
+        if verb == "get":
+            obj = store.get(rt.key, ns, name or "")
+            if sub == "scale":
+                return JSONResponse(_scale_view(obj))
+            if "as=Table" in request.headers.get("accept", ""):
+                return JSONResponse(_table(rt, [obj], obj["metadata"]["resourceVersion"],
+                                           request.query_params.get("includeObject", "Metadata")))
+            return JSONResponse(obj)
+        if verb == "create":
+            if not isinstance(payload, dict):
+                raise ApiError(400, "BadRequest", "a JSON object is required")
+            body_ns = payload.get("metadata", {}).get("namespace")
+            if rt.namespaced and body_ns and body_ns != ns:
+                raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the "
+                                                  "namespace sent on the request")
+            return JSONResponse(store.create(rt.key, ns, payload), status_code=201)
+        assert name is not None
+        if verb == "update":
+            if sub == "scale":
+                replicas = (payload or {}).get("spec", {}).get("replicas")
+                sent_rv = (payload or {}).get("metadata", {}).get("resourceVersion")
+                obj = store.mutate(rt.key, ns, name, lambda o: _set_replicas(o, replicas, sent_rv))
+                return JSONResponse(_scale_view(obj))
+            return JSONResponse(store.update(rt.key, ns, name, payload or {}, subresource=sub))
+        if verb == "patch":
+            content_type = request.headers.get("content-type", "")
+            if sub == "scale":
+                def change_scale(o: Obj) -> Obj:
+                    patched = _apply_patch(content_type, _scale_view(o), payload)
+                    return _set_replicas(o, patched.get("spec", {}).get("replicas"),
+                                         patched.get("metadata", {}).get("resourceVersion"))
+                return JSONResponse(_scale_view(store.mutate(rt.key, ns, name, change_scale)))
+            return JSONResponse(store.mutate(rt.key, ns, name, lambda o: _apply_patch(content_type, o, payload),
+                                             subresource=sub))
+        if verb == "delete":
+            old = store.delete(rt.key, ns, name)
+            if rt.kind in ("Pod", "Namespace"):
+                return JSONResponse(old)
+            return JSONResponse({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                 "details": {"name": name, "group": rt.group, "kind": rt.name,
+                                             "uid": old["metadata"]["uid"]}})
+        raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported on {rt.name}")
+
+    def _access_review(self, review: Obj) -> Obj:
+        attrs = (review.get("spec") or {}).get("resourceAttributes") or {}
+        resource_name = attrs.get("resource", "") + (f"/{attrs['subresource']}" if attrs.get("subresource") else "")
+        allowed = self.rbac.allows(attrs.get("verb", ""), resource_name)
+        return {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+                "metadata": {"creationTimestamp": None}, "spec": review.get("spec") or {},
+                "status": {"allowed": allowed, **({} if allowed else {"denied": True,
+                                                                      "reason": "denied by emulator RBAC"})}}
+
+    def _watch(self, request: Request, target: _Target) -> Response:
+        q = request.query_params
+        rt, ns = target.rt, target.namespace
+        match_labels, match_fields = label_selector(q.get("labelSelector")), field_selector(q.get("fieldSelector"))
+        if target.name:  # watching a single object by path
+            match_fields = field_selector(f"metadata.name={target.name}")
+        timeout = float(q.get("timeoutSeconds") or 1800)
+        initial = q.get("sendInitialEvents") == "true"
+        since = q.get("resourceVersion") or "0"
+
+        def matches(obj: Obj) -> bool:
+            return ((ns is None or obj["metadata"].get("namespace") == ns)
+                    and match_labels(obj["metadata"].get("labels") or {}) and match_fields(obj))
+
+        async def stream() -> AsyncIterator[bytes]:
+            with self.store.lock:
+                last = self.store.resource_version
+                current = [o for o in self.store.list(rt.key, ns) if matches(o)]
+            if initial or since == "0":
+                for obj in current:
+                    yield _event("ADDED", obj)
+            else:
+                last = int(since)
+            if initial:
+                yield _event("BOOKMARK", {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": {
+                    "resourceVersion": str(last), "annotations": {"k8s.io/initial-events-end": "true"}}})
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and not self.closing.is_set():
+                events, fresh = self.store.events_after(last)
+                if not fresh:
+                    yield _event("ERROR", ApiError(410, "Expired", f"too old resource version: {last}").status())
+                    return
+                for event in events:
+                    last = event.rv
+                    if event.key == rt.key and matches(event.object):
+                        yield _event(event.type, event.object)
+                await asyncio.sleep(0.02)
+
+        return StreamingResponse(stream(), media_type="application/json")
+
+
+def _event(kind: str, obj: Obj) -> bytes:
+    return (json.dumps({"type": kind, "object": obj}) + "\n").encode()
+
+
+def _set_replicas(obj: Obj, replicas: Any, sent_rv: str | None) -> Obj:
+    if not isinstance(replicas, int) or replicas < 0:
+        raise ApiError(422, "Invalid", "spec.replicas: Invalid value: must be a non-negative integer")
+    if sent_rv:
+        obj["metadata"]["resourceVersion"] = sent_rv
+    obj["spec"]["replicas"] = replicas
+    return obj
+

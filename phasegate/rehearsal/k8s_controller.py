@@ -1,0 +1,365 @@
+"""The deployment and replica-set controllers and a stand-in kubelet, in one thread.
+
+What a rollout (and ``kubectl rollout status/history/undo``) observes is reproduced:
+
+* A pod-template change makes a new ReplicaSet named ``<deployment>-<pod-template-hash>``;
+  an owned ReplicaSet whose template equals the Deployment's is *reused* and given the next
+  revision number, which is how ``kubectl rollout undo`` ends up at a new revision.
+  ``deployment.kubernetes.io/revision`` sits on the ReplicaSets and the Deployment, and the
+  Deployment's annotations are copied to its new ReplicaSet (undo copies them back).
+* Rolling update, simplified: the new ReplicaSet gets all desired replicas at once, old ones
+  shrink as new pods become available, so capacity never drops (maxSurge 100%).
+* Pods become Ready ``ready_delay`` wall seconds after creation unless their image is bad; a
+  bad image stays in ImagePullBackOff forever. Once no progress has been made for
+  ``spec.progressDeadlineSeconds`` (times ``time_scale`` wall seconds per second) the
+  Deployment's Progressing condition turns False with reason ProgressDeadlineExceeded.
+* ``revisionHistoryLimit`` prunes the oldest scaled-down ReplicaSets.
+
+Reconciling is level-based: each pass reads everything and writes only differences, so a
+pass after every write plus a ticker (for the timers) converges; an unchanged object is
+never rewritten, so resourceVersions and watch streams stay quiet once settled.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import random
+import string
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from phasegate.rehearsal.k8s_store import ApiError, Obj, Store, now_rfc3339
+
+log = logging.getLogger(__name__)
+
+HASH_LABEL = "pod-template-hash"
+REVISION = "deployment.kubernetes.io/revision"
+REVISION_HISTORY = "deployment.kubernetes.io/revision-history"
+DESIRED = "deployment.kubernetes.io/desired-replicas"
+MAX_REPLICAS = "deployment.kubernetes.io/max-replicas"
+# Annotations the deployment controller does not copy to ReplicaSets (and kubectl undo keeps).
+NOT_COPIED = frozenset({
+    "kubectl.kubernetes.io/last-applied-configuration", REVISION, REVISION_HISTORY, DESIRED, MAX_REPLICAS,
+    "deprecated.deployment.rollback.to",
+})
+_SAFE = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def template_hash(template: Obj) -> str:
+    """A stable 10-character hash of a pod template, ignoring the hash label itself."""
+    t = copy.deepcopy(template)
+    (t.get("metadata") or {}).get("labels", {}).pop(HASH_LABEL, None)
+    digest = hashlib.sha256(json.dumps(t, sort_keys=True).encode()).digest()
+    return "".join(_SAFE[b % len(_SAFE)] for b in digest[:10])
+
+
+def revision(obj: Obj) -> int:
+    try:
+        return int((obj["metadata"].get("annotations") or {}).get(REVISION, "0"))
+    except ValueError:
+        return 0
+
+
+def controller_uid(obj: Obj) -> str | None:
+    for ref in obj["metadata"].get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def owner_ref(owner: Obj) -> Obj:
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def _scaled(value: int | str | None, total: int, *, round_up: bool) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value
+    share = float(value.rstrip("%")) / 100 * total
+    return math.ceil(share) if round_up else math.floor(share)
+
+
+@dataclass
+class Behaviour:
+    """Knobs a test or rehearsal turns; changes apply on the next pass."""
+
+    ready_delay: float = 0.1
+    """Wall seconds from pod creation to Ready."""
+    time_scale: float = 1.0
+    """Wall seconds per Kubernetes second for spec durations (progressDeadlineSeconds)."""
+    bad_images: set[str] = field(default_factory=set)
+    """Images whose pods never become ready (ImagePullBackOff)."""
+    image_is_bad: Callable[[str], bool] | None = None
+    """Optional predicate, consulted in addition to ``bad_images``."""
+
+    def bad(self, image: str) -> bool:
+        return image in self.bad_images or bool(self.image_is_bad and self.image_is_bad(image))
+
+
+class Controller:
+    """Runs reconcile passes on writes (``kick``) and on a ticker, in a daemon thread."""
+
+    def __init__(self, store: Store, behaviour: Behaviour, tick: float = 0.02) -> None:
+        self.store, self.behaviour, self.tick = store, behaviour, tick
+        self._kick = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._born: dict[str, float] = {}  # pod uid → monotonic creation time
+        self._progress: dict[str, tuple[tuple[object, ...], float]] = {}  # deployment uid → (signature, time)
+        self._instant = False
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="k8s-emulator-controller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._kick.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._kick.wait(self.tick)
+            self._kick.clear()
+            try:
+                self.reconcile()
+            except Exception:  # a controller crash must not kill the emulator; the next pass retries
+                log.exception("emulator controller pass failed")
+
+    def settle(self, passes: int = 50) -> None:
+        """Converge synchronously with pods Ready at once (seeding history without waiting)."""
+        self._instant = True
+        try:
+            for _ in range(passes):
+                before = self.store.resource_version
+                self.reconcile()
+                if self.store.resource_version == before:
+                    return
+        finally:
+            self._instant = False
+
+    # -- one pass ------------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        with self.store.lock:
+            for d in self.store.list("apps/deployments"):
+                self._sync_deployment(d)
+            for rs in self.store.list("apps/replicasets"):
+                self._sync_replicaset(rs)
+            self._run_pods()
+            for rs in self.store.list("apps/replicasets"):
+                self._replicaset_status(rs)
+            for d in self.store.list("apps/deployments"):
+                self._deployment_status(d)
+
+    def _owned(self, kind_key: str, owner: Obj) -> list[Obj]:
+        uid = owner["metadata"]["uid"]
+        return [o for o in self.store.list(kind_key, owner["metadata"]["namespace"]) if controller_uid(o) == uid]
+
+    def _sync_deployment(self, d: Obj) -> None:
+        ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
+        spec = d["spec"]
+        desired = spec["replicas"]
+        owned = self._owned("apps/replicasets", d)
+        h = template_hash(spec["template"])
+        new = next((rs for rs in owned if template_hash(rs["spec"]["template"]) == h), None)
+        top = max((revision(rs) for rs in owned), default=0)
+        copied = {k: v for k, v in (d["metadata"].get("annotations") or {}).items() if k not in NOT_COPIED}
+        max_surge = _scaled((spec["strategy"].get("rollingUpdate") or {}).get("maxSurge"), desired, round_up=True)
+        if new is None:
+            rev = top + 1
+            template = copy.deepcopy(spec["template"])
+            template.setdefault("metadata", {}).setdefault("labels", {})[HASH_LABEL] = h
+            selector = copy.deepcopy(spec["selector"])
+            selector.setdefault("matchLabels", {})[HASH_LABEL] = h
+            new = self.store.create("apps/replicasets", ns, {
+                "metadata": {
+                    "name": f"{name}-{h}", "labels": dict(template["metadata"]["labels"]),
+                    "annotations": {**copied, REVISION: str(rev), DESIRED: str(desired),
+                                    MAX_REPLICAS: str(desired + max_surge)},
+                    "ownerReferences": [owner_ref(d)],
+                },
+                "spec": {"replicas": 0, "minReadySeconds": spec.get("minReadySeconds", 0),
+                         "selector": selector, "template": template},
+            })
+            owned.append(new)
+        else:
+            rev = max(top + 1, revision(new)) if revision(new) < top else revision(new)
+            annotations = {**{k: v for k, v in (new["metadata"].get("annotations") or {}).items()
+                              if k in NOT_COPIED}, **copied, REVISION: str(rev), DESIRED: str(desired),
+                           MAX_REPLICAS: str(desired + max_surge)}
+            if revision(new) != rev:
+                earlier = [x for x in annotations.get(REVISION_HISTORY, "").split(",") if x]
+                annotations[REVISION_HISTORY] = ",".join([*earlier, str(revision(new))])
+            if annotations != new["metadata"].get("annotations"):
+                new["metadata"]["annotations"] = annotations
+                new = self.store.update("apps/replicasets", ns, new["metadata"]["name"], new)
+        if (d["metadata"].get("annotations") or {}).get(REVISION) != str(rev):
+            self.store.mutate("apps/deployments", ns, name, lambda o: _annotate(o, REVISION, str(rev)))
+
+        self._scale(new, desired)
+        old = sorted((rs for rs in owned if rs["metadata"]["uid"] != new["metadata"]["uid"]), key=revision)
+        if spec["strategy"].get("type") == "Recreate":
+            room = 0
+        else:
+            room = max(0, desired - (new.get("status") or {}).get("availableReplicas", 0))
+        # Newest old ReplicaSets keep their pods longest, as the real controller scales down oldest first.
+        for rs in reversed(old):
+            keep = min(rs["spec"]["replicas"], room)
+            room -= keep
+            self._scale(rs, keep)
+        limit = spec.get("revisionHistoryLimit", 10)
+        idle = [rs for rs in old if rs["spec"]["replicas"] == 0 and not (rs.get("status") or {}).get("replicas")]
+        for rs in idle[: max(0, len(idle) - limit)]:
+            self.store.delete("apps/replicasets", ns, rs["metadata"]["name"])
+
+    def _scale(self, rs: Obj, replicas: int) -> None:
+        if rs["spec"]["replicas"] != replicas:
+            self.store.mutate("apps/replicasets", rs["metadata"]["namespace"], rs["metadata"]["name"],
+                              lambda o: {**o, "spec": {**o["spec"], "replicas": replicas}})
+
+    def _sync_replicaset(self, rs: Obj) -> None:
+        ns = rs["metadata"]["namespace"]
+        pods = self._owned("pods", rs)
+        want = rs["spec"]["replicas"]
+        template = rs["spec"]["template"]
+        for _ in range(want - len(pods)):
+            suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+            pod = self.store.create("pods", ns, {
+                "metadata": {"name": f"{rs['metadata']['name']}-{suffix}",
+                             "labels": dict(template["metadata"].get("labels") or {}),
+                             "annotations": dict(template["metadata"].get("annotations") or {}),
+                             "ownerReferences": [owner_ref(rs)]},
+                "spec": {**copy.deepcopy(template["spec"]), "nodeName": "emulator-node"},
+                "status": {"phase": "Pending", "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()}]},
+            })
+            self._born[pod["metadata"]["uid"]] = time.monotonic()
+        if len(pods) > want:
+            # Not-ready pods go first, then the youngest: what the ReplicaSet controller prefers.
+            pods.sort(key=lambda p: (_ready(p), p["metadata"]["creationTimestamp"]))
+            for pod in pods[: len(pods) - want]:
+                self.store.delete("pods", ns, pod["metadata"]["name"])
+                self._born.pop(pod["metadata"]["uid"], None)
+
+    def _run_pods(self) -> None:
+        now = time.monotonic()
+        for pod in self.store.list("pods"):
+            if _ready(pod):
+                continue
+            born = self._born.setdefault(pod["metadata"]["uid"], now)
+            containers = pod["spec"].get("containers") or []
+            bad = [c for c in containers if self.behaviour.bad(c.get("image", ""))]
+            stamp = now_rfc3339()
+            if bad:
+                statuses = [{"name": c["name"], "image": c.get("image", ""), "ready": False, "restartCount": 0,
+                             "started": False,
+                             "state": {"waiting": {"reason": "ImagePullBackOff",
+                                                   "message": f'Back-off pulling image "{c.get("image")}"'}}
+                             if c in bad else {"running": {"startedAt": stamp}}} for c in containers]
+                if [s["state"].keys() for s in pod["status"].get("containerStatuses") or []] != \
+                        [s["state"].keys() for s in statuses]:
+                    pod["status"]["containerStatuses"] = statuses
+                    self.store.update("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], pod)
+                continue
+            if self._instant or now - born >= self.behaviour.ready_delay:
+                pod["status"] = {
+                    "phase": "Running", "podIP": f"10.244.0.{sum(map(ord, pod['metadata']['uid'])) % 250 + 2}",
+                    "startTime": stamp,
+                    "conditions": [{"type": t, "status": "True", "lastTransitionTime": stamp}
+                                   for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
+                    "containerStatuses": [
+                        {"name": c["name"], "image": c.get("image", ""), "ready": True, "restartCount": 0,
+                         "started": True, "state": {"running": {"startedAt": stamp}}} for c in containers],
+                }
+                self.store.update("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], pod)
+
+    def _replicaset_status(self, rs: Obj) -> None:
+        pods = self._owned("pods", rs)
+        ready = sum(_ready(p) for p in pods)
+        status = {"replicas": len(pods), "fullyLabeledReplicas": len(pods), "readyReplicas": ready,
+                  "availableReplicas": ready, "observedGeneration": rs["metadata"]["generation"]}
+        if rs.get("status") != status:
+            rs["status"] = status
+            self.store.update("apps/replicasets", rs["metadata"]["namespace"], rs["metadata"]["name"], rs,
+                              subresource="status")
+
+    def _deployment_status(self, d: Obj) -> None:
+        ns, uid = d["metadata"]["namespace"], d["metadata"]["uid"]
+        desired = d["spec"]["replicas"]
+        owned = self._owned("apps/replicasets", d)
+        h = template_hash(d["spec"]["template"])
+        new = next((rs for rs in owned if template_hash(rs["spec"]["template"]) == h), None)
+        if new is None:
+            return
+        counts = {k: sum((rs.get("status") or {}).get(k, 0) for rs in owned)
+                  for k in ("replicas", "readyReplicas", "availableReplicas")}
+        updated = (new.get("status") or {}).get("replicas", 0)
+        signature = (d["metadata"]["generation"], new["metadata"]["name"], updated, *counts.values())
+        now = time.monotonic()
+        if self._progress.get(uid, ((), 0.0))[0] != signature:
+            self._progress[uid] = (signature, now)
+        since = now - self._progress[uid][1]
+        complete = (updated == desired and counts["replicas"] == desired and counts["availableReplicas"] == desired)
+        rs_name = new["metadata"]["name"]
+        deadline = d["spec"].get("progressDeadlineSeconds", 600) * self.behaviour.time_scale
+        if complete:
+            progressing = ("True", "NewReplicaSetAvailable", f'ReplicaSet "{rs_name}" has successfully progressed.')
+        elif since > deadline:
+            progressing = ("False", "ProgressDeadlineExceeded", f'ReplicaSet "{rs_name}" has timed out progressing.')
+        else:
+            progressing = ("True", "ReplicaSetUpdated", f'ReplicaSet "{rs_name}" is progressing.')
+        strategy = d["spec"].get("strategy") or {}
+        max_unavailable = _scaled((strategy.get("rollingUpdate") or {}).get("maxUnavailable"), desired,
+                                  round_up=False)
+        available = ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.") \
+            if counts["availableReplicas"] >= desired - max_unavailable else \
+            ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.")
+        old_conditions = {c["type"]: c for c in (d.get("status") or {}).get("conditions") or []}
+        status: Obj = {
+            "observedGeneration": d["metadata"]["generation"],
+            "replicas": counts["replicas"], "updatedReplicas": updated,
+            "readyReplicas": counts["readyReplicas"], "availableReplicas": counts["availableReplicas"],
+            "conditions": [_condition(old_conditions.get("Available"), "Available", *available),
+                           _condition(old_conditions.get("Progressing"), "Progressing", *progressing)],
+        }
+        if desired - counts["availableReplicas"] > 0:
+            status["unavailableReplicas"] = desired - counts["availableReplicas"]
+        if d.get("status") != status:
+            d["status"] = status
+            try:
+                self.store.update("apps/deployments", ns, d["metadata"]["name"], d, subresource="status")
+            except ApiError as exc:
+                if exc.code != 404:
+                    raise
+
+
+def _ready(pod: Obj) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def _annotate(obj: Obj, key: str, value: str) -> Obj:
+    obj["metadata"].setdefault("annotations", {})[key] = value
+    return obj
+
+
+def _condition(old: Obj | None, kind: str, status: str, reason: str, message: str) -> Obj:
+    stamp = now_rfc3339()
+    if old and (old["status"], old["reason"], old["message"]) == (status, reason, message):
+        return old
+    transition = old["lastTransitionTime"] if old and old["status"] == status else stamp
+    return {"type": kind, "status": status, "lastUpdateTime": stamp, "lastTransitionTime": transition,
+            "reason": reason, "message": message}
