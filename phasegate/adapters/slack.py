@@ -153,7 +153,10 @@ def load_secret(block_name: str) -> str:
     # actually posts with a block-held token needs the Prefect API.
     from prefect.blocks.system import Secret
 
-    return str(Secret.load(block_name).get())
+    # _sync: post() is synchronous, but may be called from an async task, where a bare
+    # load() would hand back a coroutine.
+    secret: Secret = Secret.load(block_name, _sync=True)  # type: ignore[assignment, call-arg]
+    return str(secret.get())
 
 
 # --- bot -------------------------------------------------------------------------------

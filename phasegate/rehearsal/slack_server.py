@@ -59,6 +59,7 @@ class Message:
 class _Failure:
     status: int
     retry_after: int | None
+    method: str | None  # only a call to this method consumes it; None: any call
 
 
 @dataclass
@@ -127,9 +128,10 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         body = _parse_body(self.headers.get("Content-Type", ""), raw)
         body.update(dict(parse_qsl(split.query)))
+        payload: dict[str, Any] | str
         method = "webhook" if split.path.startswith("/services/") else split.path.removeprefix("/api/")
         with state.lock:
-            failure = state.failures.popleft() if state.failures else None
+            failure = _take_failure(state, method)
             if failure:
                 reason = "ratelimited" if failure.status == 429 else "injected"
                 status, payload = failure.status, {"ok": False, "error": reason}
@@ -149,6 +151,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Retry-After", str(failure.retry_after))
         self.end_headers()
         self.wfile.write(data)
+
+
+def _take_failure(state: _State, method: str) -> _Failure | None:
+    if state.failures and state.failures[0].method in (None, method):
+        return state.failures.popleft()
+    return None
 
 
 def _parse_body(content_type: str, raw: bytes) -> dict[str, Any]:
@@ -264,7 +272,10 @@ class SlackServer:
 
     def start(self) -> SlackServer:
         self._server = _Server(self._state)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="slack-server", daemon=True)
+        # A short poll interval makes stop() quick: shutdown() waits for the next poll.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="slack-server", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -303,14 +314,20 @@ class SlackServer:
             return {"SLACK_WEBHOOK_URL": self.webhook_url}
         return {"SLACK_API_URL": self.url, "SLACK_BOT_TOKEN": self.token or REHEARSAL_TOKEN}
 
-    def fail_next(self, count: int, status: int = 500, retry_after: int | None = None) -> None:
-        """Answer the next ``count`` requests with ``status`` (and ``Retry-After`` if given)."""
-        with self._state.lock:
-            self._state.failures.extend(_Failure(status, retry_after) for _ in range(count))
+    def fail_next(
+        self, count: int, status: int = 500, retry_after: int | None = None, *, method: str | None = None
+    ) -> None:
+        """Answer the next ``count`` requests with ``status`` (and ``Retry-After`` if given).
 
-    def rate_limit_next(self, count: int = 1, retry_after: int = 1) -> None:
+        With ``method`` (e.g. ``"chat.update"``, ``"webhook"``) only calls to it fail; calls
+        to others pass while such a failure is first in line.
+        """
+        with self._state.lock:
+            self._state.failures.extend(_Failure(status, retry_after, method) for _ in range(count))
+
+    def rate_limit_next(self, count: int = 1, retry_after: int = 1, *, method: str | None = None) -> None:
         """Answer the next ``count`` requests 429 with ``Retry-After`` (whole seconds, as Slack)."""
-        self.fail_next(count, 429, retry_after)
+        self.fail_next(count, 429, retry_after, method=method)
 
     @property
     def calls(self) -> list[Call]:
