@@ -15,7 +15,8 @@ Design decisions:
 - Retries are slack_sdk's own handlers, bounded: 429 honours ``Retry-After``, 500/503 and
   connection errors back off exponentially, at most ``max_retries`` times per call in total
   (the handlers share one retry count per request), so a Slack outage costs seconds, not
-  the soak interval.
+  the soak interval. A ``Retry-After`` above ``max_retry_after`` is not waited for: Slack
+  can ask for a minute, and a rollback must not sleep that long to say it started.
 - Secrets (bot token, webhook URL — the URL is a credential too) never reach logs, reprs,
   exceptions or ``Delivery.error``: our messages are scrubbed, and the SDK logs through a
   logger of ours that is kept at WARNING (its DEBUG lines print the webhook URL) and
@@ -43,6 +44,9 @@ from slack_sdk.http_retry.builtin_handlers import (
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.http_retry.handler import RetryHandler
 from slack_sdk.http_retry.jitter import Jitter
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
 
 from phasegate import errors, notify
@@ -59,6 +63,7 @@ DEFAULT_API_URL = "https://slack.com/api/"
 DEFAULT_MAX_RETRIES = 3  # per API call, 429s and 5xx together
 DEFAULT_RETRY_BACKOFF = 0.5  # seconds; doubles per retry: 0.5, 1, 2
 DEFAULT_TIMEOUT = 10  # seconds per HTTP request
+DEFAULT_MAX_RETRY_AFTER = 10  # seconds; a longer Retry-After is a failed delivery, not a wait
 
 REDACTED = "[redacted]"
 
@@ -129,13 +134,41 @@ class _ProportionalJitter(Jitter):
         return duration * (1 + random.random() / 2)
 
 
+class _BoundedRateLimitRetryHandler(RateLimitErrorRetryHandler):
+    """slack_sdk's 429 handler (sleeps ``Retry-After``), declining waits above ``max_wait``."""
+
+    def __init__(self, max_retry_count: int, max_wait: float) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.max_wait = max_wait
+
+    def _can_retry(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if not super()._can_retry(state=state, request=request, response=response, error=error):
+            return False
+        headers = response.headers if response is not None else {}
+        value = next((v for k, v in headers.items() if k.lower() == "retry-after"), "0")
+        try:
+            # slack_sdk wraps header values in lists on the error path
+            return float(value[0] if isinstance(value, list) else value) <= self.max_wait
+        except ValueError:
+            return False
+
+
 def retry_handlers(
-    max_retries: int = DEFAULT_MAX_RETRIES, backoff: float = DEFAULT_RETRY_BACKOFF
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    backoff: float = DEFAULT_RETRY_BACKOFF,
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
 ) -> list[RetryHandler]:
     """slack_sdk's 429 (Retry-After), 500/503 and connection-error handlers, bounded."""
     interval = BackoffRetryIntervalCalculator(backoff_factor=backoff, jitter=_ProportionalJitter())
     return [
-        RateLimitErrorRetryHandler(max_retry_count=max_retries),
+        _BoundedRateLimitRetryHandler(max_retries, max_retry_after),
         ServerErrorRetryHandler(max_retry_count=max_retries, interval_calculator=interval),
         ConnectionErrorRetryHandler(max_retry_count=max_retries, interval_calculator=interval),
     ]

@@ -113,6 +113,16 @@ def test_rate_limit_is_retried_after_retry_after(slack_server: SlackServer) -> N
     assert elapsed >= 1.0
 
 
+def test_rate_limit_asking_for_a_long_wait_fails_fast_instead_of_sleeping(slack_server: SlackServer) -> None:
+    slack_server.rate_limit_next(1, retry_after=60)
+    started = time.monotonic()
+    delivery = bot(slack_server).post(event())
+
+    assert time.monotonic() - started < 1.0
+    assert delivery.error == "chat.postMessage: HTTP 429: ratelimited"
+    assert len(slack_server.calls) == 1
+
+
 def test_server_error_storm_returns_a_failed_delivery_quickly_without_raising(slack_server: SlackServer) -> None:
     notifier = bot(slack_server, max_retries=3)
     slack_server.fail_next(100, status=500)
