@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def _targets(dashboard: dict) -> list[dict]:
 
 
 def test_checked_in_dashboard_is_what_the_renderer_produces(plan: RolloutPlan) -> None:
-    assert json.loads(CHECKED_IN.read_text()) == render_dashboard(plan), "run: phasegate render dashboard PLAN -o FILE"
+    assert CHECKED_IN.read_text() == to_json(render_dashboard(plan)), "run: phasegate render dashboard PLAN -o FILE"
 
 
 def test_dashboard_has_the_seeds_four_panels_in_a_two_column_grid(dashboard: dict) -> None:
