@@ -1,0 +1,296 @@
+"""A real Prometheus on loopback, for tests and ``phasegate rehearse``.
+
+Design decisions:
+
+* It runs Debian's ``prometheus`` binary, not a fake: gate queries, ``histogram_quantile``
+  and HTTP errors then behave exactly as in production.
+* Scrape targets come from a ``file_sd`` JSON file rather than ``static_configs``.
+  Prometheus watches that file, so ``set_targets`` adds or removes an exporter on a running
+  server without a reload; one server can then serve a whole test session while the apps
+  it scrapes come and go.
+* ``backfill`` writes TSDB blocks with ``promtool tsdb create-blocks-from openmetrics``.
+  A running 2.42 only picks up new blocks on its next periodic reload (about a minute),
+  so a backfill into a running server restarts it; overlapping blocks are accepted by
+  default since 2.39, so no extra flag is needed.
+* Every wait polls (``/-/ready``, a query returning data) instead of sleeping a fixed time:
+  the first scraped sample arrives after one to a few scrape intervals, and that varies.
+* The process is stopped by its PID (terminate, then kill), never by name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from phasegate import errors
+from phasegate.adapters.prometheus import PrometheusProvider
+
+_STOP_GRACE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class BackfillSample:
+    """One sample of synthetic history: metric name, labels, unix time, value."""
+
+    metric: str
+    labels: tuple[tuple[str, str], ...]
+    timestamp: float
+    value: float
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def to_openmetrics(samples: Iterable[BackfillSample]) -> str:
+    """OpenMetrics text for ``promtool``: samples grouped by metric, ``# EOF`` at the end.
+
+    Every family is typed ``gauge`` because promtool ignores the type for storage and a
+    gauge name needs no ``_total`` suffix check.
+    """
+    by_metric: dict[str, list[BackfillSample]] = {}
+    for s in samples:
+        by_metric.setdefault(s.metric, []).append(s)
+    lines: list[str] = []
+    for metric, rows in by_metric.items():
+        lines.append(f"# TYPE {metric} gauge")
+        for s in sorted(rows, key=lambda r: r.timestamp):
+            labels = ",".join(
+                f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+                for k, v in s.labels
+            )
+            value = "NaN" if math.isnan(s.value) else repr(float(s.value))
+            lines.append(f"{metric}{{{labels}}} {value} {s.timestamp:.3f}")
+    lines.append("# EOF")
+    return "\n".join(lines) + "\n"
+
+
+class PrometheusServer:
+    """Debian's ``prometheus`` on 127.0.0.1, a free port and a temporary data directory."""
+
+    def __init__(
+        self,
+        *,
+        targets: Sequence[str] = (),
+        scrape_interval: float = 1.0,
+        binary: str = "prometheus",
+        promtool: str = "promtool",
+        data_dir: str | Path | None = None,
+        retention: str = "30d",
+        startup_timeout: float = 30.0,
+    ) -> None:
+        self.binary = shutil.which(binary) or binary
+        self.promtool = shutil.which(promtool) or promtool
+        self.scrape_interval = scrape_interval
+        self.retention = retention
+        self.startup_timeout = startup_timeout
+        self._own_dir = tempfile.mkdtemp(prefix="phasegate-prometheus-")
+        self.root = Path(self._own_dir)
+        self.data_dir = Path(data_dir) if data_dir else self.root / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.root / "prometheus.yml"
+        self.targets_path = self.root / "targets.json"
+        self.log_path = self.root / "prometheus.log"
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: object | None = None
+        self._write_config()
+        self.set_targets(targets)
+
+    # --- configuration ---------------------------------------------------------------
+
+    def _write_config(self) -> None:
+        interval = f"{max(1, round(self.scrape_interval * 1000))}ms"
+        # JSON is valid YAML; no YAML library needed for a config we generate.
+        config = {
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "scrape_configs": [
+                {
+                    "job_name": "app",
+                    "scrape_interval": interval,
+                    "scrape_timeout": interval,
+                    # Exporters set namespace/deployment/track themselves; keep them.
+                    "honor_labels": True,
+                    "file_sd_configs": [{"files": [str(self.targets_path)], "refresh_interval": "1s"}],
+                }
+            ],
+        }
+        self.config_path.write_text(json.dumps(config, indent=2))
+
+    def set_targets(self, targets: Sequence[str]) -> None:
+        """Replace the scraped ``host:port`` list; a running server notices within ~1 s."""
+        payload = json.dumps([{"targets": list(targets), "labels": {}}] if targets else [])
+        tmp = self.targets_path.with_suffix(".tmp")
+        tmp.write_text(payload)
+        # Atomic rename: Prometheus must never read a half-written file.
+        os.replace(tmp, self.targets_path)
+        self._targets = list(targets)
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self._targets)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> PrometheusServer:
+        if self.running:
+            return self
+        if not self.port:
+            self.port = _free_port()
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = log
+        self._proc = subprocess.Popen(
+            [
+                self.binary,
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={self.data_dir}",
+                f"--storage.tsdb.retention.time={self.retention}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
+                "--web.enable-admin-api",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc is None or self._proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited during startup:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"prometheus not ready after {self.startup_timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """Terminate by PID, kill if it lingers. Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(_STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._log is not None:
+            self._log.close()  # type: ignore[attr-defined]
+            self._log = None
+
+    def kill(self) -> None:
+        """SIGKILL by PID: an abrupt outage, as when a node dies."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self.stop()
+
+    def restart(self) -> PrometheusServer:
+        """Stop and start on the same port with the same data directory (outage tests)."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop and remove the temporary directory."""
+        self.stop()
+        shutil.rmtree(self._own_dir, ignore_errors=True)
+
+    def __enter__(self) -> PrometheusServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    # --- data ------------------------------------------------------------------------
+
+    def provider(self, timeout: float = 5.0) -> PrometheusProvider:
+        return PrometheusProvider(self.url, timeout=timeout)
+
+    def wait_for_data(self, query: str, timeout: float = 30.0, interval: float = 0.1) -> float:
+        """Poll until ``query`` returns one finite value; return it."""
+        provider = self.provider(timeout=min(5.0, timeout))
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        try:
+            while True:
+                try:
+                    return provider.query(query)
+                except (errors.NoData, errors.ProviderUnavailable) as exc:
+                    last = exc
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"no data for {query!r} after {timeout}s (last: {last})")
+                time.sleep(interval)
+        finally:
+            provider.close()
+
+    def backfill(self, history: str | Iterable[BackfillSample]) -> list[str]:
+        """Write history (OpenMetrics text or samples) as TSDB blocks; return the block ids.
+
+        A running server is restarted so it loads the blocks now rather than at its next
+        periodic reload.
+        """
+        text = history if isinstance(history, str) else to_openmetrics(history)
+        if not text.rstrip().endswith("# EOF"):
+            text = text.rstrip("\n") + "\n# EOF\n"
+        was_running = self.running
+        before = {p.name for p in self.data_dir.iterdir()}
+        with tempfile.NamedTemporaryFile("w", suffix=".om", dir=self.root, delete=False) as f:
+            f.write(text)
+            input_path = f.name
+        try:
+            if was_running:
+                self.stop()
+            result = subprocess.run(
+                [self.promtool, "tsdb", "create-blocks-from", "openmetrics", "-q", input_path, str(self.data_dir)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                raise RuntimeError(f"promtool backfill failed: {result.stderr.strip() or result.stdout.strip()}")
+        finally:
+            os.unlink(input_path)
+            if was_running:
+                self.start()
+        return sorted({p.name for p in self.data_dir.iterdir()} - before - {"wal", "chunks_head", "lock"})
