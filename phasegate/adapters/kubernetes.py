@@ -1,0 +1,449 @@
+"""``Cluster`` over the Kubernetes API, with the official ``kubernetes`` client as transport.
+
+Design decisions:
+
+* Requests go through ``kubernetes.client.ApiClient`` (so kubeconfig, in-cluster service
+  accounts, TLS and auth plugins work as everywhere else) but bodies stay plain JSON dicts
+  rather than generated models: a rollout touches a handful of fields, and the raw form is
+  what patches and the emulator speak.
+* Every operation is a *converge* step: read, compare with the goal, write only the
+  difference. Re-running after a crash (or a lost response) therefore finishes the job and
+  a repeated call writes nothing. Two layers of retry make it safe under concurrent
+  writers and flaky servers: each request retries 5xx/429/connection errors/timeouts with
+  capped exponential backoff (then ``ClusterUnavailable``); each operation re-reads and
+  starts over on 409 (stale ``resourceVersion``, AlreadyExists on create).
+* Writes that depend on what was read carry that ``resourceVersion`` (a PUT, or a JSON
+  patch that restates it), so a concurrent change makes them fail with 409 instead of
+  overwriting it; writes that are correct whatever else changed (image, env, one
+  annotation, replicas) are unconditional strategic/JSON merge patches, which keep the
+  sidecars and env vars a ``PUT`` of a stale copy would clobber.
+* ``undo`` is ``kubectl rollout undo`` (the previous ReplicaSet's template becomes the
+  Deployment's) plus a marker annotation recording the move, so a re-run after a crash does
+  not toggle back to the bad revision as a second ``kubectl rollout undo`` would.
+* Canary capacity: the canary is scaled up before stable is scaled down, and stable is
+  scaled back up before the canary is deleted, so serving capacity never dips mid-step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+import urllib3
+from kubernetes import client, config
+
+from phasegate import errors
+from phasegate.ports import CANARY, TRACK_LABEL, TargetRef, TargetState, WorkloadState
+
+Obj = dict[str, Any]
+T = TypeVar("T")
+
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+HASH_LABEL = "pod-template-hash"
+# Written with every undo: {"from": <template hash left>, "to": <hash restored>, "revision": N}.
+UNDO_ANNOTATION = "phasegate.dev/undo"
+
+STRATEGIC = "application/strategic-merge-patch+json"
+MERGE = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+
+
+class Permission(NamedTuple):
+    """One RBAC rule line: verb on resource in API group."""
+
+    verb: str
+    group: str
+    resource: str
+
+    def __str__(self) -> str:
+        return f"{self.verb} {self.resource}"
+
+
+# Everything this adapter sends, for preflight and the RBAC Role in deployments/k8s/.
+# (SelfSubjectAccessReview itself is allowed to every authenticated user.)
+REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
+    Permission("get", "apps", "deployments"),
+    Permission("list", "apps", "deployments"),
+    Permission("create", "apps", "deployments"),
+    Permission("update", "apps", "deployments"),
+    Permission("patch", "apps", "deployments"),
+    Permission("delete", "apps", "deployments"),
+    Permission("list", "apps", "replicasets"),
+    Permission("get", "", "configmaps"),
+    Permission("patch", "", "configmaps"),
+)
+
+
+class _Conflict(Exception):
+    """409: someone else wrote first (or the object already exists); re-read and retry."""
+
+
+def _deployment_path(namespace: str, name: str | None = None) -> str:
+    return f"/apis/apps/v1/namespaces/{namespace}/deployments" + (f"/{name}" if name else "")
+
+
+def _configmap_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/configmaps/{name}"
+
+
+def _selector_string(selector: Obj) -> str:
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for expr in selector.get("matchExpressions") or []:
+        values = ",".join(expr.get("values") or [])
+        parts.append({"In": f"{expr['key']} in ({values})", "NotIn": f"{expr['key']} notin ({values})",
+                      "Exists": expr["key"], "DoesNotExist": f"!{expr['key']}"}[expr["operator"]])
+    return ",".join(parts)
+
+
+def _without_hash(template: Obj) -> Obj:
+    t = json.loads(json.dumps(template))
+    (t.get("metadata") or {}).get("labels", {}).pop(HASH_LABEL, None)
+    return t
+
+
+def _revision(obj: Obj) -> int:
+    try:
+        return int((obj["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION, "0"))
+    except ValueError:
+        return 0
+
+
+def _container(d: Obj, name: str | None) -> Obj:
+    containers = d["spec"]["template"]["spec"].get("containers") or []
+    if name is None and containers:
+        return containers[0]
+    for c in containers:
+        if c["name"] == name:
+            return c
+    raise errors.TargetNotFound(f"container {name!r} not found in deployment "
+                                f"{d['metadata'].get('namespace')}/{d['metadata']['name']}")
+
+
+def workload_state(d: Obj, container: str | None) -> WorkloadState:
+    """The ``WorkloadState`` of a Deployment dict; ``container`` None means the first one."""
+    c = _container(d, container)
+    status = d.get("status") or {}
+    return WorkloadState(
+        name=d["metadata"]["name"], image=c.get("image", ""), replicas=d["spec"].get("replicas", 1),
+        ready_replicas=status.get("readyReplicas", 0), updated_replicas=status.get("updatedReplicas", 0),
+        available_replicas=status.get("availableReplicas", 0), revision=_revision(d),
+        generation=d["metadata"].get("generation", 0), observed_generation=status.get("observedGeneration", 0),
+        annotations=dict(d["metadata"].get("annotations") or {}),
+        env={e["name"]: e["value"] for e in c.get("env") or [] if "value" in e},
+    )
+
+
+def canary_split(share_percent: float, total_replicas: int) -> tuple[int, int]:
+    """(canary, stable) replicas: ceil(share × total) canary pods, the rest stable."""
+    if total_replicas < 1:
+        raise ValueError("total_replicas must be at least 1")
+    if not 0 <= share_percent <= 100:
+        raise ValueError("share_percent must be within 0..100")
+    # Rounded first so that 30% of 10 is 3, not ceil(3.0000000000000004) = 4.
+    canary = math.ceil(round(share_percent * total_replicas / 100, 9))
+    return canary, total_replicas - canary
+
+
+class KubernetesCluster:
+    """The rollout's ``Cluster``: idempotent, conflict-safe operations on one cluster."""
+
+    def __init__(self, api_client: client.ApiClient, *, poll_interval: float = 0.1, attempts: int = 8,
+                 backoff: float = 0.05, max_backoff: float = 2.0, conflict_attempts: int = 20,
+                 request_timeout: tuple[float, float] = (5.0, 30.0)) -> None:
+        self.api = api_client
+        self.poll_interval = poll_interval
+        self.attempts, self.backoff, self.max_backoff = attempts, backoff, max_backoff
+        self.conflict_attempts = conflict_attempts
+        self.request_timeout = request_timeout
+        self._random = random.Random()
+
+    @classmethod
+    def from_kubeconfig(cls, path: str | None = None, context: str | None = None, **options: Any) -> KubernetesCluster:
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+        return cls(client.ApiClient(configuration), **options)
+
+    @classmethod
+    def in_cluster(cls, **options: Any) -> KubernetesCluster:
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+        return cls(client.ApiClient(configuration), **options)
+
+    @classmethod
+    def from_url(cls, url: str, token: str | None = None, **options: Any) -> KubernetesCluster:
+        """Plain URL (the emulator, ``kubectl proxy``); ``token`` as a bearer token if given."""
+        configuration = client.Configuration(host=url)
+        if token:
+            configuration.api_key = {"BearerToken": token}
+            configuration.api_key_prefix = {"BearerToken": "Bearer"}
+        return cls(client.ApiClient(configuration), **options)
+
+    def close(self) -> None:
+        self.api.close()
+
+    # -- transport -----------------------------------------------------------------------
+
+    def _sleep_backoff(self, attempt: int) -> None:
+        delay = min(self.max_backoff, self.backoff * 2**attempt)
+        time.sleep(delay * (0.5 + self._random.random() / 2))
+
+    def _request(self, method: str, path: str, *, body: Any = None, content_type: str | None = None,
+                 query: Mapping[str, str] | None = None) -> Obj:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        last = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                self._sleep_backoff(attempt - 1)
+            try:
+                params = self.api.param_serialize(method=method, resource_path=path,
+                                                  query_params=list((query or {}).items()),
+                                                  header_params=dict(headers), body=body,
+                                                  auth_settings=["BearerToken"])
+                response = self.api.call_api(*params, _request_timeout=self.request_timeout)
+                data = response.read()
+            except (urllib3.exceptions.HTTPError, OSError, client.ApiException) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            status = response.status
+            payload: Obj = {}
+            if data:
+                try:
+                    payload = json.loads(data)
+                except ValueError:
+                    payload = {"message": data[:200].decode(errors="replace")}
+            if 200 <= status < 300:
+                return payload
+            message = f"{method} {path}: {status} {payload.get('reason', '')}: {payload.get('message', '')}"
+            if status >= 500 or status == 429:
+                last = message
+                continue
+            if status == 404:
+                raise errors.TargetNotFound(message)
+            if status == 403:
+                raise errors.Forbidden(message)
+            if status == 409:
+                raise _Conflict(message)
+            raise errors.PermanentError(message)
+        raise errors.ClusterUnavailable(f"{method} {path} failed after {self.attempts} attempts: {last}")
+
+    def _converge(self, step: Callable[[], T]) -> T:
+        """Run a read-compare-write step until it gets through without a 409."""
+        for attempt in range(self.conflict_attempts):
+            try:
+                return step()
+            except _Conflict:
+                self._sleep_backoff(min(attempt, 4))
+        raise errors.ClusterUnavailable(f"still conflicting after {self.conflict_attempts} attempts")
+
+    def _get_deployment(self, namespace: str, name: str) -> Obj:
+        return self._request("GET", _deployment_path(namespace, name))
+
+    def _find_deployment(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return self._get_deployment(namespace, name)
+        except errors.TargetNotFound:
+            return None
+
+    def _patch(self, path: str, patch: Any, content_type: str = STRATEGIC) -> Obj:
+        return self._request("PATCH", path, body=patch, content_type=content_type)
+
+    def _scale(self, d: Obj, replicas: int) -> None:
+        if d["spec"].get("replicas") != replicas:
+            self._patch(_deployment_path(d["metadata"]["namespace"], d["metadata"]["name"]),
+                        {"spec": {"replicas": replicas}}, MERGE)
+
+    # -- Cluster -------------------------------------------------------------------------
+
+    def read_target(self, ref: TargetRef) -> TargetState:
+        stable = self._get_deployment(ref.namespace, ref.deployment)
+        canary = self._find_deployment(ref.namespace, ref.canary)
+        return TargetState(stable=workload_state(stable, ref.container),
+                           canary=workload_state(canary, ref.container) if canary else None)
+
+    def set_image(self, ref: TargetRef, image: str, replicas: int | None = None) -> None:
+        def step() -> None:
+            d = self._get_deployment(ref.namespace, ref.deployment)
+            same_image = _container(d, ref.container).get("image") == image
+            if same_image and (replicas is None or d["spec"].get("replicas") == replicas):
+                return
+            patch: Obj = {"spec": {"template": {"spec": {"containers": [{"name": ref.container, "image": image}]}}}}
+            if replicas is not None:
+                patch["spec"]["replicas"] = replicas
+            self._patch(_deployment_path(ref.namespace, ref.deployment), patch)
+
+        self._converge(step)
+
+    def _canary_body(self, stable: Obj, ref: TargetRef, image: str, replicas: int) -> Obj:
+        spec = stable["spec"]
+        template = json.loads(json.dumps(spec["template"]))
+        template.setdefault("metadata", {}).setdefault("labels", {})[TRACK_LABEL] = CANARY
+        for c in template["spec"]["containers"]:
+            if c["name"] == ref.container:
+                c["image"] = image
+        selector = json.loads(json.dumps(spec["selector"]))
+        selector.setdefault("matchLabels", {})[TRACK_LABEL] = CANARY
+        canary_spec: Obj = {"replicas": replicas, "selector": selector, "template": template}
+        for key in ("strategy", "minReadySeconds", "progressDeadlineSeconds", "revisionHistoryLimit"):
+            if key in spec:
+                canary_spec[key] = spec[key]
+        labels = {**(stable["metadata"].get("labels") or {}), TRACK_LABEL: CANARY}
+        return {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": ref.canary, "namespace": ref.namespace, "labels": labels},
+                "spec": canary_spec}
+
+    def set_canary(self, ref: TargetRef, image: str, share_percent: float, total_replicas: int) -> tuple[int, int]:
+        canary_n, stable_n = canary_split(share_percent, total_replicas)
+
+        def step() -> None:
+            stable = self._get_deployment(ref.namespace, ref.deployment)
+            desired = self._canary_body(stable, ref, image, canary_n)
+            current = self._find_deployment(ref.namespace, ref.canary)
+            if current is None:
+                self._request("POST", _deployment_path(ref.namespace), body=desired)
+            elif (current["spec"].get("replicas") != canary_n
+                  or current["spec"]["template"] != desired["spec"]["template"]
+                  or current["spec"]["selector"] != desired["spec"]["selector"]):
+                if current["spec"]["selector"] != desired["spec"]["selector"]:
+                    # The selector is immutable: a canary someone built differently is replaced.
+                    self._request("DELETE", _deployment_path(ref.namespace, ref.canary))
+                    raise _Conflict("canary selector differed; recreating")
+                current["spec"].update(desired["spec"])
+                current["metadata"]["labels"] = desired["metadata"]["labels"]
+                self._request("PUT", _deployment_path(ref.namespace, ref.canary), body=current)
+            # Canary capacity exists (or is being created) before stable gives any up.
+            self._scale(stable, stable_n)
+
+        self._converge(step)
+        return canary_n, stable_n
+
+    def remove_canary(self, ref: TargetRef, total_replicas: int) -> None:
+        def step() -> None:
+            self._scale(self._get_deployment(ref.namespace, ref.deployment), total_replicas)
+            with contextlib.suppress(errors.TargetNotFound):  # already gone: done
+                self._request("DELETE", _deployment_path(ref.namespace, ref.canary),
+                              query={"propagationPolicy": "Background"})
+
+        self._converge(step)
+
+    def wait_ready(self, namespace: str, deployment: str, timeout_seconds: float) -> WorkloadState:
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            d = self._get_deployment(namespace, deployment)
+            state = workload_state(d, None)
+            status = d.get("status") or {}
+            if state.observed_generation >= state.generation:
+                for condition in status.get("conditions") or []:
+                    if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
+                        raise errors.ProgressDeadlineExceeded(
+                            f"{namespace}/{deployment} exceeded its progress deadline "
+                            f"({d['spec'].get('progressDeadlineSeconds', 600)}s): {condition.get('message', '')} "
+                            f"{state.updated_replicas}/{state.replicas} updated, {state.ready_replicas} ready")
+                if state.rolled_out and status.get("replicas", 0) == state.replicas:
+                    return state
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{namespace}/{deployment} not rolled out after {timeout_seconds}s: "
+                    f"{state.updated_replicas}/{state.replicas} updated, {state.ready_replicas} ready, "
+                    f"{state.available_replicas} available, {status.get('replicas', 0)} total")
+            time.sleep(self.poll_interval)
+
+    def undo(self, ref: TargetRef) -> int:
+        def step() -> int:
+            d = self._get_deployment(ref.namespace, ref.deployment)
+            listing = self._request("GET", "/apis/apps/v1/namespaces/" + ref.namespace + "/replicasets",
+                                    query={"labelSelector": _selector_string(d["spec"]["selector"])})
+            uid = d["metadata"]["uid"]
+            owned = [rs for rs in listing.get("items") or []
+                     if any(o.get("uid") == uid and o.get("controller") for o in rs["metadata"].get("ownerReferences")
+                            or [])]
+            current = _without_hash(d["spec"]["template"])
+            current_rs = next((rs for rs in owned if _without_hash(rs["spec"]["template"]) == current), None)
+            earlier = [rs for rs in owned if _without_hash(rs["spec"]["template"]) != current]
+            marker = json.loads((d["metadata"].get("annotations") or {}).get(UNDO_ANNOTATION, "{}"))
+            if current_rs is not None and marker:
+                current_hash = current_rs["metadata"].get("labels", {}).get(HASH_LABEL)
+                latest_other = max(earlier, key=_revision, default=None)
+                left_hash = (latest_other or {}).get("metadata", {}).get("labels", {}).get(HASH_LABEL)
+                if marker.get("to") == current_hash and marker.get("from") == left_hash:
+                    return int(marker["revision"])  # this undo already happened
+            if not earlier:
+                raise errors.PermanentError(f"{ref}: no previous revision to roll back to")
+            target = max(earlier, key=_revision)
+            from_hash = (current_rs or {}).get("metadata", {}).get("labels", {}).get(HASH_LABEL, "")
+            to_hash = target["metadata"].get("labels", {}).get(HASH_LABEL, "")
+            annotations = dict(d["metadata"].get("annotations") or {})
+            annotations[UNDO_ANNOTATION] = json.dumps(
+                {"from": from_hash, "to": to_hash, "revision": _revision(target)}, sort_keys=True)
+            # Restating the resourceVersion we read makes the write fail with 409 if the
+            # Deployment changed since, as a PUT would; kubectl's own undo patch omits it.
+            self._patch(_deployment_path(ref.namespace, ref.deployment), [
+                {"op": "replace", "path": "/metadata/resourceVersion", "value": d["metadata"]["resourceVersion"]},
+                {"op": "replace", "path": "/spec/template", "value": _without_hash(target["spec"]["template"])},
+                {"op": "replace", "path": "/metadata/annotations", "value": annotations},
+            ], JSON_PATCH)
+            return _revision(target)
+
+        return self._converge(step)
+
+    def set_env(self, ref: TargetRef, name: str, value: str) -> None:
+        def step() -> None:
+            for deployment in (ref.deployment, ref.canary):
+                d = self._find_deployment(ref.namespace, deployment)
+                if d is None:
+                    if deployment == ref.deployment:
+                        raise errors.TargetNotFound(f"deployment {ref} not found")
+                    continue
+                env = {e["name"]: e for e in _container(d, ref.container).get("env") or []}
+                if env.get(name) == {"name": name, "value": value}:
+                    continue
+                self._patch(_deployment_path(ref.namespace, deployment), {"spec": {"template": {"spec": {
+                    "containers": [{"name": ref.container,
+                                    "env": [{"name": name, "value": value, "valueFrom": None}]}]}}}})
+
+        self._converge(step)
+
+    def set_configmap_key(self, namespace: str, name: str, key: str, value: str) -> None:
+        def step() -> None:
+            if self.read_configmap(namespace, name).get(key) != value:
+                self._patch(_configmap_path(namespace, name), {"data": {key: value}}, MERGE)
+
+        self._converge(step)
+
+    def read_configmap(self, namespace: str, name: str) -> Mapping[str, str]:
+        return dict(self._request("GET", _configmap_path(namespace, name)).get("data") or {})
+
+    def annotate(self, namespace: str, deployment: str, annotations: Mapping[str, str | None]) -> None:
+        def step() -> None:
+            current = self._get_deployment(namespace, deployment)["metadata"].get("annotations") or {}
+            if all(current.get(k) == v for k, v in annotations.items()):
+                return
+            self._patch(_deployment_path(namespace, deployment), {"metadata": {"annotations": dict(annotations)}},
+                        MERGE)
+
+        self._converge(step)
+
+    def find_annotated(self, namespaces: Sequence[str], key: str) -> list[WorkloadState]:
+        found: list[WorkloadState] = []
+        for namespace in namespaces:
+            for d in self._request("GET", _deployment_path(namespace)).get("items") or []:
+                if key in (d["metadata"].get("annotations") or {}):
+                    found.append(workload_state(d, None))
+        return found
+
+    def missing_permissions(self, namespace: str) -> list[str]:
+        missing: list[str] = []
+        for permission in REQUIRED_PERMISSIONS:
+            review = self._request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body={
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": {"namespace": namespace, "verb": permission.verb,
+                                                "group": permission.group, "resource": permission.resource}}})
+            if not (review.get("status") or {}).get("allowed"):
+                missing.append(str(permission))
+        return missing
