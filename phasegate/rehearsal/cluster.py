@@ -85,6 +85,9 @@ class ClusterEmulator:
     def start(self) -> ClusterEmulator:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit this; without it uvicorn's separate header and body writes
+        # meet the client's delayed ACK and every request takes 40 ms instead of <1 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(("127.0.0.1", self._port))
         sock.listen(128)
         self._socket = sock
