@@ -199,12 +199,35 @@ def _default_workload(spec: Obj, *, deployment: bool) -> None:
             strategy.setdefault("rollingUpdate", {"maxSurge": "25%", "maxUnavailable": "25%"})
 
 
+def _default_pod_spec(spec: Obj) -> None:
+    for key, value in (("restartPolicy", "Always"), ("terminationGracePeriodSeconds", 30),
+                       ("dnsPolicy", "ClusterFirst"), ("securityContext", {}), ("schedulerName", "default-scheduler")):
+        spec.setdefault(key, value)
+    for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        # ``resources: {}`` is what a typed Go client sends back (a struct is never omitted);
+        # without it the template kubectl rollout undo restores would differ from the stored one.
+        c.setdefault("resources", {})
+        c.setdefault("terminationMessagePath", "/dev/termination-log")
+        c.setdefault("terminationMessagePolicy", "File")
+        c.setdefault("imagePullPolicy", "Always" if c.get("image", "").endswith(":latest") or ":" not in
+                     c.get("image", "").rsplit("/", 1)[-1] else "IfNotPresent")
+        for port in c.get("ports") or []:
+            port.setdefault("protocol", "TCP")
+
+
+def _default_pod_template(template: Obj) -> None:
+    # Go encodes the zero ``metav1.Time`` of a template as null; typed clients send it back.
+    template.setdefault("metadata", {}).setdefault("creationTimestamp", None)
+    _default_pod_spec(template.setdefault("spec", {}))
+
+
 def admit(rt: ResourceType, obj: Obj, old: Obj | None) -> None:
     """Defaults and validation applied to every create and update of the main resource."""
     name = obj["metadata"].get("name", "")
     if rt.kind in ("Deployment", "ReplicaSet"):
         spec = obj.setdefault("spec", {})
         _default_workload(spec, deployment=rt.kind == "Deployment")
+        _default_pod_template(spec.setdefault("template", {}))
         selector = spec.get("selector")
         if not selector:
             raise invalid(rt, name, "spec.selector: Required value")
@@ -218,6 +241,8 @@ def admit(rt: ResourceType, obj: Obj, old: Obj | None) -> None:
             raise invalid(rt, name, "spec.selector: Invalid value: field is immutable")
         if not isinstance(spec["replicas"], int) or spec["replicas"] < 0:
             raise invalid(rt, name, "spec.replicas: Invalid value: must be greater than or equal to 0")
+    elif rt.kind == "Pod":
+        _default_pod_spec(obj.setdefault("spec", {}))
     elif rt.kind == "Service":
         spec = obj.setdefault("spec", {})
         spec.setdefault("type", "ClusterIP")

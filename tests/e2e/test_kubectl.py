@@ -1,0 +1,160 @@
+"""The real kubectl against the emulator: the proof that the emulator is faithful.
+
+Each test runs the commands of the seed's runbook (or what an operator would type) and
+asserts the resulting state in the emulator's store, not kubectl's wording alone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from phasegate.rehearsal.cluster import SEED_IMAGE_REPO, SIDECAR, ClusterEmulator
+from tests.fixtures.common import require_binary
+
+Kubectl = Callable[..., str]
+
+
+@pytest.fixture
+def kubectl(emulator_kubeconfig: Path, tmp_path: Path) -> Kubectl:
+    binary = require_binary("kubectl")
+
+    def run(*args: str, check: bool = True) -> str:
+        result = subprocess.run(
+            [binary, "--kubeconfig", str(emulator_kubeconfig), "--cache-dir", str(tmp_path / "cache"), *args],
+            capture_output=True, text=True, timeout=30)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result.stdout + result.stderr
+
+    return run
+
+
+def _image(emulator: ClusterEmulator, name: str = "bodhi-server") -> str:
+    containers = emulator.deployment("bodhi", name)["spec"]["template"]["spec"]["containers"]
+    return next(c["image"] for c in containers if c["name"] == "bodhi-server")
+
+
+def test_get_lists_deployments_replicasets_and_configmaps_as_tables(kubectl: Kubectl) -> None:
+    out = kubectl("get", "deploy,rs,cm")
+    assert "deployment.apps/bodhi-server   10/10" in out
+    assert out.count("replicaset.apps/bodhi-server-") == 3
+    assert "configmap/bodhi-config" in out
+
+
+def test_get_pods_by_label_selector_shows_running_pods(kubectl: Kubectl) -> None:
+    out = kubectl("get", "pods", "-l", "app=bodhi-server,track in (stable)", "-o", "name")
+    assert len(out.split()) == 10
+
+
+def test_get_json_round_trips_the_object(kubectl: Kubectl, seeded_cluster: ClusterEmulator) -> None:
+    obj = json.loads(kubectl("get", "deployment", "bodhi-server", "-o", "json"))
+    assert obj["metadata"]["uid"] == seeded_cluster.deployment("bodhi", "bodhi-server")["metadata"]["uid"]
+
+
+def test_rollout_status_waits_for_a_new_image_to_roll_out(kubectl: Kubectl, seeded_cluster: ClusterEmulator) -> None:
+    kubectl("set", "image", "deployment/bodhi-server", f"bodhi-server={SEED_IMAGE_REPO}:2.0.0")
+    out = kubectl("rollout", "status", "deployment/bodhi-server", "--timeout=20s")
+    assert 'deployment "bodhi-server" successfully rolled out' in out
+    assert seeded_cluster.rolled_out("bodhi", "bodhi-server")
+
+
+def test_rollout_status_reports_progress_deadline_exceeded_for_a_bad_image(
+        kubectl: Kubectl, seeded_cluster: ClusterEmulator) -> None:
+    seeded_cluster.behaviour.bad_images.add(f"{SEED_IMAGE_REPO}:bad")
+    kubectl("set", "image", "deployment/bodhi-server", f"bodhi-server={SEED_IMAGE_REPO}:bad")
+    out = kubectl("rollout", "status", "deployment/bodhi-server", "--timeout=20s", check=False)
+    assert "exceeded its progress deadline" in out
+
+
+def test_set_image_keeps_the_sidecar_and_creates_revision_four(
+        kubectl: Kubectl, seeded_cluster: ClusterEmulator) -> None:
+    kubectl("set", "image", "deployment/bodhi-server", f"bodhi-server={SEED_IMAGE_REPO}:2.0.0")
+    d = seeded_cluster.wait_rolled_out("bodhi", "bodhi-server")
+    assert [c["name"] for c in d["spec"]["template"]["spec"]["containers"]] == ["bodhi-server", SIDECAR]
+    assert d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "4"
+
+
+def test_rollout_history_lists_every_revision(kubectl: Kubectl) -> None:
+    out = kubectl("rollout", "history", "deployment/bodhi-server")
+    assert [line.split()[0] for line in out.splitlines()[2:] if line.strip()] == ["1", "2", "3"]
+    assert "deploy registry.example.com/bodhi/bodhi-server:1.4.1" in out
+
+
+def test_rollout_history_of_one_revision_shows_its_template(kubectl: Kubectl) -> None:
+    out = kubectl("rollout", "history", "deployment/bodhi-server", "--revision=2")
+    assert f"{SEED_IMAGE_REPO}:1.4.1" in out
+
+
+def test_rollout_undo_restores_the_previous_image_as_a_new_revision(
+        kubectl: Kubectl, seeded_cluster: ClusterEmulator) -> None:
+    assert "rolled back" in kubectl("rollout", "undo", "deployment/bodhi-server")
+    kubectl("rollout", "status", "deployment/bodhi-server", "--timeout=20s")
+    assert _image(seeded_cluster) == f"{SEED_IMAGE_REPO}:1.4.1"
+    history = kubectl("rollout", "history", "deployment/bodhi-server")
+    assert [line.split()[0] for line in history.splitlines()[2:] if line.strip()] == ["1", "3", "4"]
+
+
+def test_rollout_undo_to_revision_picks_that_template(kubectl: Kubectl, seeded_cluster: ClusterEmulator) -> None:
+    kubectl("rollout", "undo", "deployment/bodhi-server", "--to-revision=1")
+    seeded_cluster.wait_rolled_out("bodhi", "bodhi-server")
+    assert _image(seeded_cluster) == f"{SEED_IMAGE_REPO}:1.4.0"
+
+
+def test_scale_sets_replicas_through_the_scale_subresource(
+        kubectl: Kubectl, seeded_cluster: ClusterEmulator) -> None:
+    kubectl("scale", "deployment/bodhi-server", "--replicas=4")
+    d = seeded_cluster.wait_rolled_out("bodhi", "bodhi-server")
+    assert d["spec"]["replicas"] == 4 and d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
+    assert any(r.path.endswith("/deployments/bodhi-server/scale") for r in seeded_cluster.requests)
+
+
+def test_set_env_feature_flag_keeps_the_other_env_vars(kubectl: Kubectl, seeded_cluster: ClusterEmulator) -> None:
+    kubectl("set", "env", "deployment/bodhi-server", "-c", "bodhi-server", "ENABLE_TOKEN_REFRESH_LOCKING=false")
+    containers = seeded_cluster.deployment("bodhi", "bodhi-server")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in containers[0]["env"]}
+    assert env["ENABLE_TOKEN_REFRESH_LOCKING"] == "false" and env["LOG_LEVEL"] == "info"
+    assert containers[1]["name"] == SIDECAR
+
+
+def test_patch_configmap_flips_the_flag_without_touching_other_keys(
+        kubectl: Kubectl, seeded_cluster: ClusterEmulator) -> None:
+    kubectl("patch", "configmap", "bodhi-config", "--patch", '{"data":{"enable_token_refresh_locking":"false"}}')
+    data = seeded_cluster.store.get("configmaps", "bodhi", "bodhi-config")["data"]
+    assert data == {"enable_token_refresh_locking": "false", "log_level": "info"}
+
+
+def test_patch_canary_template_annotation_as_in_the_runbook(
+        kubectl: Kubectl, seeded_cluster: ClusterEmulator) -> None:
+    canary = seeded_cluster.deployment("bodhi", "bodhi-server")
+    canary["metadata"] = {"name": "bodhi-server-canary", "labels": {"app": "bodhi-server", "track": "canary"}}
+    canary["spec"]["replicas"] = 1
+    canary["spec"]["selector"]["matchLabels"]["track"] = "canary"
+    canary["spec"]["template"]["metadata"]["labels"]["track"] = "canary"
+    canary.pop("status")
+    seeded_cluster.store.create("apps/deployments", "bodhi", canary)
+    seeded_cluster.wait_rolled_out("bodhi", "bodhi-server-canary")
+    kubectl("patch", "deployment", "bodhi-server-canary", "--patch",
+            '{"spec":{"template":{"metadata":{"annotations":{"version":"previous"}}}}}')
+    d = seeded_cluster.wait_rolled_out("bodhi", "bodhi-server-canary")
+    assert d["spec"]["template"]["metadata"]["annotations"] == {"prometheus.io/scrape": "true", "version": "previous"}
+    assert d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
+    assert d["metadata"]["generation"] == 2
+
+
+def test_patch_with_json_patch_and_merge_patch_types(kubectl: Kubectl, seeded_cluster: ClusterEmulator) -> None:
+    kubectl("patch", "configmap", "bodhi-config", "--type=json",
+            "--patch", '[{"op":"add","path":"/data/extra","value":"1"}]')
+    kubectl("patch", "configmap", "bodhi-config", "--type=merge", "--patch", '{"data":{"log_level":null}}')
+    data = seeded_cluster.store.get("configmaps", "bodhi", "bodhi-config")["data"]
+    assert data == {"enable_token_refresh_locking": "true", "extra": "1"}
+
+
+def test_missing_deployment_is_reported_as_not_found(kubectl: Kubectl) -> None:
+    out = kubectl("get", "deployment", "nope", check=False)
+    assert 'deployments.apps "nope" not found' in out
+
