@@ -1,0 +1,34 @@
+"""``serve_emulator``: the foreground command serves a seeded cluster and stops on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from phasegate.adapters.kubernetes import KubernetesCluster
+from phasegate.ports import TargetRef
+from tests.fixtures.common import free_port
+
+
+def test_serve_emulator_writes_a_kubeconfig_the_python_client_loads_and_stops_on_sigterm(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    code = ("from phasegate.rehearsal.cluster import serve_emulator; "
+            f"serve_emulator(None, {free_port()}, {str(kubeconfig)!r}, ready_delay=0.01)")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not kubeconfig.exists():
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "kubeconfig never written"
+            time.sleep(0.05)
+        adapter = KubernetesCluster.from_kubeconfig(str(kubeconfig))
+        assert adapter.read_target(TargetRef("bodhi", "bodhi-server", "bodhi-server")).stable.replicas == 10
+        adapter.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=15)
+    assert process.returncode == 0
+    assert "Kubernetes API emulator at http://127.0.0.1:" in out
