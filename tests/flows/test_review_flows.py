@@ -1,0 +1,240 @@
+"""The review and sign-off flows end to end: Prefect's test harness, a real Prometheus holding
+four weeks of backfilled history, and reports, artifacts, notifications and annotations checked.
+
+History (5-minute resolution, from a day before promotion to four weeks after) is written
+in two namespaces: ``clean`` (healthy throughout) and ``incident`` (token_not_active errors
+all through day 3). Each test gets the seed plan pointed at one of them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.flow_runs import resume_flow_run
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.review import review_releases, sign_off
+from phasegate.adapters.console import ConsoleNotifier
+from phasegate.notify import Kind
+from phasegate.ports import ANN_IMAGE, ANN_PLAN, ANN_PROMOTED_AT, ANN_SIGNED_OFF, WorkloadState
+from phasegate.rehearsal.prometheus import BackfillSample, PrometheusServer, to_openmetrics
+from tasks.runtime import Runtime, using
+from tests.fixtures.common import require_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED = ROOT / "deployments/plans/token-refresh-locking.yaml"
+DAY, STEP = 86400.0, 300.0
+DEPLOYMENT = "bodhi-server"
+BAD_DAY = 2  # 0-based: the third day after promotion
+
+
+def _history(promoted: float) -> list[BackfillSample]:
+    samples: list[BackfillSample] = []
+    start = promoted - DAY
+    steps = int((29 * DAY + 2 * 3600) / STEP)
+    for namespace in ("clean", "incident"):
+        base = (("namespace", namespace), ("deployment", DEPLOYMENT), ("track", "stable"))
+
+        def counter(
+            metric: str,
+            extra: tuple[tuple[str, str], ...],
+            per_step: Callable[[float], float],
+            base: tuple[tuple[str, str], ...] = base,
+        ) -> None:
+            total = 0.0
+            for i in range(steps + 1):
+                t = start + i * STEP
+                samples.append(BackfillSample(metric, base + extra, t, total))
+                total += per_step(t)
+
+        def token_errors(t: float, bad: bool = namespace == "incident") -> float:
+            return 1.0 if bad and promoted + BAD_DAY * DAY <= t < promoted + (BAD_DAY + 1) * DAY else 0.0
+
+        counter("token_refresh_errors_total", (("type", "token_not_active"),), token_errors)
+        counter("http_requests_total", (("code", "200"),), lambda t: 3000)
+        counter("concurrency_lock_acquisitions_total", (), lambda t: 10000)
+        counter("token_refresh_lock_timeouts_total", (), lambda t: 1)  # 0.9999 success
+        for le, n in (("5", 9000), ("25", 9900), ("100", 10000), ("+Inf", 10000)):
+            counter("token_refresh_lock_acquisition_duration_ms_bucket", (("le", le),), lambda t, n=n: n)
+        for le, n in (("50", 2900), ("100", 2990), ("250", 3000), ("+Inf", 3000)):
+            counter("api_response_time_ms_bucket", (("le", le),), lambda t, n=n: n)
+    return samples
+
+
+@pytest.fixture(scope="module")
+def promoted_at() -> float:
+    # Four weeks and a bit ago, so sign-off is due now and all history is inside retention.
+    return float(int((time.time() - 28 * DAY - 3 * 3600) // STEP * STEP))
+
+
+@pytest.fixture(scope="module")
+def history_prometheus(promoted_at: float) -> Iterator[PrometheusServer]:
+    server = PrometheusServer(binary=require_binary("prometheus"), promtool=require_binary("promtool"))
+    try:
+        source = server.root / "history.om"
+        source.write_text(to_openmetrics(_history(promoted_at)))
+        # PrometheusServer.backfill writes 2h blocks (~350 here, 25 s); one large block takes 0.5 s.
+        subprocess.run(
+            [server.promtool, "tsdb", "create-blocks-from", "openmetrics", "-q", "--max-block-duration=720h",
+             str(source), str(server.data_dir)],
+            check=True, capture_output=True,
+        )
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[None]:
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+class AnnotatedCluster:
+    """The two Cluster operations the review flows use, over an in-memory Deployment list."""
+
+    def __init__(self) -> None:
+        self.deployments: dict[tuple[str, str], dict[str, str]] = {}
+
+    def add(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        self.deployments[(namespace, name)] = dict(annotations)
+
+    def find_annotated(self, namespaces: Sequence[str], key: str) -> list[WorkloadState]:
+        return [
+            WorkloadState(name, "app:v2", 3, 3, 3, 3, 2, 1, 1, dict(annotations))
+            for (namespace, name), annotations in self.deployments.items()
+            if namespace in namespaces and key in annotations
+        ]
+
+    def annotate(self, namespace: str, deployment: str, annotations: Mapping[str, str | None]) -> None:
+        current = self.deployments[(namespace, deployment)]
+        for k, v in annotations.items():
+            if v is None:
+                current.pop(k, None)
+            else:
+                current[k] = v
+
+
+def _plan_for(namespace: str, tmp_path: Path) -> str:
+    path = tmp_path / f"plan-{namespace}.yaml"
+    path.write_text(SEED.read_text().replace("production: bodhi\n", f"production: {namespace}\n"))
+    return str(path)
+
+
+@pytest.fixture
+def world(history_prometheus: PrometheusServer, promoted_at: float, prefect_api: None):
+    cluster = AnnotatedCluster()
+    for namespace in ("clean", "incident"):
+        cluster.add(
+            namespace,
+            DEPLOYMENT,
+            {ANN_PROMOTED_AT: f"{promoted_at:.3f}", ANN_IMAGE: "bodhi-server:v2", ANN_PLAN: "token-refresh-locking"},
+        )
+    provider = history_prometheus.provider(timeout=10)
+    notifier = ConsoleNotifier(file=io.StringIO())
+    runtime = Runtime(cluster=cluster, metrics=provider, notifier=notifier)  # type: ignore[arg-type]
+    with using(runtime):
+        yield runtime
+    provider.close()
+
+
+def test_a_clean_week_gets_daily_reviews_and_a_weekly_summary_with_charts(
+    world: Runtime, promoted_at: float, tmp_path: Path
+) -> None:
+    plan = _plan_for("clean", tmp_path)
+    reports = tmp_path / "reports"
+    daily = [
+        entry
+        for day in range(1, 8)
+        for entry in review_releases(plan, "daily", now=promoted_at + day * DAY + 3600, reports_dir=str(reports))
+    ]
+    assert [e["review"] for e in daily] == [f"daily review {d}/7" for d in range(1, 8)]
+    assert {e["outcome"] for e in daily} == {"Successful"}
+
+    summary = review_releases(plan, "weekly-summary", now=promoted_at + 7 * DAY + 3600, reports_dir=str(reports))
+    assert [(e["review"], e["outcome"]) for e in summary] == [("weekly-summary review 1/1", "Successful")]
+    assert "(0/7 days failed)" in Path(summary[0]["report"]).read_text()
+    assert len(summary[0]["charts"]) == 4
+    assert all(Path(c).stat().st_size > 10_000 for c in summary[0]["charts"])
+
+    sent = world.notifier.sent  # type: ignore[attr-defined]
+    assert [n.kind for n in sent] == [Kind.REVIEW] * 8
+
+
+def test_nothing_is_reviewed_daily_after_week_one(world: Runtime, promoted_at: float, tmp_path: Path) -> None:
+    assert review_releases(_plan_for("clean", tmp_path), "daily", now=promoted_at + 9 * DAY) == []
+
+
+def test_a_day_with_token_not_active_errors_fails_that_days_review(
+    world: Runtime, promoted_at: float, tmp_path: Path
+) -> None:
+    plan = _plan_for("incident", tmp_path)
+    reports = str(tmp_path / "reports")
+    outcomes = {
+        day: review_releases(plan, "daily", now=promoted_at + day * DAY + 3600, reports_dir=reports)[0]["outcome"]
+        for day in (2, 3, 4)
+    }
+    assert outcomes == {2: "Successful", 3: "Failed", 4: "Successful"}
+    bad = world.notifier.sent[1]  # type: ignore[attr-defined]
+    assert "did NOT pass" in bad.text and "zero-token-not-active: Failed" in bad.text
+
+
+def test_signoff_refuses_after_a_day_with_token_not_active_errors(
+    world: Runtime, promoted_at: float, tmp_path: Path
+) -> None:
+    done = sign_off(_plan_for("incident", tmp_path), now=promoted_at + 28 * DAY + 3600, reports_dir=str(tmp_path))
+    assert [d["signed_off"] for d in done] == [False]
+    assert any(p.startswith("zero-token-not-active: Failed") for p in done[0]["problems"])
+    notice = world.notifier.sent[-1]  # type: ignore[attr-defined]
+    assert notice.kind is Kind.REVIEW and "TOKEN-REFRESH-001 stays open" in notice.text
+    assert ANN_SIGNED_OFF not in world.cluster.deployments[("incident", DEPLOYMENT)]  # type: ignore[attr-defined]
+
+
+def _resume_when_paused(flow_run_id: str, run_input: dict[str, str]) -> threading.Thread:
+    def resume() -> None:
+        with get_client(sync_client=True) as client:
+            for _ in range(300):
+                state = client.read_flow_run(flow_run_id).state
+                if state is not None and state.is_paused():
+                    resume_flow_run(flow_run_id, run_input=run_input)
+                    return
+                time.sleep(0.1)
+
+    thread = threading.Thread(target=resume, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_four_clean_weeks_are_signed_off_and_the_incident_closed(
+    world: Runtime, promoted_at: float, tmp_path: Path
+) -> None:
+    paused: list[threading.Thread] = []
+    answer = {"decision": "sign off", "confirmed_by": "alice", "lessons_learned": "Double-check made most locks idle."}
+    world.on_pause = lambda run_id, _name, _fields: paused.append(_resume_when_paused(run_id, answer))
+
+    done = sign_off(
+        _plan_for("clean", tmp_path), now=promoted_at + 28 * DAY + 3600, reports_dir=str(tmp_path),
+        poll_interval_seconds=1,
+    )
+
+    assert len(paused) == 1
+    assert [(d["signed_off"], d["incident_closed"]) for d in done] == [(True, "TOKEN-REFRESH-001")]
+    report = Path(done[0]["report"]).read_text()
+    assert "**SUCCESS**" in report and "Incident **TOKEN-REFRESH-001** is closed." in report
+    assert "- Confirmed by: alice" in report and "Double-check made most locks idle." in report
+    notice = world.notifier.sent[-1]  # type: ignore[attr-defined]
+    assert notice.kind is Kind.SIGNED_OFF and "TOKEN-REFRESH-001 closed" in notice.text
+    assert ANN_SIGNED_OFF in world.cluster.deployments[("clean", DEPLOYMENT)]  # type: ignore[attr-defined]
+
+    again = sign_off(_plan_for("clean", tmp_path), now=promoted_at + 29 * DAY, reports_dir=str(tmp_path))
+    assert again == []
