@@ -22,7 +22,8 @@ target the seed plan describes; ``serve_emulator`` is the foreground command beh
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import functools
 import signal
 import socket
 import threading
@@ -37,8 +38,6 @@ from phasegate.rehearsal.k8s_api import ApiServer, Faults, LoggedRequest, Rbac
 from phasegate.rehearsal.k8s_controller import Behaviour, Controller
 from phasegate.rehearsal.k8s_store import Obj, Store
 
-log = logging.getLogger(__name__)
-
 SEED_NAMESPACES = ("bodhi", "bodhi-staging")
 SEED_DEPLOYMENT = "bodhi-server"
 SEED_CONTAINER = "bodhi-server"
@@ -48,6 +47,17 @@ SEED_ENV_FLAG = "ENABLE_TOKEN_REFRESH_LOCKING"
 SEED_IMAGE_REPO = "registry.example.com/bodhi/bodhi-server"
 SEED_HISTORY = ("1.4.0", "1.4.1", "1.5.0")
 SIDECAR = "metrics-proxy"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn checks ``should_exit`` every 100 ms; tests start and stop an emulator each,
+    so it checks every 10 ms (signals are not ours to catch: we run off the main thread)."""
+
+    async def main_loop(self) -> None:
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864000
+            await asyncio.sleep(0.01)
 
 
 class ClusterEmulator:
@@ -63,7 +73,7 @@ class ClusterEmulator:
         self.rbac = Rbac()
         self.api = ApiServer(self.store, faults=self.faults, rbac=self.rbac)
         self._port = port
-        self._server: uvicorn.Server | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
         self.store.create("namespaces", None, {"metadata": {"name": "default"}})
@@ -94,9 +104,7 @@ class ClusterEmulator:
         self.api.address = self.url.removeprefix("http://")
         config = uvicorn.Config(self.api.app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=2, timeout_keep_alive=30)
-        self._server = uvicorn.Server(config)
-        # uvicorn would install its own SIGINT/SIGTERM handlers, which only work in the main thread.
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server = _Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="k8s-emulator-http", daemon=True)
         self._thread.start()
@@ -228,8 +236,8 @@ def seed(emulator: ClusterEmulator, *, namespaces: tuple[str, ...] = SEED_NAMESP
                 store.create("apps/deployments", ns, _deployment(deployment, container, image, count, env_flag,
                                                                  configmap))
             else:
-                store.mutate("apps/deployments", ns, deployment, lambda d, image=image: _with_image(d, container,
-                                                                                                     image))
+                store.mutate("apps/deployments", ns, deployment, functools.partial(_with_image, container=container,
+                                                                                    image=image))
             emulator.controller.settle()
 
 

@@ -13,6 +13,7 @@ so callers may mutate what they get.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import itertools
 import re
@@ -313,7 +314,7 @@ class Store:
             ]
         return found
 
-    def events_after(self, rv: int) -> tuple[list[Event], bool]:
+    def events_after(self, rv: int) -> tuple[builtins.list[Event], bool]:
         """Events newer than ``rv``, and False if ``rv`` is older than the kept log (410 Gone)."""
         with self.lock:
             if self._events and rv < self._events[0].rv - 1 and rv < self._last_rv:
