@@ -137,13 +137,13 @@ class TrackObservation:
 class TrafficProfile:
     """How the service behaves when healthy; rates are per wall second."""
 
-    requests_per_replica_per_s: float = 50.0
+    requests_per_replica_per_s: float = 100.0
     latency_median_ms: float = 40.0
     latency_sigma: float = 0.3
     error_ratio: float = 0.0005
     auth_failure_ratio: float = 0.0002
     # Share of requests that find their access token expired and need a refresh.
-    expiry_ratio: float = 0.01
+    expiry_ratio: float = 0.02
     # Other requests holding the same expired token at that moment.
     waiters_per_expiry: float = 0.5
     refresh_median_ms: float = 35.0

@@ -7,7 +7,6 @@ the start): a fault must move exactly the gates it is about, on the canary only.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
@@ -112,16 +111,15 @@ def test_latency_scenarios_land_on_their_side_of_the_seed_thresholds(
     assert low < increase < high
 
 
-def test_concurrent_round_overlaps_its_queries(prometheus_server: PrometheusServer, synthetic_apps) -> None:
-    """A round of N gates is one wave of N queries in flight, not N queries in turn."""
-    provider = _InFlight(prometheus_server.provider())
+def test_concurrent_round_overlaps_its_queries(
+    prometheus_server: PrometheusServer, synthetic_apps: dict[str, RunningApp]
+) -> None:
+    """A round of N gates is one wave of queries in flight, not N queries in turn."""
+    provider = _InFlight(prometheus_server.provider(), wanted=measure.DEFAULT_MAX_WORKERS)
     samples = _round(provider, synthetic_apps["healthy"])  # type: ignore[arg-type]
+    assert len(samples) > measure.DEFAULT_MAX_WORKERS
     assert all(s.ok for s in samples.values())
-    assert provider.peak >= min(len(samples), measure.DEFAULT_MAX_WORKERS) // 2
-    starts = sorted(s.started for s in samples.values())
-    ends = sorted(s.started + s.elapsed for s in samples.values())
-    # The last query started before the first one finished: they overlapped.
-    assert starts[min(len(starts), measure.DEFAULT_MAX_WORKERS) - 1] < ends[0]
+    assert provider.peak == measure.DEFAULT_MAX_WORKERS
 
 
 def test_killed_prometheus_gives_error_samples_and_a_restarted_one_recovers(
@@ -145,21 +143,26 @@ def test_bad_gate_query_is_a_rejected_sample(prometheus: PrometheusProvider) -> 
 
 
 class _InFlight:
-    """Counts queries in flight at once around a real provider."""
+    """Around a real provider: each query waits (up to 5 s) until ``wanted`` are in flight.
 
-    def __init__(self, inner: PrometheusProvider) -> None:
+    Run in turn, no query would ever see company and ``peak`` would stay 1.
+    """
+
+    def __init__(self, inner: PrometheusProvider, wanted: int) -> None:
         self.inner = inner
+        self.wanted = wanted
         self.now = 0
         self.peak = 0
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
 
     def query(self, promql: str) -> float:
-        with self._lock:
+        with self._cond:
             self.now += 1
             self.peak = max(self.peak, self.now)
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self.peak >= self.wanted, timeout=5)
         try:
-            time.sleep(0.02)  # hold the slot long enough for the others to start
             return self.inner.query(promql)
         finally:
-            with self._lock:
+            with self._cond:
                 self.now -= 1
