@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 import numpy as np
-from scipy import stats
+from scipy import stats  # type: ignore[import-untyped]
 
 DEFAULT_CONFIDENCE = 0.98
 DEFAULT_PASS_SCORE = 95.0
@@ -162,18 +162,19 @@ def classify(
     """Pass / High / Low / NoData for one metric's canary and baseline samples."""
     c = _clean(canary, metric.nan_strategy)
     b = _clean(baseline, metric.nan_strategy)
-    common = {"name": metric.name, "group": metric.group, "critical": metric.critical,
-              "must_have_data": metric.must_have_data, "canary_n": int(c.size), "baseline_n": int(b.size)}
+    r = MetricResult(
+        name=metric.name, group=metric.group, classification=Classification.NODATA, reason="",
+        critical=metric.critical, must_have_data=metric.must_have_data, canary_n=int(c.size), baseline_n=int(b.size),
+    )
     if c.size == 0 or b.size == 0:
-        side = "canary" if c.size == 0 else "baseline"
-        return MetricResult(classification=Classification.NODATA, reason=f"no {side} data", **common)
-    c_med, b_med = float(np.median(c)), float(np.median(b))
-    common |= {"canary_median": c_med, "baseline_median": b_med}
+        return replace(r, reason=f"no {'canary' if c.size == 0 else 'baseline'} data")
+    b_med = float(np.median(b))
+    r = replace(r, canary_median=float(np.median(c)), baseline_median=b_med)
     if np.ptp(c) == 0 and np.ptp(b) == 0 and c[0] == b[0]:
         # Identical constants: nothing to test (and the U statistic's variance is zero).
-        return MetricResult(
-            classification=Classification.PASS, reason="identical constant samples", p_value=1.0,
-            effect=0.0, lower=0.0, upper=0.0, relative_effect=0.0, **common,
+        return replace(
+            r, classification=Classification.PASS, reason="identical constant samples", p_value=1.0,
+            effect=0.0, lower=0.0, upper=0.0, relative_effect=0.0,
         )
 
     p_value = float(stats.mannwhitneyu(c, b, alternative="two-sided").pvalue)
@@ -186,31 +187,25 @@ def classify(
         relative = math.inf
     else:
         relative = abs(effect) / scale
-    common |= {"p_value": p_value, "effect": effect, "lower": lower, "upper": upper, "relative_effect": relative}
+    r = replace(r, p_value=p_value, effect=effect, lower=lower, upper=upper, relative_effect=relative)
 
-    significant = p_value < 1 - confidence and effect != 0
-    if not significant:
-        return MetricResult(
-            classification=Classification.PASS, reason=f"no significant change (p={p_value:.3g})", **common
-        )
+    if not (p_value < 1 - confidence and effect != 0):
+        return replace(r, classification=Classification.PASS, reason=f"no significant change (p={p_value:.3g})")
     shift = "increase" if effect > 0 else "decrease"
+    r = replace(r, shift=shift)
     if relative <= metric.tolerance:
-        return MetricResult(
-            classification=Classification.PASS, shift=shift,
-            reason=f"{shift} of {relative:.2%} within tolerance {metric.tolerance:.2%}", **common,
-        )
+        reason = f"{shift} of {relative:.2%} within tolerance {metric.tolerance:.2%}"
+        return replace(r, classification=Classification.PASS, reason=reason)
     ignored = (metric.direction is Direction.INCREASE and shift == "decrease") or (
         metric.direction is Direction.DECREASE and shift == "increase"
     )
     if ignored:
-        return MetricResult(
-            classification=Classification.PASS, shift=shift,
-            reason=f"{shift} ignored: only {metric.direction.value} is bad", **common,
-        )
+        reason = f"{shift} ignored: only {metric.direction.value} is bad"
+        return replace(r, classification=Classification.PASS, reason=reason)
     size = "from zero" if math.isinf(relative) else f"of {relative:.2%}"
-    return MetricResult(
-        classification=Classification.HIGH if shift == "increase" else Classification.LOW, shift=shift,
-        reason=f"significant {shift} {size} (p={p_value:.3g}, tolerance {metric.tolerance:.2%})", **common,
+    return replace(
+        r, classification=Classification.HIGH if shift == "increase" else Classification.LOW,
+        reason=f"significant {shift} {size} (p={p_value:.3g}, tolerance {metric.tolerance:.2%})",
     )
 
 

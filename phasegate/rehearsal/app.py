@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -187,7 +188,7 @@ class SyntheticApp:
         self._known: set[tuple[str, str, str]] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._server = None
+        self._server: WSGIServer | None = None
         self.registry = CollectorRegistry()
         self._define_metrics()
 
