@@ -192,3 +192,31 @@ def assess(gate: Gate, measurements: Sequence[Measurement]) -> Assessment:
     if measurements[-1].outcome is not Outcome.SUCCESSFUL:
         return verdict(Outcome.INCONCLUSIVE, f"latest measurement: {measurements[-1].outcome.value}")
     return verdict(Outcome.SUCCESSFUL, "")
+
+
+def evaluate_judge(
+    gate: Gate, canary: Sequence[float], baseline: Sequence[float], *, at: float = 0.0, query: str = ""
+) -> Measurement:
+    """A ``kind: judge`` gate: Kayenta's Mann-Whitney classification of the two series.
+    Pass → Successful, High/Low (in the gate's direction) → Failed, NoData → Inconclusive."""
+    from phasegate import judge
+
+    config = gate.judge
+    if config is None:
+        raise ValueError(f"gate {gate.name!r} has no judge settings")
+    metric = judge.MetricConfig(
+        name=gate.name, direction=judge.Direction(config.direction), tolerance=config.tolerance,
+        critical=config.critical,
+    )
+    result = judge.classify(canary, baseline, metric, confidence=config.confidence)
+    outcome = {
+        judge.Classification.PASS: Outcome.SUCCESSFUL,
+        judge.Classification.HIGH: Outcome.FAILED,
+        judge.Classification.LOW: Outcome.FAILED,
+        judge.Classification.NODATA: Outcome.INCONCLUSIVE,
+    }[result.classification]
+    return Measurement(
+        gate=gate.name, outcome=outcome, at=at, value=result.canary_median, baseline=result.baseline_median,
+        compared=result.p_value, bound=gate.bound, query=query,
+        message=f"{result.classification.value}: {result.reason} (n={result.canary_n}/{result.baseline_n})",
+    )

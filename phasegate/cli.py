@@ -77,6 +77,86 @@ def validate(plan: Path = typer.Argument(..., help="Plan YAML file.")) -> None:
     out.print("valid", style="green")
 
 
+@app.command()
+def rehearse(
+    plan: Path = typer.Argument(..., help="Plan YAML file."),
+    scenario: str = typer.Option("healthy", help="Built-in scenario name or a scenario YAML file."),
+    speed: float = typer.Option(28800.0, help="Plan seconds per wall second (28800: 8 h per second)."),
+    approve: str = typer.Option("auto", help="auto | reject@PHASE | timeout@PHASE | ui"),
+    image: str | None = typer.Option(None, help="The new image (default: the next version of the seeded one)."),
+    report: Path | None = typer.Option(None, help="Write the JSON report here."),
+) -> None:
+    """Run the real rollout flow against a loopback cluster, app and Prometheus, with faults.
+
+    Exit codes: 0 promoted, 3 rolled back, 4 halted for a person, 2 bad input, 1 internal error.
+    """
+    import os
+
+    # Prefect reads its settings at import: keep the terminal for the rollout, not the server's chatter.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    loaded = load_or_exit(plan)
+    from flows.rehearsal import Approver
+    from flows.rehearsal import rehearse as run_rehearsal
+    from phasegate.rehearsal.scenarios import ScenarioError, load_scenario
+
+    try:
+        load_scenario(scenario)
+        Approver(approve)
+    except (ScenarioError, ValueError) as exc:
+        err.print(f"{exc}", markup=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    out.print(f"rehearsing {loaded.name} with scenario {scenario!r} at {speed:g}x", highlight=False)
+    result = run_rehearsal(plan, scenario=scenario, speed=speed, approve=approve, image=image, report_path=report)
+    print_outcome(result)
+    raise typer.Exit({"promoted": EXIT_OK, "rolled_back": EXIT_ROLLED_BACK, "halted": EXIT_HALTED}[result["outcome"]])
+
+
+def print_outcome(result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result['rollout']}: {result['outcome']}")
+    for column in ("phase", "outcome", "rounds", "wall s", "reason"):
+        table.add_column(column)
+    for p in result["phases"]:
+        table.add_row(
+            p["name"], p["outcome"], str(len(p["rounds"])), f"{p['ended_wall'] - p['started_wall']:.1f}", p["reason"]
+        )
+    out.print(table)
+    rb = result.get("rollback")
+    if rb:
+        out.print(f"rollback: {rb['strategy']} in {rb['phase']}, verified={rb['ok']}, metrics recovered="
+                  f"{rb['metrics_recovered']}", highlight=False)
+    t = result.get("timings") or {}
+    if "detected_after" in t:
+        out.print(f"fault onset → rollback started {t['detected_after']:.2f}s, → completed {t['completed_after']:.2f}s",
+                  highlight=False)
+
+
+@app.command()
+def emulator(
+    plan: Path | None = typer.Option(None, help="Seed the emulator with this plan's target."),
+    port: int = typer.Option(0, help="Port on 127.0.0.1 (0: any free port)."),
+    kubeconfig: Path = typer.Option(Path("emulator.kubeconfig"), help="Where to write the kubeconfig."),
+) -> None:
+    """Serve the Kubernetes API emulator in the foreground for kubectl and your own tools."""
+    from phasegate.rehearsal.cluster import serve_emulator
+
+    kwargs = {}
+    if plan is not None:
+        loaded = load_or_exit(plan)
+        t = loaded.target
+        namespaces = tuple(dict.fromkeys([t.namespaces.production, *(loaded.namespace(p) for p in loaded.phases)]))
+        kwargs = {"namespaces": namespaces, "deployment": t.deployment, "container": t.container}
+        flag = loaded.feature_flag
+        if flag and flag.configmap:
+            kwargs.update(configmap=flag.configmap.name, flag_key=flag.configmap.key)
+        if flag and flag.env:
+            kwargs["env_flag"] = flag.env
+    serve_emulator(str(plan) if plan else None, port, str(kubeconfig), **kwargs)
+
+
 def main() -> None:
     try:
         app()

@@ -212,6 +212,9 @@ class Phase(_Model):
     canary_share: float = Field(gt=0, le=100, description="Percent of production replicas on the new version.")
     soak: Duration = Field(description="How long gates are watched before the success criteria are judged.")
     interval: Duration = Field(timedelta(minutes=5), description="Time between gate rounds.")
+    initial_delay: Duration = Field(
+        timedelta(0), description="Wait after the deploy before the first gate round (Argo's initialDelay)."
+    )
     checks: list[Check] = Field(default_factory=list)
     success: list[Gate] = Field(default_factory=list, description="Judged over the whole soak.")
     triggers: list[Trigger] = Field(default_factory=list, description="Roll back at once on failure.")
@@ -220,6 +223,10 @@ class Phase(_Model):
     rollback: Strategy | None = Field(
         None,
         description="For reject, errors and failed deploys; default: canary_only if a canary runs, else full_undo.",
+    )
+    verify_window: Duration = Field(
+        timedelta(minutes=10),
+        description="How long a rollback waits for the fired metrics to return within bounds (reported either way).",
     )
     on_error: Literal["rollback", "halt"] = Field(
         "rollback", description="When a gate's consecutive errors pass its limit (Argo aborts)."

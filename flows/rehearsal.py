@@ -1,0 +1,334 @@
+"""Rehearse a plan end to end on this machine, in seconds.
+
+A ``World`` is everything a real rollout talks to, on loopback: the Kubernetes API
+emulator seeded with the plan's target, the synthetic application exporting the seed's
+metrics for whichever tracks the emulator runs, a real Prometheus scraping it every
+second, and (optionally) a Slack-compatible server. The *real* rollout flow runs against it
+on a scaled clock; an approver resumes the approval pauses through the Prefect API as a
+person would (or waits for a click in the UI).
+
+Faults come from a scenario: the app misbehaves on whichever track runs the new image; a
+Prometheus outage is acted out here by stopping and restarting the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from phasegate.adapters.console import ConsoleNotifier
+from phasegate.adapters.kubernetes import KubernetesCluster
+from phasegate.clock import ScaledClock
+from phasegate.notify import Notifier
+from phasegate.plan import RolloutPlan, load_plan
+from phasegate.ports import ANN_PHASE
+from phasegate.rehearsal.app import SyntheticApp, TrackObservation, TrafficProfile
+from phasegate.rehearsal.cluster import ClusterEmulator, seed
+from phasegate.rehearsal.prometheus import PrometheusServer
+from phasegate.rehearsal.scenarios import Scenario, load_scenario
+from tasks.runtime import Runtime
+
+SCRAPE_SECONDS = 0.5
+DEFAULT_SPEED = 28800.0  # 8 h of plan time per second: the seed's 7-day rollout in ~25 s
+# A rehearsal's gate windows hold a few seconds of traffic, not five minutes: one stray 5xx
+# in a one-pod canary would already be "an error rate increase > 0.1%". Healthy means no
+# background 5xx here, so only a scenario's injected errors move that gate.
+REHEARSAL_TRAFFIC = TrafficProfile(requests_per_replica_per_s=200.0, error_ratio=0.0)
+K8S_TIME_SCALE = 0.005  # a 600 s progress deadline takes 3 s of wall time
+
+
+def default_image(plan: RolloutPlan) -> str:
+    from phasegate.rehearsal.cluster import SEED_IMAGE_REPO
+
+    return f"{SEED_IMAGE_REPO}:1.6.0"
+
+
+@dataclass
+class World:
+    """The loopback stand-ins for a cluster, its workload and its monitoring."""
+
+    plan: RolloutPlan
+    image: str
+    scenario: Scenario
+    clock: ScaledClock
+    emulator: ClusterEmulator
+    app: SyntheticApp
+    prometheus: PrometheusServer
+    notifier: Notifier
+    checks: CheckServer
+    outage_log: list[tuple[str, float]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def observe(self) -> list[TrackObservation]:
+        """What runs where, read straight from the emulator's store."""
+        plan, store = self.plan, self.emulator.store
+        production = store.find("apps/deployments", plan.target.namespaces.production, plan.target.deployment)
+        phase = ((production or {}).get("metadata", {}).get("annotations") or {}).get(ANN_PHASE)
+        namespaces = {plan.namespace(p) for p in plan.phases}
+        out = []
+        for ns in sorted(namespaces):
+            flag_cm = self._configmap_flag(ns)
+            for track, name in (("stable", plan.target.deployment), ("canary", plan.target.deployment + "-canary")):
+                d = store.find("apps/deployments", ns, name)
+                if d is None:
+                    continue
+                container = next(
+                    (c for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == plan.target.container), None
+                )
+                if container is None:
+                    continue
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                flag = self.plan.feature_flag
+                env_on = flag is None or flag.env is None or env.get(flag.env) != flag.off_value
+                out.append(TrackObservation(
+                    namespace=ns, deployment=plan.target.deployment, track=track, image=container["image"],
+                    ready_replicas=int(d.get("status", {}).get("readyReplicas") or 0),
+                    flag_enabled=env_on and flag_cm, phase=phase,
+                ))
+        return out
+
+    def _configmap_flag(self, namespace: str) -> bool:
+        flag = self.plan.feature_flag
+        if flag is None or flag.configmap is None:
+            return True
+        cm = self.emulator.store.find("configmaps", namespace, flag.configmap.name)
+        return ((cm or {}).get("data") or {}).get(flag.configmap.key) != flag.off_value
+
+    def _act_out_outage(self) -> None:
+        """Stop Prometheus for the scenario's outage window (plan time), then restart it."""
+        state = "before"
+        while not self._stop.wait(0.1):
+            window = self.scenario.outage_window(self.app.phase_seen, self.app.origin)
+            if window is None:
+                continue
+            now = self.clock.now()
+            if state == "before" and now >= window[0]:
+                self.prometheus.stop()
+                self.outage_log.append(("stopped", time.time()))
+                state = "down"
+            elif state == "down" and now >= window[1]:
+                self.prometheus.restart()
+                self.outage_log.append(("restarted", time.time()))
+                return
+
+    def runtime(self, *, approval_floor: float, on_pause: Callable[[str, str, list[str]], None] | None) -> Runtime:
+        port = self.checks.port
+        return Runtime(
+            cluster=KubernetesCluster.from_url(self.emulator.url, poll_interval=0.05, backoff=0.05, max_backoff=0.5),
+            metrics=self.prometheus.provider(timeout=5.0),
+            notifier=self.notifier,
+            clock=self.clock,
+            min_interval_wall=SCRAPE_SECONDS,
+            min_window_wall=4 * SCRAPE_SECONDS,
+            min_warmup_wall=4 * SCRAPE_SECONDS,
+            min_soak_wall=6 * SCRAPE_SECONDS,
+            min_approval_wall=approval_floor,
+            approval_poll_seconds=1,
+            url_for_check=lambda url: _loopback(url, port),
+            on_pause=on_pause,
+        )
+
+    def fault_onsets_wall(self) -> list[float]:
+        """Wall times at which the scenario's faults started (for detection timings)."""
+        out = []
+        for fault in self.scenario.faults:
+            start = fault.starts_at(self.app.phase_seen, self.app.origin)
+            if start is not None and start <= self.clock.now():
+                out.append(time.time() - self.clock.to_wall(self.clock.now() - start))
+        return out
+
+
+class CheckServer:
+    """Answers the plan's smoke and load checks on loopback, as the Service would for healthy pods."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = b"ok\n"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_HEAD = do_GET
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, name="check-server", daemon=True)
+
+    def __enter__(self) -> CheckServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _loopback(url: str, port: int) -> str:
+    """Checks in the plan address the cluster's Service; here the synthetic app answers them."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(("http", f"127.0.0.1:{port}", parts.path or "/", parts.query, ""))
+
+
+@contextlib.contextmanager
+def world(
+    plan: RolloutPlan,
+    *,
+    image: str | None = None,
+    scenario: Scenario | str = "healthy",
+    speed: float = DEFAULT_SPEED,
+    notifier: Notifier | None = None,
+    ready_delay: float = 0.05,
+) -> Iterator[World]:
+    """Start the loopback world for ``plan``; everything is stopped on exit."""
+    scn = load_scenario(scenario) if isinstance(scenario, str) else scenario
+    new_image = image or default_image(plan)
+    clock = ScaledClock(speed)
+    # Kubernetes durations (progressDeadlineSeconds) are compressed less than plan time: at
+    # the plan's speed a 10-minute deadline would expire before any pod could be ready.
+    emulator = ClusterEmulator(ready_delay=ready_delay, time_scale=K8S_TIME_SCALE)
+    if scn.bad_image:
+        emulator.behaviour.bad_images.add(new_image)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(emulator)
+        production = plan.target.namespaces.production
+        namespaces = tuple(dict.fromkeys([production, *(plan.namespace(p) for p in plan.phases)]))
+        flag = plan.feature_flag
+        seed(
+            emulator, namespaces=namespaces, deployment=plan.target.deployment, container=plan.target.container,
+            **({"configmap": flag.configmap.name, "flag_key": flag.configmap.key} if flag and flag.configmap else {}),
+            **({"env_flag": flag.env} if flag and flag.env else {}),
+            **({"replicas": {plan.target.namespaces.production: plan.target.replicas}} if plan.target.replicas else {}),
+        )
+        holder: dict[str, World] = {}
+        app = SyntheticApp(
+            lambda: holder["world"].observe() if "world" in holder else [], new_image, scn, clock,
+            profile=REHEARSAL_TRAFFIC, tick_seconds=0.1,
+        )
+        stack.enter_context(app)
+        prometheus = PrometheusServer(targets=[app.target], scrape_interval=SCRAPE_SECONDS)
+        stack.callback(prometheus.close)
+        prometheus.start()
+        checks = stack.enter_context(CheckServer())
+        w = World(plan, new_image, scn, clock, emulator, app, prometheus, notifier or ConsoleNotifier(), checks)
+        holder["world"] = w
+        prometheus.wait_for_data("up", timeout=30)
+        outage = threading.Thread(target=w._act_out_outage, name="outage", daemon=True)
+        outage.start()
+        stack.callback(w._stop.set)
+        yield w
+
+
+class Approver:
+    """Answers approval pauses through the Prefect API, as a person in the UI would.
+
+    Modes: ``auto`` approves every phase with every criterion ticked; ``reject@PHASE``
+    rejects that phase; ``timeout@PHASE`` leaves that phase unanswered; ``ui`` answers
+    nothing and prints where to click.
+    """
+
+    def __init__(self, mode: str = "auto", *, approver: str = "rehearsal", say: Callable[[str], None] = print) -> None:
+        self.mode, _, self.phase = mode.partition("@")
+        needs_phase = self.mode in ("reject", "timeout")
+        if self.mode not in ("auto", "reject", "timeout", "ui") or (needs_phase and not self.phase):
+            raise ValueError(f"--approve must be auto, reject@PHASE, timeout@PHASE or ui, not {mode!r}")
+        self.approver = approver
+        self.say = say
+        self.answers: list[dict[str, Any]] = []
+        self.ui_url: str | None = None
+
+    def __call__(self, flow_run_id: str, phase: str, fields: list[str]) -> None:
+        if self.mode == "ui":
+            where = f"{self.ui_url}/runs/flow-run/{flow_run_id}" if self.ui_url else f"flow run {flow_run_id}"
+            self.say(f"waiting for approval of {phase} in the Prefect UI: {where}")
+            return
+        if self.mode == "timeout" and phase == self.phase:
+            return
+        decision = "reject" if self.mode == "reject" and phase == self.phase else "approve"
+        answer: dict[str, Any] = {"decision": decision, "approver": self.approver, "comment": f"rehearsal: {decision}"}
+        answer.update({f: True for f in fields if f.startswith("criterion_")})
+        threading.Thread(target=self._resume, args=(flow_run_id, answer), daemon=True).start()
+
+    def _resume(self, flow_run_id: str, answer: dict[str, Any]) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.flow_runs import resume_flow_run
+
+        deadline = time.time() + 60
+        with get_client(sync_client=True) as client:
+            while time.time() < deadline:
+                run = client.read_flow_run(UUID(flow_run_id))
+                if run.state is not None and run.state.is_paused():
+                    break
+                time.sleep(0.1)
+        resume_flow_run(UUID(flow_run_id), run_input=answer)
+        self.answers.append(answer)
+
+
+def timings(report: dict[str, Any], w: World) -> dict[str, Any]:
+    """Fault onset → rollback started → rollback completed, in wall seconds."""
+    onsets = w.fault_onsets_wall()
+    rb = report.get("rollback") or {}
+    out: dict[str, Any] = {"fault_onsets_wall": onsets, "outages": w.outage_log}
+    if rb and onsets:
+        onset = min(onsets)
+        out.update(
+            onset_wall=onset,
+            detected_after=rb["started_wall"] - onset,
+            completed_after=rb["completed_wall"] - onset,
+            budget=SCRAPE_SECONDS + max(w.clock.to_wall(min(p.interval.total_seconds() for p in w.plan.phases)),
+                                        SCRAPE_SECONDS),
+        )
+    return out
+
+
+def rehearse(
+    plan_path: str | Path,
+    *,
+    scenario: str = "healthy",
+    speed: float = DEFAULT_SPEED,
+    approve: str = "auto",
+    image: str | None = None,
+    notifier: Notifier | None = None,
+    report_path: str | Path | None = None,
+    approval_floor: float | None = None,
+    lock_timeout_seconds: float = 30.0,
+) -> dict[str, Any]:
+    """Run the real rollout flow for ``plan_path`` against a fresh loopback world."""
+    from flows.rollout import progressive_rollout
+    from tasks.runtime import using
+
+    plan = load_plan(plan_path)
+    approver = Approver(approve)
+    floor = approval_floor if approval_floor is not None else (4.0 if approver.mode == "timeout" else 120.0)
+    with world(plan, image=image, scenario=scenario, speed=speed, notifier=notifier) as w:
+        runtime = w.runtime(approval_floor=floor, on_pause=approver)
+        with using(runtime):
+            report = progressive_rollout(str(plan_path), w.image, lock_timeout_seconds=lock_timeout_seconds)
+        report["scenario"] = w.scenario.name
+        report["approvals_sent"] = approver.answers
+        report["timings"] = timings(report, w)
+        notifications = getattr(w.notifier, "sent", None)
+        if notifications is not None:
+            report["notifications_sent"] = [
+                {"kind": n.kind.value, "severity": n.severity.value, "phase": n.phase, "text": n.text}
+                for n in notifications
+            ]
+    if report_path:
+        Path(report_path).write_text(json.dumps(report, indent=2, default=str))
+    return report

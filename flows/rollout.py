@@ -1,0 +1,305 @@
+"""The parent flow: one progressive rollout of a plan's target to a new image.
+
+    load plan → preflight (nothing deployed unless it passes) → per-target lock →
+    for each phase: phase subflow → [approval pause] → next … → promoted
+                         └─ trigger / reject / timeout / failed deploy → rollback subflow
+
+Two locks guard a target. A Prefect global concurrency limit named after the target
+(strict: a missing limit is created, never silently skipped) makes a second rollout wait
+and then be refused. The release record on the Deployment is the durable one: if a
+different rollout's record is unfinished, this one is refused even if the Prefect lease
+has expired with a dead process. The same rollout's unfinished record means *resume*:
+finished phases are not redeployed and their notifications are not sent again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
+
+from flows.approval import ApprovalRecord, await_approval
+from flows.context import Rollout
+from flows.phase import PhaseResult, run_phase
+from flows.rollback import RollbackResult, run_rollback
+from phasegate.decide import Action, Decision, Step, after_approval
+from phasegate.errors import PermanentError, PlanError, TargetNotFound
+from phasegate.notify import Kind, Severity
+from phasegate.plan import RolloutPlan, load_plan
+from phasegate.ports import ANN_PROMOTED_AT, ANN_ROLLED_BACK, TargetRef
+from tasks import evidence
+from tasks.cluster import check_permissions, read_target
+from tasks.metrics import check_metrics
+from tasks.release import APPROVED, HALTED, HELD, PASSED, PROMOTED, Release, rollout_id
+from tasks.runtime import current
+
+PROMOTED_OUTCOME, ROLLED_BACK_OUTCOME, HALTED_OUTCOME = "promoted", "rolled_back", "halted"
+
+
+class PreflightFailed(PermanentError):
+    """Something the rollout needs is missing or wrong; nothing was deployed."""
+
+
+class RolloutRefused(PermanentError):
+    """Another rollout holds this target."""
+
+
+def lock_name(plan: RolloutPlan) -> str:
+    return f"phasegate:{plan.target.namespaces.production}.{plan.target.deployment}"
+
+
+def ensure_lock(name: str) -> None:
+    """Create the target's global concurrency limit (1 slot) if it does not exist yet."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            # Two rollouts may race to create it; either creation leaves the one limit we need.
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+
+
+def preflight(plan: RolloutPlan, image: str) -> TargetRef:
+    """Every problem at once, before anything changes."""
+    problems: list[str] = []
+    ref = TargetRef(plan.target.namespaces.production, plan.target.deployment, plan.target.container)
+    refs = [ref] + [TargetRef(plan.namespace(p), ref.deployment, ref.container) for p in plan.phases]
+    for r in {(r.namespace, r.deployment): r for r in refs}.values():
+        try:
+            state = read_target(r)
+            if state.stable.replicas < 1 and state.canary is None:
+                problems.append(f"{r}: the Deployment has no replicas to shift")
+        except TargetNotFound as exc:
+            problems.append(f"{r}: {exc}")
+        except Exception as exc:
+            problems.append(f"{r}: cluster unreachable: {type(exc).__name__}: {exc}")
+            break
+        else:
+            missing = check_permissions(r.namespace)
+            problems.extend(f"{r.namespace}: RBAC denies {verb}" for verb in missing)
+    problems.extend(check_metrics(plan))
+    check = getattr(current().notifier, "check_auth", None)
+    if check is not None:
+        status = check()
+        if not getattr(status, "ok", True):
+            problems.append(f"Slack: {getattr(status, 'detail', status)}")
+    if not image or (":" not in image.rsplit("/", 1)[-1] and "@" not in image):
+        problems.append(f"image {image!r} has no tag or digest: a rollout needs an exact version")
+    if problems:
+        raise PreflightFailed("preflight failed, nothing was deployed:\n- " + "\n- ".join(problems))
+    return ref
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    p = flow_run.parameters
+    return f"rollout {p.get('image', '?')}"
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "value") and hasattr(value, "name") and type(value).__module__.startswith("phasegate"):
+        return value.value
+    return value
+
+
+def phase_report(result: PhaseResult) -> dict[str, Any]:
+    return {
+        "name": result.phase,
+        "outcome": result.action.step.value,
+        "reason": result.action.reason,
+        "started_plan": result.started_plan,
+        "ended_plan": result.ended_plan,
+        "started_wall": result.started_wall,
+        "ended_wall": result.ended_wall,
+        "checks": _plain(result.checks),
+        "rounds": [
+            [
+                {"gate": m.gate, "outcome": m.outcome.value, "value": m.value, "baseline": m.baseline,
+                 "compared": m.compared, "bound": m.bound, "at": m.at}
+                for m in rnd
+            ]
+            for rnd in result.rounds
+        ],
+    }
+
+
+@flow(name="progressive-rollout", flow_run_name=_run_name)
+def progressive_rollout(plan_path: str, image: str, lock_timeout_seconds: float = 30.0) -> dict[str, Any]:
+    """Roll ``image`` out through every phase of the plan at ``plan_path``."""
+    log = get_run_logger()
+    try:
+        plan = load_plan(plan_path)
+    except PlanError as exc:
+        raise PreflightFailed("the plan is invalid, nothing was deployed:\n" + "\n".join(exc.problems)) from None
+    ref = preflight(plan, image)
+    name = lock_name(plan)
+    ensure_lock(name)
+    try:
+        with concurrency(name, occupy=1, timeout_seconds=lock_timeout_seconds, strict=True, lease_duration=60):
+            return drive(plan, ref, image)
+    except TimeoutError as exc:
+        if "concurrency" not in str(exc).lower() and "slot" not in str(exc).lower():
+            raise
+        log.error("another rollout of %s holds the lock", ref)
+        raise RolloutRefused(f"another rollout of {ref} is in progress (lock {name!r})") from None
+
+
+def drive(plan: RolloutPlan, ref: TargetRef, image: str) -> dict[str, Any]:
+    log = get_run_logger()
+    rt = current()
+    state = read_target(ref)
+    rid = rollout_id(plan, image)
+    existing = Release.from_annotations(state.stable.annotations)
+    resume = False
+    if existing is not None and not existing.finished:
+        if existing.id != rid:
+            raise RolloutRefused(
+                f"{ref} is in the middle of rollout {existing.id!r} ({existing.phase}, {existing.state})"
+            )
+        release, resume = existing, True
+        log.info("resuming %s at %s (%s)", rid, existing.phase, existing.state)
+    elif existing is not None and existing.id == rid and existing.state == PROMOTED:
+        return {"outcome": PROMOTED_OUTCOME, "rollout": rid, "note": "already promoted", "phases": []}
+    else:
+        if state.stable.image == image and state.canary is None:
+            raise PreflightFailed(f"{ref} already runs {image}; nothing to roll out")
+        total = plan.target.replicas or state.stable.replicas + (state.canary.replicas if state.canary else 0)
+        release = Release(rid, image, state.stable.image, total)
+    ctx = FlowRunContext.get()
+    rollout = Rollout(plan, image, ref, release, flow_run_id=str(ctx.flow_run.id) if ctx and ctx.flow_run else None)
+    rollout.save()
+    rollout.notify(
+        "rollout:started", Kind.ROLLOUT_STARTED,
+        f"Rollout of {image} to {ref} {'resumed' if resume else 'started'}: "
+        + " → ".join(f"{p.name} ({p.canary_share:g}%)" for p in plan.phases),
+        fields={"plan": plan.name, "previous": release.previous_image}, links=rollout.ui_link(),
+    )
+    report: dict[str, Any] = {
+        "rollout": rid, "plan": plan.name, "image": image, "previous_image": release.previous_image,
+        "target": str(ref), "flow_run_id": rollout.flow_run_id, "resumed": resume, "phases": [], "approvals": [],
+        "rollback": None, "started_wall": rollout.started_wall, "speed": rt.clock.speed,
+    }
+
+    start = next((i for i, p in enumerate(plan.phases) if p.name == release.phase), 0) if resume else 0
+    for index in range(start, len(plan.phases)):
+        phase = plan.phases[index]
+        next_phase = plan.phases[index + 1] if index + 1 < len(plan.phases) else None
+        resumed_here = resume and phase.name == release.phase
+        if resumed_here and release.state == APPROVED:
+            continue
+        if resumed_here and release.state in (PASSED, HELD):
+            action = Action(Step.ADVANCE if release.state == PASSED else Step.HOLD, "resumed after a restart")
+            evidence_md = "(the evidence is in the previous flow run)"
+        else:
+            result = run_phase(rollout, phase, resume=resumed_here)
+            report["phases"].append(phase_report(result))
+            action = result.action
+            evidence_md = evidence.markdown_table(result.last_round)
+            table = evidence.markdown_table(result.last_round, with_query=True)
+            evidence.publish_markdown(
+                rid, f"{phase.name}-summary", f"# {phase.name}: {action.step.value}\n\n{action.reason}\n\n{table}",
+                f"{phase.name} summary",
+            )
+        if action.step is Step.ROLLBACK:
+            rollout.notify(f"{phase.name}:failed", Kind.PHASE_FAILED, f"{phase.name} failed: {action.reason}",
+                           severity=Severity.WARNING, phase=phase.name)
+            return finish_rollback(rollout, report, phase, action)
+        if action.step is Step.HALT:
+            return finish_halt(rollout, report, phase, action.reason)
+        release.state = PASSED if action.step is Step.ADVANCE else HELD
+        rollout.save()
+        if action.step is Step.ADVANCE:
+            rollout.notify(f"{phase.name}:passed", Kind.PHASE_PASSED, f"{phase.name} passed: {action.reason}",
+                           phase=phase.name)
+        if action.step is Step.HOLD or (next_phase is not None and phase.approval.required):
+            approval = await_approval(rollout, phase, next_phase, action, evidence_md)
+            report["approvals"].append(_approval_report(approval))
+            decided = after_approval(phase, approval.decision, who=approval.approver, comment=approval.comment)
+            if approval.decision is not Decision.TIMEOUT:
+                kind = Kind.APPROVAL_GIVEN if approval.decision is Decision.APPROVE else Kind.APPROVAL_REFUSED
+                rollout.notify(f"{phase.name}:decision", kind, f"{phase.name}: {decided.reason}", phase=phase.name)
+            if decided.step is Step.ROLLBACK:
+                return finish_rollback(rollout, report, phase, decided)
+            if decided.step is Step.HALT:
+                return finish_halt(rollout, report, phase, decided.reason)
+        release.state = APPROVED
+        rollout.save()
+    return finish_promoted(rollout, report)
+
+
+def _approval_report(a: ApprovalRecord) -> dict[str, Any]:
+    return {"phase": a.phase, "decision": a.decision.value, "approver": a.approver, "comment": a.comment,
+            "criteria": a.criteria, "refused": a.refused, "waited_wall": a.waited_wall}
+
+
+def _close(rollout: Rollout, report: dict[str, Any], outcome: str) -> dict[str, Any]:
+    report["outcome"] = outcome
+    report["ended_wall"] = time.time()
+    report["events"] = rollout.events
+    report["notifications"] = [e for e in rollout.events if e["event"] == "notification"]
+    return report
+
+
+def finish_promoted(rollout: Rollout, report: dict[str, Any]) -> dict[str, Any]:
+    rollout.release.state = PROMOTED
+    promoted_at = current().clock.now()
+    annotations = rollout.release.annotations()
+    annotations[ANN_PROMOTED_AT] = f"{promoted_at:.3f}"
+    from phasegate.ports import ANN_PLAN
+
+    annotations[ANN_PLAN] = rollout.plan.name
+    from tasks.cluster import annotate_release
+
+    annotate_release(rollout.ref.namespace, rollout.ref.deployment, annotations)
+    rollout.notify("rollout:promoted", Kind.PROMOTED, f"{rollout.image} is promoted to 100% of {rollout.ref}",
+                   links=rollout.ui_link())
+    evidence.publish_markdown(rollout.release.id, "rollout-summary", _summary_md(report, "promoted"), "rollout")
+    return _close(rollout, report, PROMOTED_OUTCOME)
+
+
+def finish_rollback(rollout: Rollout, report: dict[str, Any], phase, action: Action) -> dict[str, Any]:
+    assert action.strategy is not None
+    result: RollbackResult = run_rollback(rollout, phase, action.strategy, action.reason, list(action.gates))
+    report["rollback"] = _plain(result)
+    from tasks.cluster import annotate_release
+
+    annotate_release(
+        rollout.ref.namespace, rollout.ref.deployment, {ANN_ROLLED_BACK: f"{phase.name}:{action.strategy.value}"}
+    )
+    evidence.publish_markdown(rollout.release.id, "rollout-summary", _summary_md(report, "rolled back"), "rollout")
+    return _close(rollout, report, ROLLED_BACK_OUTCOME)
+
+
+def finish_halt(rollout: Rollout, report: dict[str, Any], phase, reason: str) -> dict[str, Any]:
+    rollout.release.state = HALTED
+    rollout.save()
+    rollout.notify(f"{phase.name}:halted", Kind.HALTED, f"Rollout halted in {phase.name}: {reason}",
+                   severity=Severity.WARNING, phase=phase.name, links=rollout.ui_link())
+    report["halted"] = {"phase": phase.name, "reason": reason}
+    evidence.publish_markdown(rollout.release.id, "rollout-summary", _summary_md(report, "halted"), "rollout")
+    return _close(rollout, report, HALTED_OUTCOME)
+
+
+def _summary_md(report: dict[str, Any], outcome: str) -> str:
+    lines = [f"# {report['rollout']}: {outcome}", "", "| phase | outcome | reason |", "|---|---|---|"]
+    lines += [f"| {p['name']} | {p['outcome']} | {p['reason']} |" for p in report["phases"]]
+    if report.get("rollback"):
+        rb = report["rollback"]
+        lines += ["", f"Rollback: {rb['strategy']} in {rb['phase']} — {rb['reason']} (verified: {rb['ok']})"]
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""What every task module shares: retry policy and the release record on the cluster."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect.cache_policies import NONE
+
+from phasegate.errors import TemporaryError
+
+# Adapters are not hashable inputs and a rollout step must never be skipped because a
+# cached result exists, so no task caches.
+NO_CACHE: dict[str, Any] = {"cache_policy": NONE, "persist_result": False}
+RETRY_DELAYS = [1, 2, 4]
+
+
+def retry_if_temporary(task, task_run, state) -> bool:
+    """Retry 5xx, timeouts and lost connections; a permanent error fails at once."""
+    try:
+        state.result()
+    except TemporaryError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def loads(text: str | None, default: Any) -> Any:
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
