@@ -1,5 +1,6 @@
 """The review and sign-off flows end to end: Prefect's test harness, a real Prometheus holding
 four weeks of backfilled history, and reports, artifacts, notifications and annotations checked.
+The Prefect API is the session's (``prefect_api`` in tests/fixtures/prefect.py).
 
 History (5-minute resolution, from a day before promotion to four weeks after) is written
 in two namespaces: ``clean`` (healthy throughout) and ``incident`` (token_not_active errors
@@ -9,7 +10,6 @@ all through day 3). Each test gets the seed plan pointed at one of them.
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import threading
 import time
@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.flow_runs import resume_flow_run
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.review import review_releases, sign_off
 from phasegate.adapters.console import ConsoleNotifier
@@ -91,13 +90,6 @@ def history_prometheus(promoted_at: float) -> Iterator[PrometheusServer]:
         yield server
     finally:
         server.close()
-
-
-@pytest.fixture(scope="module")
-def prefect_api() -> Iterator[None]:
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 class AnnotatedCluster:
