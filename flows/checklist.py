@@ -1,0 +1,145 @@
+"""The seed's "Pre-Deployment Checklist" as a gate before the rollout.
+
+Design decisions:
+
+* The form is built from the plan: one bool per checklist item (labelled with the item's own
+  words) plus ``confirmed_by``, which has no default so the form cannot be submitted blind.
+* Items with an automatic check are checked first and the form is pre-filled with the
+  result, so the person sees the evidence. The evidence also binds: an item whose check
+  failed stays unconfirmed whatever the form says, because "dashboards created" is a fact
+  about files, not an opinion.
+  - ``monitoring_rendered``: the rules and dashboard files exist, equal what the renderer
+    produces from this plan now, and ``promtool check rules`` accepts the rules.
+  - ``load_tested``: some phase runs a load check of at least ``LOAD_TEST_REQUESTS`` requests.
+  - ``rollback_rehearsed``: every phase has a rollback strategy and every trigger names one.
+    A full rehearsal of each rollback is wired in separately.
+* The checks are tasks in this module: each is one small read of local files or one
+  ``promtool`` call, and nothing else uses them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+
+from phasegate.plan import ChecklistItem, RolloutPlan, load_plan
+from phasegate.render.alerts import render_alerts, to_yaml
+from phasegate.render.dashboard import render_dashboard, to_json
+from tasks.common import NO_CACHE
+
+LOAD_TEST_REQUESTS = 1000
+
+
+def field_name(item: ChecklistItem, index: int) -> str:
+    words = re.sub(r"[^a-z0-9]+", "_", item.item.lower()).strip("_")[:48].rstrip("_")
+    return f"item_{index + 1}_{words}"
+
+
+def checklist_form(plan: RolloutPlan) -> type[RunInput]:
+    """A ``RunInput`` with a bool per checklist item and ``confirmed_by``."""
+    assert plan.checklist is not None
+    fields: dict[str, Any] = {
+        field_name(item, i): (bool, pydantic.Field(False, title=item.item))
+        for i, item in enumerate(plan.checklist.items)
+    }
+    fields["confirmed_by"] = (str, pydantic.Field(title="Confirmed by"))
+    return pydantic.create_model("ChecklistInput", __base__=RunInput, **fields)
+
+
+def default_paths(plan: RolloutPlan, plan_path: Path) -> tuple[Path, Path]:
+    """Where ``phasegate render`` output is checked in: ``deployments/{rules,dashboards}`` beside ``plans/``."""
+    root = plan_path.resolve().parent.parent
+    return root / "rules" / f"{plan.name}.rules.yaml", root / "dashboards" / f"{plan.name}.json"
+
+
+@task(name="check_monitoring_rendered", **NO_CACHE)
+def check_monitoring_rendered(plan: RolloutPlan, rules: Path, dashboard: Path) -> tuple[bool, str]:
+    if not rules.exists() or not dashboard.exists():
+        return False, f"missing: {', '.join(str(p) for p in (rules, dashboard) if not p.exists())}"
+    if rules.read_text() != to_yaml(render_alerts(plan)) or dashboard.read_text() != to_json(render_dashboard(plan)):
+        return False, "rendered files are out of date with the plan: run `phasegate render`"
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        return False, "promtool not found: cannot check the rules"
+    result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        return False, f"promtool rejects the rules: {(result.stderr or result.stdout).strip()[:300]}"
+    return True, f"{rules.name} and {dashboard.name} are current; promtool accepts the rules"
+
+
+def check_load_tested(plan: RolloutPlan) -> tuple[bool, str]:
+    loads = [(p.name, c) for p in plan.phases for c in p.checks if c.kind == "load"]
+    enough = [(phase, c) for phase, c in loads if c.requests >= LOAD_TEST_REQUESTS]
+    if enough:
+        phase, check = enough[0]
+        return True, f"phase {phase}, load check {check.name}: {check.requests} requests, {check.concurrency} at once"
+    return False, f"no phase runs a load check of at least {LOAD_TEST_REQUESTS} requests"
+
+
+def check_rollback_planned(plan: RolloutPlan) -> tuple[bool, str]:
+    unnamed = [f"{p.name}/{t.name}" for p in plan.phases for t in p.triggers if t.rollback is None]
+    if unnamed:
+        return False, f"triggers without a rollback: {', '.join(unnamed)}"
+    return True, "; ".join(f"{p.name}: {p.default_rollback.value}" for p in plan.phases)
+
+
+@flow(name="pre-deployment-checklist")
+def pre_deployment_checklist(
+    plan_path: str,
+    rules_path: str | None = None,
+    dashboard_path: str | None = None,
+    timeout_seconds: int = 86400,
+    poll_interval_seconds: int = 10,
+) -> bool:
+    """Run the automatic checks, then pause for a person to confirm every item. True if all hold."""
+    plan = load_plan(plan_path)
+    if plan.checklist is None or not plan.checklist.items:
+        return True
+    default_rules, default_dashboard = default_paths(plan, Path(plan_path))
+    rules = Path(rules_path) if rules_path else default_rules
+    dashboard = Path(dashboard_path) if dashboard_path else default_dashboard
+
+    evidence: dict[str, tuple[bool, str]] = {}
+    for i, item in enumerate(plan.checklist.items):
+        if item.auto == "monitoring_rendered":
+            evidence[field_name(item, i)] = check_monitoring_rendered(plan, rules, dashboard)
+        elif item.auto == "load_tested":
+            evidence[field_name(item, i)] = check_load_tested(plan)
+        elif item.auto == "rollback_rehearsed":
+            evidence[field_name(item, i)] = check_rollback_planned(plan)
+
+    lines = ["# Pre-deployment checklist", "", "| Item | Automatic check |", "|---|---|"]
+    for i, item in enumerate(plan.checklist.items):
+        found = evidence.get(field_name(item, i))
+        auto = "—" if found is None else ("✅ " if found[0] else "❌ ") + found[1]
+        lines.append(f"| {item.item} | {auto.replace('|', '/')} |")
+    description = "\n".join(lines) + "\n\nConfirm each item that holds."
+    form = checklist_form(plan)
+    answer = pause_flow_run(
+        wait_for_input=form.with_initial_data(description=description, **{k: ok for k, (ok, _) in evidence.items()}),
+        timeout=timeout_seconds,
+        poll_interval=poll_interval_seconds,
+        key=f"checklist-{plan.name}",
+    )
+    confirmed = {
+        name: bool(getattr(answer, name)) and evidence.get(name, (True, ""))[0]
+        for name in (field_name(item, i) for i, item in enumerate(plan.checklist.items))
+    }
+    result = ["", f"Confirmed by: {answer.confirmed_by}", ""]
+    result += [
+        f"- {'✅' if confirmed[field_name(item, i)] else '❌'} {item.item}"
+        for i, item in enumerate(plan.checklist.items)
+    ]
+    create_markdown_artifact(
+        markdown="\n".join(lines + result) + "\n", key=f"checklist-{plan.name}", description="Pre-deployment checklist"
+    )
+    return all(confirmed.values())
