@@ -1,0 +1,252 @@
+"""``phasegate doctor`` and ``phasegate run``: the commands that touch a real cluster.
+
+Design decisions:
+
+* ``doctor`` reports, it never stops at the first problem: every check runs and says what
+  is configured (which kubeconfig or service account, which Prometheus URL and auth kind,
+  which kind of Slack notifier) and whether it works, so one run shows everything to fix.
+  Each check catches everything its adapter can raise, because a crash would hide the
+  checks after it.
+* The checks are the ones a rollout's preflight runs, done without a plan if need be:
+  the cluster answers and RBAC grants every ``REQUIRED_PERMISSIONS`` entry (a
+  SelfSubjectAccessReview each), Prometheus evaluates ``vector(1)`` (the adapter's
+  ``is_online`` query, run directly to keep its reason), Slack's ``auth.test``. With a plan,
+  also every namespace the plan's phases use and its target Deployment.
+* Secrets never reach the terminal: the adapters already scrub their messages, and every
+  detail is scrubbed once more here against each secret the configuration holds.
+* The cluster is asked with few retries: a doctor should answer in seconds, while a
+  rollout's adapter keeps retrying for as long as a flaky API server needs.
+* Both commands sit at the top like ``cli.py`` (they build a ``Runtime`` and start the
+  rollout flow), so they import ``tasks`` and ``flows``; the Prefect import waits until
+  ``run`` needs it, so ``doctor`` starts fast.
+* ``run`` exits as ``cli.py`` documents: 0 promoted, 3 rolled back, 4 halted; a refused
+  preflight or a held lock is bad input (2) with nothing deployed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import typer
+
+# A module, not names: cli.py imports this module to register its commands.
+from phasegate import cli
+from phasegate.adapters.kubernetes import REQUIRED_PERMISSIONS, KubernetesCluster
+from phasegate.adapters.prometheus import PrometheusProvider
+from phasegate.adapters.slack import (
+    ENV_BOT_TOKEN,
+    ENV_WEBHOOK_URL,
+    SlackBotNotifier,
+    SlackWebhookNotifier,
+    check,
+)
+from phasegate.plan import RolloutPlan
+from phasegate.ports import TargetRef
+from tasks.runtime import install
+from tasks.settings import PhasegateSettings, runtime_from_settings
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# auth.test needs no channel; without a plan the real one is only known at run time.
+_CHANNEL_FROM_PLAN = "(from the plan at run time)"
+_REDACTED = "[redacted]"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One thing a real run needs, and whether it is there."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def doctor(settings: PhasegateSettings, plan: RolloutPlan | None = None,
+           env: Mapping[str, str] = os.environ) -> list[Check]:
+    """Every check, in order: cluster, RBAC per namespace, targets (with a plan), Prometheus, Slack."""
+    checks = [*_cluster_checks(settings, plan), _prometheus_check(settings), _slack_check(settings, plan, env)]
+    secrets = _secrets(settings, env)
+    return [replace(c, detail=_scrub(c.detail, secrets)) for c in checks]
+
+
+def _secrets(settings: PhasegateSettings, env: Mapping[str, str]) -> list[str]:
+    prom = settings.prometheus
+    values = [s.get_secret_value() for s in (prom.bearer_token, prom.password) if s is not None]
+    values += [env[k] for k in (ENV_BOT_TOKEN, ENV_WEBHOOK_URL) if env.get(k)]
+    return sorted((v for v in values if v), key=len, reverse=True)
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, _REDACTED)
+    return text
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _cluster_source(settings: PhasegateSettings) -> str:
+    if settings.in_cluster:
+        return "in-cluster service account"
+    where = f"kubeconfig {settings.kubeconfig}" if settings.kubeconfig else "default kubeconfig"
+    return where + (f", context {settings.kube_context}" if settings.kube_context else "")
+
+
+def _default_namespace(settings: PhasegateSettings) -> str:
+    """The namespace a ``kubectl`` with the same configuration would use."""
+    if settings.namespace:
+        return settings.namespace
+    if settings.in_cluster:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() if SERVICE_ACCOUNT_NAMESPACE.exists() else "default"
+    from kubernetes import config
+
+    contexts, active = config.list_kube_config_contexts(
+        config_file=str(settings.kubeconfig) if settings.kubeconfig else None
+    )
+    if settings.kube_context:
+        active = next((c for c in contexts if c["name"] == settings.kube_context), active)
+    return str((active.get("context") or {}).get("namespace") or "default")
+
+
+def plan_targets(plan: RolloutPlan) -> list[TargetRef]:
+    """The production target first, then each other namespace the plan's phases deploy to."""
+    t = plan.target
+    namespaces = dict.fromkeys([t.namespaces.production, *(plan.namespace(p) for p in plan.phases)])
+    return [TargetRef(ns, t.deployment, t.container) for ns in namespaces]
+
+
+def _cluster_checks(settings: PhasegateSettings, plan: RolloutPlan | None) -> list[Check]:
+    source = _cluster_source(settings)
+    try:
+        cluster = settings.cluster(attempts=2, backoff=0.2, request_timeout=(3.0, 10.0))
+    except Exception as exc:  # a missing or broken kubeconfig must not hide the other checks
+        return [Check("cluster", False, f"{source}: cannot load: {_describe(exc)}")]
+    try:
+        return _cluster_checks_with(cluster, source, settings, plan)
+    finally:
+        cluster.close()
+
+
+def _cluster_checks_with(cluster: KubernetesCluster, source: str, settings: PhasegateSettings,
+                         plan: RolloutPlan | None) -> list[Check]:
+    where = f"{source} ({cluster.api.configuration.host})"
+    try:
+        targets = plan_targets(plan) if plan is not None else None
+        namespaces = [t.namespace for t in targets] if targets else [_default_namespace(settings)]
+        # The first access review doubles as the reachability check.
+        missing = {ns: cluster.missing_permissions(ns) for ns in namespaces}
+    except Exception as exc:
+        return [Check("cluster", False, f"{where}: {_describe(exc)}")]
+    checks = [Check("cluster", True, f"{where}: reachable")]
+    for ns, denied in missing.items():
+        detail = (f"RBAC denies {', '.join(denied)}" if denied
+                  else f"all {len(REQUIRED_PERMISSIONS)} permissions the rollout needs are granted")
+        checks.append(Check(f"rbac {ns}", not denied, detail))
+    for ref in targets or []:
+        try:
+            stable = cluster.read_target(ref).stable
+        except Exception as exc:
+            checks.append(Check(f"target {ref}", False, _describe(exc)))
+        else:
+            checks.append(Check(f"target {ref}", True, f"{stable.image}, {stable.replicas} replicas"))
+    return checks
+
+
+def _prometheus_check(settings: PhasegateSettings) -> Check:
+    prom = settings.prometheus
+    auth = "basic auth" if prom.username else "bearer token" if prom.bearer_token else "no auth"
+    if settings.prometheus_secret_block:
+        auth += f" (secret block {settings.prometheus_secret_block!r})"
+    where = f"{prom.url} ({auth})"
+    try:
+        provider = PrometheusProvider.from_settings(settings.prometheus_settings())
+    except Exception as exc:
+        return Check("prometheus", False, f"{where}: {_describe(exc)}")
+    try:
+        value = provider.query("vector(1)")
+    except Exception as exc:
+        return Check("prometheus", False, f"{where}: {exc}")
+    finally:
+        provider.close()
+    if value != 1.0:
+        return Check("prometheus", False, f"{where}: vector(1) evaluated to {value}")
+    return Check("prometheus", True, f"{where}: online")
+
+
+def _slack_check(settings: PhasegateSettings, plan: RolloutPlan | None, env: Mapping[str, str]) -> Check:
+    slack = plan.notifications.slack if plan is not None else None
+    try:
+        if slack is not None:
+            notifier = settings.plan_notifier(plan, env)
+        else:
+            notifier = settings.notifier(_CHANNEL_FROM_PLAN, env=env)
+    except Exception as exc:
+        return Check("slack", False, _describe(exc))
+    if isinstance(notifier, SlackBotNotifier):
+        token_from = ENV_BOT_TOKEN if env.get(ENV_BOT_TOKEN) else "a Prefect Secret block"
+        kind = f"bot (token from {token_from}), channel {notifier.channel}"
+    elif isinstance(notifier, SlackWebhookNotifier):
+        kind = f"incoming webhook ({ENV_WEBHOOK_URL})"
+    else:
+        kind = "not configured: notifications are printed to the console"
+    status = check(notifier)
+    return Check("slack", status.ok, f"{kind}: {status.detail}")
+
+
+def print_checks(checks: list[Check]) -> None:
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        mark = "ok  " if c.ok else "FAIL"
+        cli.out.print(f"{mark}  {c.name:<{width}}  {c.detail}", markup=False, highlight=False, soft_wrap=True)
+
+
+def doctor_command(
+    plan: Path | None = typer.Option(None, help="Also check this plan's namespaces, targets and Slack channel."),
+) -> None:
+    """Show what is configured for a real run and check each connection (exit 2 naming what fails)."""
+    loaded = cli.load_or_exit(plan) if plan is not None else None
+    try:
+        settings = PhasegateSettings()
+    except ValueError as exc:  # pydantic names the field and hides a SecretStr's value
+        cli.err.print(f"settings: {exc}", markup=False, highlight=False)
+        raise typer.Exit(cli.EXIT_BAD_INPUT) from None
+    checks = doctor(settings, loaded)
+    print_checks(checks)
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        cli.err.print(f"failed: {', '.join(failed)}", markup=False, highlight=False)
+        raise typer.Exit(cli.EXIT_BAD_INPUT)
+    cli.out.print("all checks passed", style="green")
+
+
+def run_command(
+    plan: Path = typer.Argument(..., help="Plan YAML file."),
+    image: str = typer.Option(..., help="The new image, with a tag or digest."),
+    lock_timeout: float = typer.Option(30.0, help="Seconds to wait for another rollout of the target to finish."),
+) -> None:
+    """Roll IMAGE out to the plan's target on the configured cluster, Prometheus and Slack.
+
+    Exit codes: 0 promoted, 3 rolled back, 4 halted for a person, 2 preflight refused (nothing deployed).
+    """
+    loaded = cli.load_or_exit(plan)
+    try:
+        runtime = runtime_from_settings(loaded)
+    except Exception as exc:  # kubeconfig, Prometheus URL, Slack channel: setup errors, nothing deployed yet
+        cli.err.print(f"cannot set up the run: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        raise typer.Exit(cli.EXIT_BAD_INPUT) from None
+    from flows.rollout import PreflightFailed, RolloutRefused, progressive_rollout
+
+    install(runtime)
+    try:
+        result = progressive_rollout(str(plan), image, lock_timeout)
+    except (PreflightFailed, RolloutRefused) as exc:
+        cli.err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(cli.EXIT_BAD_INPUT) from None
+    finally:
+        install(None)
+    cli.out.print(f"{result['rollout']}: {result['outcome']}", highlight=False)
+    codes = {"promoted": cli.EXIT_OK, "rolled_back": cli.EXIT_ROLLED_BACK, "halted": cli.EXIT_HALTED}
+    raise typer.Exit(codes[result["outcome"]])
