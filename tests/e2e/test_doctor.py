@@ -1,0 +1,97 @@
+"""`phasegate doctor` as a user runs it, in a subprocess: the emulated cluster, a real
+Prometheus and the loopback Slack server, configured only through the environment.
+
+Doctor asks Prometheus for ``vector(1)`` only, so it gets a Prometheus of its own with no
+targets (``disposable_prometheus``, ~0.1 s) rather than the session's, which waits ~13 s
+for scraped data this test never reads.
+
+The commands are registered in ``phasegate.cli`` by its owner; the subprocess registers
+``doctor_command`` on a Typer app of its own so this test does not depend on that wiring.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from phasegate.rehearsal.cluster import ClusterEmulator
+from phasegate.rehearsal.prometheus import PrometheusServer
+from phasegate.rehearsal.slack_server import SlackServer
+from tests.fixtures.common import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED_PLAN = ROOT / "deployments/plans/token-refresh-locking.yaml"
+DOCTOR = ("import typer; from phasegate.doctor import doctor_command; "
+          "app = typer.Typer(add_completion=False); app.command('doctor')(doctor_command); app()")
+PROMETHEUS_TOKEN = "prom-bearer-doctor-0123456789"
+
+
+@pytest.fixture
+def env(emulator_kubeconfig: Path, disposable_prometheus: PrometheusServer, slack_server: SlackServer) -> dict[str, str]:
+    """Only our configuration: no PHASEGATE_* or SLACK_* from the machine running the tests."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PHASEGATE_", "SLACK_", "KUBECONFIG"))}
+    return {**base, **slack_server.env(), "PHASEGATE_KUBECONFIG": str(emulator_kubeconfig),
+            "PHASEGATE_PROMETHEUS_URL": disposable_prometheus.url,
+            # Prometheus ignores a token it does not ask for; the output must not show it.
+            "PHASEGATE_PROMETHEUS_BEARER_TOKEN": PROMETHEUS_TOKEN}
+
+
+def doctor(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", DOCTOR, *args], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+def lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """check name → ``ok`` / ``FAIL``."""
+    out = {}
+    for line in result.stdout.splitlines():
+        mark, _, rest = line.partition("  ")
+        if mark.strip() in ("ok", "FAIL"):
+            out[rest.strip().split("  ")[0]] = mark.strip()
+    return out
+
+
+def test_doctor_reports_each_check_and_exits_0_when_all_pass(env: dict[str, str]) -> None:
+    result = doctor(env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert lines(result) == {"cluster": "ok", "rbac bodhi": "ok", "prometheus": "ok", "slack": "ok"}
+    assert env["PHASEGATE_KUBECONFIG"] in result.stdout  # says what is configured
+    assert f"{env['PHASEGATE_PROMETHEUS_URL']} (bearer token): online" in result.stdout
+
+
+def test_doctor_with_a_plan_checks_every_namespace_target_and_the_plans_channel(env: dict[str, str]) -> None:
+    result = doctor(env, "--plan", str(SEED_PLAN))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert lines(result) == {
+        "cluster": "ok", "rbac bodhi": "ok", "rbac bodhi-staging": "ok", "target bodhi/bodhi-server": "ok",
+        "target bodhi-staging/bodhi-server": "ok", "prometheus": "ok", "slack": "ok"}
+    assert "channel #engineering" in result.stdout
+
+
+def test_wrong_prometheus_url_exits_2_naming_prometheus(env: dict[str, str]) -> None:
+    result = doctor({**env, "PHASEGATE_PROMETHEUS_URL": f"http://127.0.0.1:{free_port()}"})
+    assert result.returncode == 2
+    assert lines(result)["prometheus"] == "FAIL"
+    assert {name for name, mark in lines(result).items() if mark == "FAIL"} == {"prometheus"}
+    assert "failed: prometheus" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_rbac_denial_exits_2_naming_the_namespace_and_verb(env: dict[str, str], seeded_cluster: ClusterEmulator) -> None:
+    seeded_cluster.rbac.deny("delete", "deployments")
+    result = doctor(env)
+    assert result.returncode == 2
+    assert "FAIL  rbac bodhi  RBAC denies delete deployments" in result.stdout
+
+
+@pytest.mark.parametrize("valid", [True, False], ids=["accepted", "rejected"])
+def test_tokens_never_appear_in_the_output(env: dict[str, str], valid: bool) -> None:
+    token = env["SLACK_BOT_TOKEN"] if valid else "xoxb-not-the-token-the-server-accepts-0123"
+    result = doctor({**env, "SLACK_BOT_TOKEN": token})
+    assert lines(result)["slack"] == ("ok" if valid else "FAIL")
+    for secret in (token, PROMETHEUS_TOKEN):
+        assert secret not in result.stdout + result.stderr
