@@ -45,14 +45,14 @@ class PhasegateSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PHASEGATE_", extra="forbid", populate_by_name=True)
 
     kubeconfig: Path | None = Field(
-        None, description="Kubeconfig file; default: $KUBECONFIG, else ~/.kube/config. Ignored in-cluster."
+        default=None, description="Kubeconfig file; default: $KUBECONFIG, else ~/.kube/config. Ignored in-cluster."
     )
-    kube_context: str | None = Field(None, description="Kubeconfig context; default: its current-context.")
+    kube_context: str | None = Field(default=None, description="Kubeconfig context; default: its current-context.")
     in_cluster: bool = Field(
-        False, description="Use the pod's service account (set in flow-run pods of the Kubernetes work pool)."
+        default=False, description="Use the pod's service account (set in flow-run pods of the Kubernetes work pool)."
     )
     namespace: str | None = Field(
-        None,
+        default=None,
         description="Namespace `phasegate doctor` checks RBAC in when no plan is given; default: the kubeconfig "
         "context's namespace (in a pod: the service account's), else 'default'.",
     )
@@ -61,22 +61,22 @@ class PhasegateSettings(BaseSettings):
         description="Prometheus URL, auth and TLS, from PHASEGATE_PROMETHEUS_* (see PrometheusSettings).",
     )
     prometheus_secret_block: str | None = Field(
-        None,
+        default=None,
         description="Prefect Secret block holding the Prometheus bearer token, or the basic-auth password when "
         "PHASEGATE_PROMETHEUS_USERNAME is set; used only if that secret is not set directly.",
     )
     slack_secret_block: str | None = Field(
-        None,
+        default=None,
         description="Prefect Secret block holding the Slack bot token when the plan names none and "
         "SLACK_BOT_TOKEN is unset.",
     )
     ui_url: str | None = Field(
-        None,
+        default=None,
         validation_alias=AliasChoices("ui_url", "PHASEGATE_UI_URL", "PREFECT_UI_URL"),
         description="Prefect UI base URL for links in notifications; default: what Prefect derives from its API URL.",
     )
     approval_poll_seconds: int = Field(
-        10, ge=1, description="How often an approval pause checks for a decision, in seconds."
+        default=10, ge=1, description="How often an approval pause checks for a decision, in seconds."
     )
 
     def prometheus_settings(self) -> PrometheusSettings:
