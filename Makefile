@@ -38,8 +38,14 @@ lint: venv
 test: venv system-deps lint
 	$(VENV)/bin/pytest -q
 
+# The seed's plan, rehearsed twice on loopback: "Token is not active" errors in the 10%
+# canary roll the canary back; then a healthy run goes through every phase to 100%.
 demo: venv system-deps
 	$(VENV)/bin/phasegate validate deployments/plans/token-refresh-locking.yaml
+	$(VENV)/bin/phasegate rehearse deployments/plans/token-refresh-locking.yaml --scenario token-not-active \
+	  --report reports/demo-token-not-active.json; test $$? -eq 3
+	$(VENV)/bin/phasegate rehearse deployments/plans/token-refresh-locking.yaml --scenario healthy \
+	  --report reports/demo-healthy.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache reports

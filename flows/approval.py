@@ -122,7 +122,7 @@ def await_approval(
             if remaining <= 0:
                 break
             if rt.on_pause is not None and rollout.flow_run_id:
-                rt.on_pause(rollout.flow_run_id, phase.name, list(form.model_fields))
+                rt.on_pause(rollout.flow_run_id, phase.name, list(form.model_fields), action.step.value)
             try:
                 answer = pause_flow_run(
                     wait_for_input=form.with_initial_data(description=description),

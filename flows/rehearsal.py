@@ -39,9 +39,12 @@ SCRAPE_SECONDS = 0.5
 DEFAULT_SPEED = 28800.0  # 8 h of plan time per second: the seed's 7-day rollout in ~25 s
 # A rehearsal's gate windows hold a few seconds of traffic, not five minutes: one stray 5xx
 # in a one-pod canary would already be "an error rate increase > 0.1%". Healthy means no
-# background 5xx here, so only a scenario's injected errors move that gate.
-REHEARSAL_TRAFFIC = TrafficProfile(requests_per_replica_per_s=200.0, error_ratio=0.0)
-K8S_TIME_SCALE = 0.005  # a 600 s progress deadline takes 3 s of wall time
+# background 5xx here, so only a scenario's injected errors move that gate. Tokens expire
+# ten times as often as in production so a one-pod canary makes enough lock attempts in a
+# few seconds for a 3% timeout rate to show.
+REHEARSAL_TRAFFIC = TrafficProfile(requests_per_replica_per_s=200.0, error_ratio=0.0, expiry_ratio=0.1)
+K8S_TIME_SCALE = 0.005
+MIN_OUTAGE_WALL = 4.0  # a 600 s progress deadline takes 3 s of wall time
 
 
 def default_image(plan: RolloutPlan) -> str:
@@ -102,8 +105,12 @@ class World:
         return ((cm or {}).get("data") or {}).get(flag.configmap.key) != flag.off_value
 
     def _act_out_outage(self) -> None:
-        """Stop Prometheus for the scenario's outage window (plan time), then restart it."""
-        state = "before"
+        """Stop Prometheus for the scenario's outage window (plan time), then restart it.
+
+        The outage lasts at least ``MIN_OUTAGE_WALL``: at rehearsal speed fifteen plan minutes
+        are milliseconds, shorter than one gate round, and an outage nobody could observe
+        tests nothing."""
+        state, stopped_at = "before", 0.0
         while not self._stop.wait(0.1):
             window = self.scenario.outage_window(self.app.phase_seen, self.app.origin)
             if window is None:
@@ -111,14 +118,15 @@ class World:
             now = self.clock.now()
             if state == "before" and now >= window[0]:
                 self.prometheus.stop()
-                self.outage_log.append(("stopped", time.time()))
+                stopped_at = time.time()
+                self.outage_log.append(("stopped", stopped_at))
                 state = "down"
-            elif state == "down" and now >= window[1]:
+            elif state == "down" and now >= window[1] and time.time() - stopped_at >= MIN_OUTAGE_WALL:
                 self.prometheus.restart()
                 self.outage_log.append(("restarted", time.time()))
                 return
 
-    def runtime(self, *, approval_floor: float, on_pause: Callable[[str, str, list[str]], None] | None) -> Runtime:
+    def runtime(self, *, approval_floor: float, on_pause: Callable[[str, str, list[str], str], None] | None) -> Runtime:
         port = self.checks.port
         return Runtime(
             cluster=KubernetesCluster.from_url(self.emulator.url, poll_interval=0.05, backoff=0.05, max_backoff=0.5),
@@ -238,9 +246,11 @@ def world(
 class Approver:
     """Answers approval pauses through the Prefect API, as a person in the UI would.
 
-    Modes: ``auto`` approves every phase with every criterion ticked; ``reject@PHASE``
-    rejects that phase; ``timeout@PHASE`` leaves that phase unanswered; ``ui`` answers
-    nothing and prints where to click.
+    Modes: ``auto`` approves every phase that passed, with every criterion ticked, and
+    leaves a *held* phase (criteria unmet, no trigger) unanswered — that judgement is a
+    person's, so the pause times out into the plan's action; ``reject@PHASE`` rejects that
+    phase; ``timeout@PHASE`` leaves that phase unanswered; ``ui`` answers nothing and
+    prints where to click.
     """
 
     def __init__(self, mode: str = "auto", *, approver: str = "rehearsal", say: Callable[[str], None] = print) -> None:
@@ -253,12 +263,12 @@ class Approver:
         self.answers: list[dict[str, Any]] = []
         self.ui_url: str | None = None
 
-    def __call__(self, flow_run_id: str, phase: str, fields: list[str]) -> None:
+    def __call__(self, flow_run_id: str, phase: str, fields: list[str], step: str = "advance") -> None:
         if self.mode == "ui":
             where = f"{self.ui_url}/runs/flow-run/{flow_run_id}" if self.ui_url else f"flow run {flow_run_id}"
             self.say(f"waiting for approval of {phase} in the Prefect UI: {where}")
             return
-        if self.mode == "timeout" and phase == self.phase:
+        if (self.mode == "timeout" and phase == self.phase) or step == "hold":
             return
         decision = "reject" if self.mode == "reject" and phase == self.phase else "approve"
         answer: dict[str, Any] = {"decision": decision, "approver": self.approver, "comment": f"rehearsal: {decision}"}
@@ -310,25 +320,41 @@ def rehearse(
     lock_timeout_seconds: float = 30.0,
 ) -> dict[str, Any]:
     """Run the real rollout flow for ``plan_path`` against a fresh loopback world."""
+    plan = load_plan(plan_path)
+    with world(plan, image=image, scenario=scenario, speed=speed, notifier=notifier) as w:
+        report = run_in(w, plan_path, approve=approve, approval_floor=approval_floor,
+                        lock_timeout_seconds=lock_timeout_seconds)
+    if report_path:
+        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(report_path).write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def run_in(
+    w: World,
+    plan_path: str | Path,
+    *,
+    approve: str | Approver = "auto",
+    approval_floor: float | None = None,
+    lock_timeout_seconds: float = 30.0,
+) -> dict[str, Any]:
+    """Run the rollout flow once in an already running world (tests inspect the world after)."""
     from flows.rollout import progressive_rollout
     from tasks.runtime import using
 
-    plan = load_plan(plan_path)
-    approver = Approver(approve)
-    floor = approval_floor if approval_floor is not None else (4.0 if approver.mode == "timeout" else 120.0)
-    with world(plan, image=image, scenario=scenario, speed=speed, notifier=notifier) as w:
-        runtime = w.runtime(approval_floor=floor, on_pause=approver)
-        with using(runtime):
-            report = progressive_rollout(str(plan_path), w.image, lock_timeout_seconds=lock_timeout_seconds)
-        report["scenario"] = w.scenario.name
-        report["approvals_sent"] = approver.answers
-        report["timings"] = timings(report, w)
-        notifications = getattr(w.notifier, "sent", None)
-        if notifications is not None:
-            report["notifications_sent"] = [
-                {"kind": n.kind.value, "severity": n.severity.value, "phase": n.phase, "text": n.text}
-                for n in notifications
-            ]
-    if report_path:
-        Path(report_path).write_text(json.dumps(report, indent=2, default=str))
+    approver = approve if isinstance(approve, Approver) else Approver(approve)
+    # Wall seconds an approval pause lasts at least: long enough for the API approver under
+    # load, short enough that a deliberate timeout (or an unanswered hold) ends quickly.
+    floor = approval_floor if approval_floor is not None else {"ui": 900.0, "timeout": 5.0}.get(approver.mode, 15.0)
+    with using(w.runtime(approval_floor=floor, on_pause=approver)):
+        report = progressive_rollout(str(plan_path), w.image, lock_timeout_seconds=lock_timeout_seconds)
+    report["scenario"] = w.scenario.name
+    report["approvals_sent"] = approver.answers
+    report["timings"] = timings(report, w)
+    notifications = getattr(w.notifier, "sent", None)
+    if notifications is not None:
+        report["notifications_sent"] = [
+            {"kind": n.kind.value, "severity": n.severity.value, "phase": n.phase, "text": n.text}
+            for n in notifications
+        ]
     return report

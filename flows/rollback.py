@@ -114,6 +114,9 @@ def _verify_metrics(
 
     After canary-only and full undo only the stable track serves, so the triggers are read
     there; a gate that compares against stable has nothing left to compare and is skipped.
+    True: every one passes again. False: one still fails at the deadline. None: nothing
+    fails but some read no data — a switched-off code path (a feature flag) stops reporting
+    the very metric that fired, which cannot be called recovered or not.
     """
     rt = current()
     wanted = [t for t in phase.triggers if t.name in gate_names and t.kind in (GateKind.ZERO, GateKind.ABSOLUTE)]
@@ -129,7 +132,9 @@ def _verify_metrics(
         if all(m.outcome is Outcome.SUCCESSFUL for m in measurements):
             return True, ", ".join(f"{m.gate}={evidence.fmt(m.value)}" for m in measurements)
         if time.time() >= deadline:
-            return False, "; ".join(f"{m.gate}: {m.outcome.value} {m.message}" for m in measurements)
+            detail = "; ".join(f"{m.gate}: {m.outcome.value} {m.message}".strip() for m in measurements)
+            failing = any(m.outcome in (Outcome.FAILED, Outcome.ERROR) for m in measurements)
+            return (False if failing else None), detail
         time.sleep(max(rt.min_interval_wall, 0.25))
 
 

@@ -139,9 +139,35 @@ def phase_report(result: PhaseResult) -> dict[str, Any]:
     }
 
 
+def take_over_lock(plan: RolloutPlan, ref: TargetRef, image: str, name: str) -> bool:
+    """Free the target's slot held by a dead run of *this same* rollout.
+
+    Prefect leases last at least 60 s, so a SIGKILLed run blocks its own restart for up to
+    a minute. An operator who knows the old process is gone may take over (as with
+    ``terraform force-unlock``) — but only from the same plan and image, per the record on
+    the cluster; another rollout's lock is never touched.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    release = Release.from_annotations(read_target(ref).stable.annotations)
+    if release is None or release.finished or release.id != rollout_id(plan, image):
+        return False
+    with get_client(sync_client=True) as client:
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+    get_run_logger().warning("took over %s from an earlier run of %s (%s)", name, release.id, release.state)
+    return True
+
+
 @flow(name="progressive-rollout", flow_run_name=_run_name)
-def progressive_rollout(plan_path: str, image: str, lock_timeout_seconds: float = 30.0) -> dict[str, Any]:
-    """Roll ``image`` out through every phase of the plan at ``plan_path``."""
+def progressive_rollout(
+    plan_path: str, image: str, lock_timeout_seconds: float = 30.0, take_over: bool = False
+) -> dict[str, Any]:
+    """Roll ``image`` out through every phase of the plan at ``plan_path``.
+
+    ``take_over``: the previous run of this same rollout is known to be dead; free its lock
+    instead of waiting for its lease to expire.
+    """
     log = get_run_logger()
     try:
         plan = load_plan(plan_path)
@@ -150,6 +176,8 @@ def progressive_rollout(plan_path: str, image: str, lock_timeout_seconds: float 
     ref = preflight(plan, image)
     name = lock_name(plan)
     ensure_lock(name)
+    if take_over:
+        take_over_lock(plan, ref, image, name)
     try:
         with concurrency(name, occupy=1, timeout_seconds=lock_timeout_seconds, strict=True, lease_duration=60):
             return drive(plan, ref, image)

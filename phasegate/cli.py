@@ -157,6 +157,16 @@ def emulator(
     serve_emulator(str(plan) if plan else None, port, str(kubeconfig), **kwargs)
 
 
+def _register_subcommands() -> None:
+    from phasegate.render.cli import backtest_command, render_app
+
+    app.add_typer(render_app, name="render", help="Render alert rules and a Grafana dashboard from a plan.")
+    app.command("backtest")(backtest_command)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     try:
         app()

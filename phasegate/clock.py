@@ -41,17 +41,21 @@ class RealClock:
 
 
 class ScaledClock:
-    """Plan time runs ``speed`` times faster than the wall clock."""
+    """Plan time runs ``speed`` times faster than the wall clock, from ``epoch`` on.
 
-    def __init__(self, speed: float, *, origin: float | None = None) -> None:
+    Plan time is a function of wall time and the epoch alone, so two processes given the
+    same epoch agree on it: a rollout restarted after a crash resumes its soak where the
+    cluster's record says it was.
+    """
+
+    def __init__(self, speed: float, *, epoch: float | None = None) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
         self.speed = float(speed)
-        self._wall0 = time.time() if origin is None else origin
-        self._mono0 = time.monotonic()
+        self.epoch = time.time() if epoch is None else epoch
 
     def now(self) -> float:
-        return self._wall0 + (time.monotonic() - self._mono0) * self.speed
+        return self.epoch + (time.time() - self.epoch) * self.speed
 
     def sleep(self, plan_seconds: float) -> None:
         if plan_seconds > 0:
