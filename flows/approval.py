@@ -68,7 +68,9 @@ def describe(rollout: Rollout, phase: Phase, next_phase: Phase | None, action: A
             f"{next_phase.canary_share:g}% on {rollout.image}."
         )
     undo = (phase.approval.on_reject or phase.default_rollback).value
-    criteria = "\n".join(f"- [ ] {c}" for c in phase.manual_criteria) or "- (none)"
+    # Plain bullets: a markdown "- [ ]" renders as a checkbox nobody can tick, right above
+    # the form's real switches.
+    criteria = "\n".join(f"- {c}" for c in phase.manual_criteria) or "- (none)"
     return "\n".join([
         f"## {phase.name}: {action.step.value}",
         action.reason,
@@ -76,7 +78,7 @@ def describe(rollout: Rollout, phase: Phase, next_phase: Phase | None, action: A
         doing,
         f"Rejecting rolls back with **{undo}**.",
         "",
-        "### Criteria to attest (tick each to approve)",
+        "### Criteria to attest (switch each on in the form to approve)",
         criteria,
         "",
         "### Gate evidence (last round)",

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from phasegate.notify import Kind, Notification, Severity
+from phasegate.notify import Delivery, Kind, Notification, Severity
 from phasegate.plan import Environment, Phase, RolloutPlan
 from phasegate.ports import TargetRef
 from tasks.cluster import annotate_release
@@ -29,6 +29,7 @@ class Rollout:
     flow_run_id: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     started_wall: float = field(default_factory=time.time)
+    _pending: list[tuple[str, Notification, Any]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -55,29 +56,37 @@ class Rollout:
         phase: str | None = None,
         fields: dict[str, str] | None = None,
         links: list[tuple[str, str]] | None = None,
+        background: bool = False,
     ) -> None:
+        """Post once per ``key``. ``background``: do not wait for Slack (a rollback must not
+        wait on a slow or failing chat service); ``flush`` collects the outcome."""
         if key in self.release.notified:
             return
-        notifier = current().notifier
-        threads = getattr(notifier, "threads", None)
+        threads = getattr(current().notifier, "threads", None)
         if threads is not None and self.release.slack_thread:
             for rollout, ts in self.release.slack_thread.items():
                 threads.setdefault(rollout, ts)
         notification = Notification(
-            kind=kind,
-            severity=severity,
-            rollout=self.release.id,
-            text=text,
-            phase=phase,
-            fields=fields or {},
+            kind=kind, severity=severity, rollout=self.release.id, text=text, phase=phase, fields=fields or {},
             links=links or [],
         )
-        delivery = post_notification(notification)
+        if background:
+            self._pending.append((key, notification, post_notification.submit(notification)))
+            return
+        self._delivered(key, notification, post_notification(notification))
+
+    def flush(self) -> None:
+        while self._pending:
+            key, notification, future = self._pending.pop(0)
+            self._delivered(key, notification, future.result())
+
+    def _delivered(self, key: str, notification: Notification, delivery: Delivery) -> None:
         self.record(
-            "notification", kind=kind.value, severity=severity.value, phase=phase, text=text, delivered=delivery.ok,
-            error=delivery.error,
+            "notification", kind=notification.kind.value, severity=notification.severity.value,
+            phase=notification.phase, text=notification.text, delivered=delivery.ok, error=delivery.error,
         )
         self.release.notified.append(key)
+        threads = getattr(current().notifier, "threads", None)
         if threads is not None and self.release.id in threads:
             self.release.slack_thread = {self.release.id: threads[self.release.id]}
         self.save()

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from phasegate.adapters.console import ConsoleNotifier
 from phasegate.adapters.kubernetes import KubernetesCluster
 from phasegate.clock import ScaledClock
 from phasegate.notify import Notifier
@@ -141,6 +140,7 @@ class World:
             approval_poll_seconds=1,
             url_for_check=lambda url: _loopback(url, port),
             on_pause=on_pause,
+            ui_url=_prefect_ui_url(),
         )
 
     def fault_onsets_wall(self) -> list[float]:
@@ -194,6 +194,15 @@ def _loopback(url: str, port: int) -> str:
     return urlunsplit(("http", f"127.0.0.1:{port}", parts.path or "/", parts.query, ""))
 
 
+def notifier_for(plan: RolloutPlan) -> Notifier:
+    """As in production: a Slack bot or webhook when SLACK_* say so (a rehearsal can point
+    SLACK_API_URL at a loopback Slack server), else the console."""
+    from phasegate.adapters.slack import make_notifier
+
+    slack = plan.notifications.slack
+    return make_notifier(slack.channel if slack else None, slack.mention_on_critical if slack else None)
+
+
 @contextlib.contextmanager
 def world(
     plan: RolloutPlan,
@@ -234,7 +243,7 @@ def world(
         stack.callback(prometheus.close)
         prometheus.start()
         checks = stack.enter_context(CheckServer())
-        w = World(plan, new_image, scn, clock, emulator, app, prometheus, notifier or ConsoleNotifier(), checks)
+        w = World(plan, new_image, scn, clock, emulator, app, prometheus, notifier or notifier_for(plan), checks)
         holder["world"] = w
         prometheus.wait_for_data("up", timeout=30)
         outage = threading.Thread(target=w._act_out_outage, name="outage", daemon=True)
@@ -261,7 +270,7 @@ class Approver:
         self.approver = approver
         self.say = say
         self.answers: list[dict[str, Any]] = []
-        self.ui_url: str | None = None
+        self.ui_url: str | None = _prefect_ui_url()
 
     def __call__(self, flow_run_id: str, phase: str, fields: list[str], step: str = "advance") -> None:
         if self.mode == "ui":
@@ -288,6 +297,13 @@ class Approver:
                 time.sleep(0.1)
         resume_flow_run(UUID(flow_run_id), run_input=answer)
         self.answers.append(answer)
+
+
+def _prefect_ui_url() -> str | None:
+    from prefect.settings import PREFECT_UI_URL
+
+    url = PREFECT_UI_URL.value()
+    return str(url).rstrip("/") if url else None
 
 
 def timings(report: dict[str, Any], w: World) -> dict[str, Any]:

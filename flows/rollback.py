@@ -150,7 +150,7 @@ def run_rollback(rollout: Rollout, phase: Phase, strategy: Strategy, reason: str
         f"{phase.name}:rollback-started", Kind.ROLLBACK_STARTED,
         f"Rolling back {rollout.ref.deployment} ({strategy.value}) in {phase.name}: {reason}",
         severity=Severity.CRITICAL, phase=phase.name, fields={"strategy": strategy.value, "trigger": ", ".join(gates)},
-        links=rollout.ui_link(),
+        links=rollout.ui_link(), background=True,
     )
     ref = rollout.ref_for(phase)
     try:
@@ -166,6 +166,7 @@ def run_rollback(rollout: Rollout, phase: Phase, strategy: Strategy, reason: str
     result.detail.append(f"metrics: {detail}")
     result.completed_wall = time.time()
     result.ok = result.cluster_verified
+    rollout.flush()
     rollout.release.state = ROLLED_BACK
     rollout.save()
     rollout.record(

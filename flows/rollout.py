@@ -36,9 +36,11 @@ from tasks import evidence
 from tasks.cluster import check_permissions, read_target
 from tasks.metrics import check_metrics
 from tasks.release import APPROVED, HALTED, HELD, PASSED, PROMOTED, Release, rollout_id
-from tasks.runtime import current
+from tasks.runtime import current, ensure
 
 PROMOTED_OUTCOME, ROLLED_BACK_OUTCOME, HALTED_OUTCOME = "promoted", "rolled_back", "halted"
+SLACK_AUTH_ERRORS = ("invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive",
+                     "missing_scope", "channel_not_found", "not_in_channel")
 
 
 class PreflightFailed(PermanentError):
@@ -90,8 +92,14 @@ def preflight(plan: RolloutPlan, image: str) -> TargetRef:
     check = getattr(current().notifier, "check_auth", None)
     if check is not None:
         status = check()
+        detail = str(getattr(status, "detail", status))
         if not getattr(status, "ok", True):
-            problems.append(f"Slack: {getattr(status, 'detail', status)}")
+            # A token Slack refuses means nobody would hear of a rollback: fix it first. An
+            # outage is only an outage: notifications never stop a rollout, so go on.
+            if any(code in detail for code in SLACK_AUTH_ERRORS):
+                problems.append(f"Slack: {detail}")
+            else:
+                get_run_logger().warning("Slack is unavailable (%s); the rollout goes on without it", detail)
     if not image or (":" not in image.rsplit("/", 1)[-1] and "@" not in image):
         problems.append(f"image {image!r} has no tag or digest: a rollout needs an exact version")
     if problems:
@@ -173,6 +181,7 @@ def progressive_rollout(
         plan = load_plan(plan_path)
     except PlanError as exc:
         raise PreflightFailed("the plan is invalid, nothing was deployed:\n" + "\n".join(exc.problems)) from None
+    ensure(plan)
     ref = preflight(plan, image)
     name = lock_name(plan)
     ensure_lock(name)

@@ -158,10 +158,13 @@ def emulator(
 
 
 def _register_subcommands() -> None:
+    from phasegate.doctor import doctor_command, run_command
     from phasegate.render.cli import backtest_command, render_app
 
     app.add_typer(render_app, name="render", help="Render alert rules and a Grafana dashboard from a plan.")
     app.command("backtest")(backtest_command)
+    app.command("doctor")(doctor_command)
+    app.command("run")(run_command)
 
 
 _register_subcommands()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from phasegate.clock import Clock, RealClock
 from phasegate.notify import Notifier
+from phasegate.plan import RolloutPlan
 from phasegate.ports import Cluster, MetricsProvider
 
 
@@ -39,8 +40,9 @@ class Runtime:
     approval_poll_seconds: int = 10
     # Rewrites a check URL from the plan (cluster DNS) to one reachable from here.
     url_for_check: Callable[[str], str] = field(default=lambda url: url)
-    # Told about every approval pause: (flow_run_id, phase name, approval input field names).
-    on_pause: Callable[[str, str, list[str]], None] | None = None
+    # Told about every approval pause: (flow_run_id, phase name, form field names, why it paused:
+    # "advance" after a passed phase, "hold" when a person must judge unmet criteria).
+    on_pause: Callable[[str, str, list[str], str], None] | None = None
     ui_url: str | None = None
 
 
@@ -62,6 +64,16 @@ def current() -> Runtime:
         runtime = runtime_from_settings()
         install(runtime)
     return runtime
+
+
+def ensure(plan: RolloutPlan) -> Runtime:
+    """The installed runtime, or — in a run started from a deployment, where nobody installed
+    one — the real adapters from settings, with the plan's Slack channel and on-call handle."""
+    if _current is None:
+        from tasks.settings import runtime_from_settings
+
+        install(runtime_from_settings(plan))
+    return current()
 
 
 @contextlib.contextmanager

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.cluster",
     "tests.fixtures.slack",
     "tests.fixtures.prefect",
+    "tests.fixtures.prefect_server",
 ]

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.fixtures.common import require_binary
-from tests.fixtures.prefect_server import PrefectServer, prefect_server  # noqa: F401 (fixture; see report)
+from tests.fixtures.prefect_server import PrefectServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -99,7 +99,7 @@ def browser(chromium: str, tmp_path: Path) -> Iterator[Any]:
             context.close()
 
 
-def test_approve_in_the_prefect_ui(prefect_server: PrefectServer, browser: Any, tmp_path: Path) -> None:  # noqa: F811
+def test_approve_in_the_prefect_ui(prefect_server: PrefectServer, browser: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
     started = time.monotonic()

@@ -53,7 +53,7 @@ def run():
 
 
 def test_healthy_seed_plan_is_promoted_through_every_phase_with_three_approvals(run):
-    report, w, before = run("healthy", plan=SEED)
+    report, w, _before = run("healthy", plan=SEED)
     assert report["outcome"] == "promoted", [(p["name"], p["reason"]) for p in report["phases"]]
     assert [p["name"] for p in report["phases"]] == ["staging", "canary-10pct", "canary-50pct", "full"]
     assert [a["decision"] for a in report["approvals"]] == ["approve"] * 3
@@ -92,7 +92,7 @@ def test_each_canary_trigger_rolls_back_the_canary_only(run, scenario, gate):
 
 
 def test_rejected_approval_rolls_back_with_the_phase_rollback(run):
-    report, w, before = run("healthy", approve="reject@canary-10pct")
+    report, w, _before = run("healthy", approve="reject@canary-10pct")
     assert report["outcome"] == "rolled_back"
     assert report["approvals"][0]["decision"] == "reject"
     assert report["rollback"]["strategy"] == "canary_only"
@@ -101,7 +101,7 @@ def test_rejected_approval_rolls_back_with_the_phase_rollback(run):
 
 
 def test_approval_timeout_halts_and_leaves_the_canary_for_a_person(run):
-    report, w, before = run("healthy", approve="timeout@canary-10pct")
+    report, w, _before = run("healthy", approve="timeout@canary-10pct")
     assert report["outcome"] == "halted"
     assert report["approvals"][0]["decision"] == "timeout"
     assert template(w, "bodhi-server-canary") is not None  # halt: nothing is undone behind the team's back
@@ -133,7 +133,7 @@ def test_prometheus_down_mid_soak_is_never_promoted(run):
 
 
 def test_lock_timeouts_at_full_rollout_flip_the_feature_flag_without_restarting_pods(run):
-    report, w, before = run(str(ROOT / "tests/plans/scenarios/lock-timeouts-at-full.yaml"))
+    report, w, _before = run(str(ROOT / "tests/plans/scenarios/lock-timeouts-at-full.yaml"))
     assert report["outcome"] == "rolled_back"
     rb = report["rollback"]
     assert (rb["strategy"], rb["phase"]) == ("feature_flag", "full")

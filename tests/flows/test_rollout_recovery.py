@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 
 
 def quiet() -> ConsoleNotifier:
-    return ConsoleNotifier(file=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the test
+    return ConsoleNotifier(file=open(os.devnull, "w"))
 
 
 def annotations(w) -> dict[str, str]:
