@@ -95,12 +95,17 @@ def check_rollback_planned(plan: RolloutPlan) -> tuple[bool, str]:
 @flow(name="pre-deployment-checklist")
 def pre_deployment_checklist(
     plan_path: str,
+    image: str | None = None,
     rules_path: str | None = None,
     dashboard_path: str | None = None,
     timeout_seconds: int = 86400,
     poll_interval_seconds: int = 10,
 ) -> bool:
-    """Run the automatic checks, then pause for a person to confirm every item. True if all hold."""
+    """Run the automatic checks, then pause for a person to confirm every item. True if all hold.
+
+    With ``image``, a fully confirmed checklist is recorded on the production Deployment for
+    that plan and image; a plan whose checklist is ``required`` will not roll out without it.
+    """
     plan = load_plan(plan_path)
     if plan.checklist is None or not plan.checklist.items:
         return True
@@ -124,6 +129,7 @@ def pre_deployment_checklist(
         lines.append(f"| {item.item} | {auto.replace('|', '/')} |")
     description = "\n".join(lines) + "\n\nConfirm each item that holds."
     form = checklist_form(plan)
+    _tell_runtime(list(form.model_fields))
     answer = pause_flow_run(
         wait_for_input=form.with_initial_data(description=description, **{k: ok for k, (ok, _) in evidence.items()}),
         timeout=timeout_seconds,
@@ -142,4 +148,37 @@ def pre_deployment_checklist(
     create_markdown_artifact(
         markdown="\n".join(lines + result) + "\n", key=f"checklist-{plan.name}", description="Pre-deployment checklist"
     )
-    return all(confirmed.values())
+    done = all(confirmed.values())
+    if done and image:
+        record_checklist(plan, image, str(answer.confirmed_by))
+    return done
+
+
+CHECKLIST_ANNOTATION = "phasegate.dev/checklist-confirmed"
+
+
+def record_checklist(plan: RolloutPlan, image: str, confirmed_by: str) -> None:
+    from tasks.cluster import annotate_release
+    from tasks.release import rollout_id
+
+    annotate_release(
+        plan.target.namespaces.production, plan.target.deployment,
+        {CHECKLIST_ANNOTATION: f"{rollout_id(plan, image)} by {confirmed_by}"},
+    )
+
+
+def checklist_confirmed(plan: RolloutPlan, image: str, annotations: dict[str, str]) -> bool:
+    from tasks.release import rollout_id
+
+    return annotations.get(CHECKLIST_ANNOTATION, "").startswith(rollout_id(plan, image) + " by ")
+
+
+def _tell_runtime(fields: list[str]) -> None:
+    """Let an installed runtime's approver know the checklist is waiting (rehearsals answer it)."""
+    from prefect.context import FlowRunContext
+
+    from tasks.runtime import installed
+
+    runtime, ctx = installed(), FlowRunContext.get()
+    if runtime is not None and runtime.on_pause is not None and ctx is not None and ctx.flow_run is not None:
+        runtime.on_pause(str(ctx.flow_run.id), "checklist", fields, "checklist")

@@ -44,7 +44,14 @@ class Rollout:
         annotate_release(self.ref.namespace, self.ref.deployment, self.release.annotations())
 
     def record(self, event: str, **details: Any) -> None:
-        self.events.append({"event": event, "wall": time.time(), "plan_time": current().clock.now(), **details})
+        rt = current()
+        entry = {"event": event, "wall": time.time(), "plan_time": rt.clock.now(), **details}
+        self.events.append(entry)
+        if rt.on_event is not None:
+            try:
+                rt.on_event(entry)
+            except Exception:  # a display must never break a rollout
+                rt.on_event = None
 
     def notify(
         self,

@@ -140,7 +140,8 @@ def run_phase(rollout: Rollout, phase: Phase, resume: bool = False) -> PhaseResu
         action = after_round(phase, history, soak_done=done)
         rollout.record(
             "round", phase=phase.name, round=len(result.rounds), step=action.step.value,
-            outcomes={m.gate: m.outcome.value for m in measurements},
+            outcomes={m.gate: m.outcome.value for m in measurements}, reason=action.reason,
+            progress=min(1.0, (now - soak_started) / max(soak_end - soak_started, 1e-9)),
         )
         if action.step is not Step.CONTINUE:
             evidence.update_progress(progress, 100.0)

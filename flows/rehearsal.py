@@ -125,7 +125,13 @@ class World:
                 self.outage_log.append(("restarted", time.time()))
                 return
 
-    def runtime(self, *, approval_floor: float, on_pause: Callable[[str, str, list[str], str], None] | None) -> Runtime:
+    def runtime(
+        self,
+        *,
+        approval_floor: float,
+        on_pause: Callable[[str, str, list[str], str], None] | None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Runtime:
         port = self.checks.port
         return Runtime(
             cluster=KubernetesCluster.from_url(self.emulator.url, poll_interval=0.05, backoff=0.05, max_backoff=0.5),
@@ -141,6 +147,7 @@ class World:
             url_for_check=lambda url: _loopback(url, port),
             on_pause=on_pause,
             ui_url=_prefect_ui_url(),
+            on_event=on_event,
         )
 
     def fault_onsets_wall(self) -> list[float]:
@@ -279,8 +286,13 @@ class Approver:
             return
         if (self.mode == "timeout" and phase == self.phase) or step == "hold":
             return
+        if step == "checklist":
+            answer: dict[str, Any] = {f: True for f in fields if f not in ("confirmed_by", "metadata")}
+            answer["confirmed_by"] = self.approver
+            threading.Thread(target=self._resume, args=(flow_run_id, answer), daemon=True).start()
+            return
         decision = "reject" if self.mode == "reject" and phase == self.phase else "approve"
-        answer: dict[str, Any] = {"decision": decision, "approver": self.approver, "comment": f"rehearsal: {decision}"}
+        answer = {"decision": decision, "approver": self.approver, "comment": f"rehearsal: {decision}"}
         answer.update({f: True for f in fields if f.startswith("criterion_")})
         threading.Thread(target=self._resume, args=(flow_run_id, answer), daemon=True).start()
 
@@ -334,12 +346,13 @@ def rehearse(
     report_path: str | Path | None = None,
     approval_floor: float | None = None,
     lock_timeout_seconds: float = 30.0,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the real rollout flow for ``plan_path`` against a fresh loopback world."""
     plan = load_plan(plan_path)
     with world(plan, image=image, scenario=scenario, speed=speed, notifier=notifier) as w:
         report = run_in(w, plan_path, approve=approve, approval_floor=approval_floor,
-                        lock_timeout_seconds=lock_timeout_seconds)
+                        lock_timeout_seconds=lock_timeout_seconds, on_event=on_event)
     if report_path:
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         Path(report_path).write_text(json.dumps(report, indent=2, default=str))
@@ -353,6 +366,7 @@ def run_in(
     approve: str | Approver = "auto",
     approval_floor: float | None = None,
     lock_timeout_seconds: float = 30.0,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run the rollout flow once in an already running world (tests inspect the world after)."""
     from flows.rollout import progressive_rollout
@@ -362,7 +376,13 @@ def run_in(
     # Wall seconds an approval pause lasts at least: long enough for the API approver under
     # load, short enough that a deliberate timeout (or an unanswered hold) ends quickly.
     floor = approval_floor if approval_floor is not None else {"ui": 900.0, "timeout": 5.0}.get(approver.mode, 15.0)
-    with using(w.runtime(approval_floor=floor, on_pause=approver)):
+    with using(w.runtime(approval_floor=floor, on_pause=approver, on_event=on_event)):
+        checklist = w.plan.checklist
+        if checklist is not None and checklist.required and checklist.items:
+            from flows.checklist import pre_deployment_checklist
+
+            pre_deployment_checklist(str(plan_path), image=w.image, timeout_seconds=int(max(floor, 30)),
+                                     poll_interval_seconds=1)
         report = progressive_rollout(str(plan_path), w.image, lock_timeout_seconds=lock_timeout_seconds)
     report["scenario"] = w.scenario.name
     report["approvals_sent"] = approver.answers

@@ -88,6 +88,18 @@ def preflight(plan: RolloutPlan, image: str) -> TargetRef:
         else:
             missing = check_permissions(r.namespace)
             problems.extend(f"{r.namespace}: RBAC denies {verb}" for verb in missing)
+    if plan.checklist is not None and plan.checklist.required and plan.checklist.items:
+        from flows.checklist import checklist_confirmed
+
+        try:
+            confirmed = checklist_confirmed(plan, image, dict(read_target(ref).stable.annotations))
+        except Exception:
+            confirmed = True  # the cluster problem is reported above; do not add a second line for it
+        if not confirmed:
+            problems.append(
+                "the pre-deployment checklist is not confirmed for this release: run the "
+                "pre-deployment-checklist flow with this plan and image first"
+            )
     problems.extend(check_metrics(plan))
     check = getattr(current().notifier, "check_auth", None)
     if check is not None:

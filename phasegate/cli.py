@@ -11,13 +11,10 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from phasegate.clikit import EXIT_BAD_INPUT, EXIT_HALTED, EXIT_OK, EXIT_ROLLED_BACK, err, load_or_exit, out
 from phasegate.durations import format_duration
-from phasegate.errors import PlanError
-from phasegate.plan import RolloutPlan, load_plan
-
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_ROLLED_BACK, EXIT_HALTED = 0, 1, 2, 3, 4
+from phasegate.plan import RolloutPlan
 
 app = typer.Typer(
     name="phasegate",
@@ -26,24 +23,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
 
 
 @app.callback()
 def _group() -> None:
     """Progressive Kubernetes rollouts run as Prefect workflows."""
-
-
-def load_or_exit(path: Path) -> RolloutPlan:
-    """Load a plan or print every problem as FILE:LINE: path: message and exit 2."""
-    try:
-        return load_plan(path)
-    except PlanError as exc:
-        for line in exc.problems:
-            err.print(line, markup=False, highlight=False, soft_wrap=True)
-        err.print(f"{len(exc.problems)} problem(s); nothing was deployed.", style="red")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
 def summary(plan: RolloutPlan) -> list[str]:
@@ -107,8 +91,23 @@ def rehearse(
     except (ScenarioError, ValueError) as exc:
         err.print(f"{exc}", markup=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    from flows.rollout import PreflightFailed, RolloutRefused
+
     out.print(f"rehearsing {loaded.name} with scenario {scenario!r} at {speed:g}x", highlight=False)
-    result = run_rehearsal(plan, scenario=scenario, speed=speed, approve=approve, image=image, report_path=report)
+    from flows.rehearsal import notifier_for
+    from phasegate.adapters.console import ConsoleNotifier
+    from phasegate.render.live import LiveView
+
+    notifier = notifier_for(loaded)
+    if isinstance(notifier, ConsoleNotifier):
+        notifier = ConsoleNotifier(out)  # printed above the live view, not through it
+    try:
+        with LiveView(loaded, out) as view:
+            result = run_rehearsal(plan, scenario=scenario, speed=speed, approve=approve, image=image,
+                                   report_path=report, notifier=notifier, on_event=view)
+    except (PreflightFailed, RolloutRefused) as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     print_outcome(result)
     raise typer.Exit({"promoted": EXIT_OK, "rolled_back": EXIT_ROLLED_BACK, "halted": EXIT_HALTED}[result["outcome"]])
 

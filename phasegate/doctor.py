@@ -33,7 +33,7 @@ from pathlib import Path
 import typer
 
 # A module, not names: cli.py imports this module to register its commands.
-from phasegate import cli
+from phasegate import clikit as cli
 from phasegate.adapters.kubernetes import REQUIRED_PERMISSIONS, KubernetesCluster
 from phasegate.adapters.prometheus import PrometheusProvider
 from phasegate.adapters.slack import (

@@ -13,6 +13,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from phasegate.clock import Clock, RealClock
 from phasegate.notify import Notifier
@@ -44,6 +45,9 @@ class Runtime:
     # "advance" after a passed phase, "hold" when a person must judge unmet criteria).
     on_pause: Callable[[str, str, list[str], str], None] | None = None
     ui_url: str | None = None
+    # Told about every event the rollout records (rounds, decisions, notifications): the
+    # terminal view of `phasegate rehearse` is built from these.
+    on_event: Callable[[dict[str, Any]], None] | None = None
 
 
 _lock = threading.Lock()
@@ -64,6 +68,11 @@ def current() -> Runtime:
         runtime = runtime_from_settings()
         install(runtime)
     return runtime
+
+
+def installed() -> Runtime | None:
+    """The runtime someone installed, without building one from settings."""
+    return _current
 
 
 def ensure(plan: RolloutPlan) -> Runtime:

@@ -62,6 +62,7 @@ def test_healthy_seed_plan_is_promoted_through_every_phase_with_three_approvals(
     annotations = w.emulator.store.get("apps/deployments", "bodhi", "bodhi-server")["metadata"]["annotations"]
     assert annotations["phasegate.dev/phase-state"] == "promoted"
     assert "phasegate.dev/promoted-at" in annotations
+    assert annotations["phasegate.dev/checklist-confirmed"].endswith(" by rehearsal")
     staging = w.emulator.store.get("apps/deployments", "bodhi-staging", "bodhi-server")
     assert any(c["image"] == w.image for c in staging["spec"]["template"]["spec"]["containers"])
 

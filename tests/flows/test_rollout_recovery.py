@@ -116,3 +116,18 @@ def test_flow_killed_mid_soak_resumes_without_redeploying_or_renotifying():
         assert not any(e["event"] == "deployed" and e["phase"] == "canary-10pct" for e in report["events"])
         assert _deployment_creations(w) == 1  # the canary was created once, by the first run
         assert w.emulator.store.find("apps/deployments", "bodhi", "bodhi-server-canary") is None
+
+
+def test_rollout_refuses_to_start_until_the_pre_deployment_checklist_is_confirmed():
+    from flows.rollout import PreflightFailed, progressive_rollout
+    from tasks.runtime import using
+
+    seed_plan = ROOT / "deployments/plans/token-refresh-locking.yaml"
+    with world(load_plan(seed_plan), speed=SPEED, notifier=quiet()) as w:
+        staging_before = w.emulator.store.get("apps/deployments", "bodhi-staging", "bodhi-server")["spec"]
+        with using(w.runtime(approval_floor=5.0, on_pause=None)), pytest.raises(
+            PreflightFailed, match="pre-deployment checklist is not confirmed"
+        ):
+            progressive_rollout(str(seed_plan), w.image)
+        assert w.emulator.store.get("apps/deployments", "bodhi-staging", "bodhi-server")["spec"] == staging_before
+        assert w.emulator.store.find("apps/deployments", "bodhi", "bodhi-server-canary") is None

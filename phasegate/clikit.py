@@ -1,0 +1,29 @@
+"""What every command module shares: exit codes, the two consoles, and plan loading that
+prints every problem and exits 2. Kept apart from ``cli.py`` so that command modules
+(render, backtest, doctor, run) can import it while ``cli.py`` imports them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from phasegate.errors import PlanError
+from phasegate.plan import RolloutPlan, load_plan
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_ROLLED_BACK, EXIT_HALTED = 0, 1, 2, 3, 4
+
+out = Console()
+err = Console(stderr=True)
+
+
+def load_or_exit(path: Path) -> RolloutPlan:
+    """Load a plan or print every problem as FILE:LINE: path: message and exit 2."""
+    try:
+        return load_plan(path)
+    except PlanError as exc:
+        for line in exc.problems:
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
+        err.print(f"{len(exc.problems)} problem(s); nothing was deployed.", style="red")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
