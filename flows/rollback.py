@@ -31,7 +31,7 @@ from tasks.cluster import (
     undo_rollout,
     wait_until_ready,
 )
-from tasks.metrics import Scope, measure_round
+from tasks.metrics import Scope, measure_gates
 from tasks.release import ROLLED_BACK
 from tasks.runtime import current
 
@@ -128,7 +128,7 @@ def _verify_metrics(
     deadline = time.time() + max(rt.clock.to_wall(phase.verify_window.total_seconds()), 4 * rt.min_window_wall, 2.0)
     measurements = []
     while True:
-        measurements = measure_round(rollout.plan, check, scope, {}, at=rt.clock.now())
+        measurements = measure_gates(rollout.plan, check, scope, {}, rt.clock.now())
         if all(m.outcome is Outcome.SUCCESSFUL for m in measurements):
             return True, ", ".join(f"{m.gate}={evidence.fmt(m.value)}" for m in measurements)
         if time.time() >= deadline:

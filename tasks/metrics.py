@@ -63,16 +63,16 @@ def reading(sample: Sample) -> Reading:
     return Reading(sample.value, sample.error)
 
 
-def measure_round(
+@task(name="measure_gates", **NO_CACHE)
+def measure_gates(
     plan: RolloutPlan,
     phase: Phase,
     scope: Scope,
     pre_deploy: Mapping[str, float | None],
-    *,
     at: float,
     judge_since: float | None = None,
 ) -> list[Measurement]:
-    """One concurrent round of every gate of ``phase`` (plain function; see ``measure_gates``)."""
+    """One concurrent round of every gate of ``phase``."""
     rt = current()
     queries: dict[str, str] = {}
     plan_for: dict[str, tuple[str, str | None]] = {}
@@ -123,18 +123,6 @@ def judge_gate(plan: RolloutPlan, gate: Gate, scope: Scope, *, at: float, since:
     except Exception as exc:  # provider errors are data (Argo), never raised through the soak
         return Measurement(gate.name, Outcome.ERROR, at, bound=gate.bound, query=subject_q, message=str(exc))
     return evaluate_judge(gate, canary, baseline, at=at, query=subject_q)
-
-
-@task(name="measure_gates", **NO_CACHE)
-def measure_gates(
-    plan: RolloutPlan,
-    phase: Phase,
-    scope: Scope,
-    pre_deploy: Mapping[str, float | None],
-    at: float,
-    judge_since: float | None = None,
-) -> list[Measurement]:
-    return measure_round(plan, phase, scope, pre_deploy, at=at, judge_since=judge_since)
 
 
 @task(name="record_pre_deploy_baseline", **NO_CACHE)

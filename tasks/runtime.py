@@ -5,6 +5,11 @@ prefect.yaml), so adapters are not passed as parameters. A ``Runtime`` is instal
 process instead: ``phasegate run`` builds one from settings (real cluster, Prometheus,
 Slack), ``phasegate rehearse`` and the tests build one around the loopback emulator, the
 synthetic app and a real Prometheus. Tasks fetch it with ``current()``.
+
+One runtime serves every rollout in a process (a worker runs flow runs in their own
+processes; ``bench/scale.py`` runs many rollouts in threads against one runtime). Two
+different runtimes in one process at once are not supported: a flow picks up whichever is
+installed when it next asks.
 """
 
 from __future__ import annotations

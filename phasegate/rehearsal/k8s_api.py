@@ -72,15 +72,16 @@ class Faults:
     def clear(self) -> None:
         self.set()
 
-    def draw(self, verb: str) -> tuple[float, int | None]:
-        """(delay seconds, error code or None) for one request. 409 only hits writes."""
+    def draw(self, verb: str, *, stored: bool = True) -> tuple[float, int | None]:
+        """(delay seconds, error code or None) for one request. 409 only hits writes of stored
+        objects: a review such as SelfSubjectAccessReview has no version to conflict with."""
         with self._lock:
             roll_slow, roll_error = self._random.random(), self._random.random()
             delay = self.slow_seconds if roll_slow < self.slow else 0.0
             code = None
             if roll_error < self.error_500:
                 code = 500
-            elif verb in WRITE_VERBS and roll_error < self.error_500 + self.conflict_409:
+            elif stored and verb in WRITE_VERBS and roll_error < self.error_500 + self.conflict_409:
                 code = 409
             if delay:
                 self.injected["slow"] += 1
@@ -296,7 +297,7 @@ class ApiServer:
             resource_name = target.rt.name + (f"/{target.subresource}" if target.subresource else "")
             if not self.rbac.allows(verb, resource_name):
                 raise self._forbidden(verb, target)
-            delay, code = self.faults.draw(verb)
+            delay, code = self.faults.draw(verb, stored=target.rt.name != "selfsubjectaccessreviews")
             if delay:
                 await asyncio.sleep(delay)
             if code == 500:

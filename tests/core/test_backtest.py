@@ -3,7 +3,6 @@ Prometheus: the injected bad hour is found, and a clean span after it advances."
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -17,7 +16,7 @@ from phasegate.analysis import Outcome
 from phasegate.backtest import backtest
 from phasegate.decide import Step
 from phasegate.plan import RolloutPlan, Strategy, load_plan
-from phasegate.rehearsal.prometheus import BackfillSample, PrometheusServer, to_openmetrics
+from phasegate.rehearsal.prometheus import BackfillSample, PrometheusServer
 from phasegate.render.cli import backtest_command
 from tests.fixtures.common import require_binary
 
@@ -69,14 +68,7 @@ def start() -> float:
 def history(start: float) -> Iterator[PrometheusServer]:
     server = PrometheusServer(binary=require_binary("prometheus"), promtool=require_binary("promtool"))
     try:
-        source = server.root / "history.om"
-        source.write_text(to_openmetrics(_history(start)))
-        # One block instead of PrometheusServer.backfill's 2h blocks: 0.2 s instead of 3 s.
-        subprocess.run(
-            [server.promtool, "tsdb", "create-blocks-from", "openmetrics", "-q", "--max-block-duration=720h",
-             str(source), str(server.data_dir)],
-            check=True, capture_output=True,
-        )
+        server.backfill(_history(start), max_block_duration="720h")
         server.start()
         yield server
     finally:

@@ -10,7 +10,6 @@ all through day 3). Each test gets the seed plan pointed at one of them.
 from __future__ import annotations
 
 import io
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,7 +23,7 @@ from flows.review import review_releases, sign_off
 from phasegate.adapters.console import ConsoleNotifier
 from phasegate.notify import Kind
 from phasegate.ports import ANN_IMAGE, ANN_PLAN, ANN_PROMOTED_AT, ANN_SIGNED_OFF, WorkloadState
-from phasegate.rehearsal.prometheus import BackfillSample, PrometheusServer, to_openmetrics
+from phasegate.rehearsal.prometheus import BackfillSample, PrometheusServer
 from tasks.runtime import Runtime, using
 from tests.fixtures.common import require_binary
 
@@ -78,14 +77,7 @@ def promoted_at() -> float:
 def history_prometheus(promoted_at: float) -> Iterator[PrometheusServer]:
     server = PrometheusServer(binary=require_binary("prometheus"), promtool=require_binary("promtool"))
     try:
-        source = server.root / "history.om"
-        source.write_text(to_openmetrics(_history(promoted_at)))
-        # PrometheusServer.backfill writes 2h blocks (~350 here, 25 s); one large block takes 0.5 s.
-        subprocess.run(
-            [server.promtool, "tsdb", "create-blocks-from", "openmetrics", "-q", "--max-block-duration=720h",
-             str(source), str(server.data_dir)],
-            check=True, capture_output=True,
-        )
+        server.backfill(_history(promoted_at), max_block_duration="720h")
         server.start()
         yield server
     finally:

@@ -52,10 +52,12 @@ def test_second_rollout_of_the_same_target_is_refused_while_the_first_holds_the_
             time.sleep(0.2)
         assert annotations(w).get("phasegate.dev/phase-state") in ("passed", "held")
         w.image = w.image.replace("1.6.0", "1.7.0")
+        # The runtime is per process: the second run must not bring an approver that would
+        # answer the first run's pause.
         with pytest.raises(RolloutRefused, match="another rollout of bodhi/bodhi-server is in progress"):
-            run_in(w, TWO_PHASE, lock_timeout_seconds=2.0)
+            run_in(w, TWO_PHASE, approve=Approver("ui", say=lambda _: None), lock_timeout_seconds=2.0)
         thread.join(timeout=120)
-        assert first["outcome"] == "halted"  # its pause timed out: halted, never overridden
+        assert first["outcome"] == "halted", (first["approvals"], [(p["name"], p["outcome"]) for p in first["phases"]])
 
 
 def test_rollout_is_refused_while_another_rollouts_record_is_unfinished():
@@ -131,3 +133,35 @@ def test_rollout_refuses_to_start_until_the_pre_deployment_checklist_is_confirme
             progressive_rollout(str(seed_plan), w.image)
         assert w.emulator.store.get("apps/deployments", "bodhi-staging", "bodhi-server")["spec"] == staging_before
         assert w.emulator.store.find("apps/deployments", "bodhi", "bodhi-server-canary") is None
+
+
+def test_api_server_storm_across_a_whole_rollout_converges_with_one_canary_and_stable_never_at_zero():
+    """A fifth of requests answer 500, a fifth of writes 409, some are slow: the rollout
+    still promotes, creates exactly one canary, and stable never drops to zero replicas."""
+    with world(load_plan(TWO_PHASE), speed=SPEED, notifier=quiet()) as w:
+        stable_replicas: list[int] = []
+        canary_uids: set[str] = set()
+        watching = threading.Event()
+
+        def watch() -> None:
+            while not watching.is_set():
+                d = w.emulator.store.get("apps/deployments", "bodhi", "bodhi-server")
+                stable_replicas.append(d["spec"]["replicas"])
+                canary = w.emulator.store.find("apps/deployments", "bodhi", "bodhi-server-canary")
+                if canary is not None:
+                    canary_uids.add(canary["metadata"]["uid"])
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        w.emulator.faults.set(error_500=0.2, conflict_409=0.2, slow=0.05, slow_seconds=0.3, seed=7)
+        try:
+            report = run_in(w, TWO_PHASE)
+        finally:
+            w.emulator.faults.clear()
+            watching.set()
+            watcher.join()
+        assert report["outcome"] == "promoted", [(p["name"], p["reason"]) for p in report["phases"]]
+        assert len(canary_uids) == 1
+        assert min(stable_replicas) > 0
+        assert sum(w.emulator.faults.injected.values()) > 0

@@ -42,7 +42,8 @@ def test_healthy_has_no_effects() -> None:
         ("latency-marginal", "latency_add_ms", 30),
         ("error-rate", "error_rate_add", 0.005),
         ("lock-timeouts", "lock_timeout_ratio", 0.03),
-        ("token-not-active", "token_not_active_per_s", 0.2),
+        # 2/s, not 0.2/s: a few seconds of rehearsed canary soak must hold errors with near certainty.
+        ("token-not-active", "token_not_active_per_s", 2.0),
     ],
 )
 def test_built_in_fault_sizes_match_the_plan_thresholds_they_probe(name: str, field: str, value: float) -> None:
