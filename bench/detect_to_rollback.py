@@ -23,11 +23,13 @@ os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "tests/plans/two-phase.yaml"
 SPEED = 28800.0
-# 24 plan hours into a 48 h soak: 3 s after the soak starts at this speed.
+# 24 plan hours into a 48 h soak: 3 s after the soak starts at this speed. A step change
+# (20 errors/s) so the figure measures the pipeline — app → scrape → gate round → rollback —
+# and not the wait for a sparse fault's first error (0.5 s on average at 2/s).
 SCENARIO = """
 name: token-not-active-mid-soak
 faults:
-  - {phase: canary-10pct, after: 24h, token_not_active_per_s: 2}
+  - {phase: canary-10pct, after: 24h, token_not_active_per_s: 20}
 """
 
 

@@ -129,6 +129,7 @@ def run_phase(rollout: Rollout, phase: Phase, resume: bool = False) -> PhaseResu
     progress = evidence.start_progress(rollout.release.id, phase.name)
     history: dict[str, list[Measurement]] = defaultdict(list)
     while True:
+        round_started = time.monotonic()
         now = clock.now()
         measurements = measure_gates(plan, phase, scope, baselines, now, soak_started)
         result.rounds.append(measurements)
@@ -147,4 +148,7 @@ def run_phase(rollout: Rollout, phase: Phase, resume: bool = False) -> PhaseResu
             evidence.update_progress(progress, 100.0)
             log.info("%s: %s — %s", phase.name, action.step.value, action.reason)
             return finish(action)
-        time.sleep(max(0.0, min(interval_wall, clock.to_wall(soak_end - clock.now()))))
+        # A fixed cadence: the next round starts one interval after this one started, however
+        # long the queries took, so "every 5m" stays every 5m.
+        next_round = interval_wall - (time.monotonic() - round_started)
+        time.sleep(max(0.0, min(next_round, clock.to_wall(soak_end - clock.now()))))

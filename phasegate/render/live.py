@@ -44,6 +44,7 @@ class LiveView:
     def __exit__(self, *exc: object) -> None:
         self.live.update(self.render())
         self.live.__exit__(None, None, None)
+        self.live.console.print()  # off a non-terminal, the last frame ends without a newline
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind, phase = event["event"], event.get("phase")
