@@ -114,13 +114,18 @@ def main() -> None:
         prometheus.wait_for_data("up", timeout=30)
 
         approver = Approver("auto")
-        runtime = worlds[0].runtime(approval_floor=120.0, on_pause=approver)
+        # Ten minutes to answer: under load the API is slow, and the bench measures slowness, not impatience.
+        runtime = worlds[0].runtime(approval_floor=600.0, on_pause=approver)
         results: dict[int, tuple[str, float]] = {}
 
         def one(i: int) -> None:
             started = time.time()
             try:
-                outcome = progressive_rollout(str(paths[i]), image, lock_timeout_seconds=120.0)["outcome"]
+                report = progressive_rollout(str(paths[i]), image, lock_timeout_seconds=120.0)
+                outcome = report["outcome"]
+                if outcome != "promoted":
+                    why = (report.get("halted") or report.get("rollback") or {}).get("reason", "")
+                    outcome = f"{outcome}: {why[:300]}"
             except Exception as exc:
                 outcome = f"error: {type(exc).__name__}: {exc}"
             results[i] = (outcome, time.time() - started)
@@ -143,6 +148,7 @@ def main() -> None:
     walls = [results[i][1] for i in range(1, count)]
     outcomes = [results[i][0] for i in range(1, count)]
     ok = outcomes.count("promoted")
+    # A rollout that halts or rolls back under load is a finding, not noise: print why.
     print(f"{args.n} at once: {ok}/{args.n} promoted in {total:.1f}s; per rollout median "
           f"{statistics.median(walls):.1f}s, max {max(walls):.1f}s")
     for i, o in enumerate(outcomes, start=1):

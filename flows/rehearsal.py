@@ -297,18 +297,23 @@ class Approver:
         threading.Thread(target=self._resume, args=(flow_run_id, answer), daemon=True).start()
 
     def _resume(self, flow_run_id: str, answer: dict[str, Any]) -> None:
+        """Wait for the pause, then answer it; a busy API (SQLite 'database is locked' under
+        many runs) is retried, as a person would click again, until the deadline."""
         from prefect.client.orchestration import get_client
         from prefect.flow_runs import resume_flow_run
 
-        deadline = time.time() + 60
-        with get_client(sync_client=True) as client:
-            while time.time() < deadline:
-                run = client.read_flow_run(UUID(flow_run_id))
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with get_client(sync_client=True) as client:
+                    run = client.read_flow_run(UUID(flow_run_id))
                 if run.state is not None and run.state.is_paused():
-                    break
-                time.sleep(0.1)
-        resume_flow_run(UUID(flow_run_id), run_input=answer)
-        self.answers.append(answer)
+                    resume_flow_run(UUID(flow_run_id), run_input=answer)
+                    self.answers.append(answer)
+                    return
+            except Exception as exc:
+                self.say(f"approver: retrying after {type(exc).__name__}")
+            time.sleep(0.25)
 
 
 def _prefect_ui_url() -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +21,10 @@ from prefect.flow_runs import resume_flow_run
 
 from flows.review import review_releases, sign_off
 from phasegate.adapters.console import ConsoleNotifier
+from phasegate.adapters.kubernetes import KubernetesCluster
 from phasegate.notify import Kind
-from phasegate.ports import ANN_IMAGE, ANN_PLAN, ANN_PROMOTED_AT, ANN_SIGNED_OFF, WorkloadState
+from phasegate.ports import ANN_IMAGE, ANN_PLAN, ANN_PROMOTED_AT, ANN_SIGNED_OFF
+from phasegate.rehearsal.cluster import ClusterEmulator, seed
 from phasegate.rehearsal.prometheus import BackfillSample, PrometheusServer
 from tasks.runtime import Runtime, using
 from tests.fixtures.common import require_binary
@@ -84,31 +86,6 @@ def history_prometheus(promoted_at: float) -> Iterator[PrometheusServer]:
         server.close()
 
 
-class AnnotatedCluster:
-    """The two Cluster operations the review flows use, over an in-memory Deployment list."""
-
-    def __init__(self) -> None:
-        self.deployments: dict[tuple[str, str], dict[str, str]] = {}
-
-    def add(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
-        self.deployments[(namespace, name)] = dict(annotations)
-
-    def find_annotated(self, namespaces: Sequence[str], key: str) -> list[WorkloadState]:
-        return [
-            WorkloadState(name, "app:v2", 3, 3, 3, 3, 2, 1, 1, dict(annotations))
-            for (namespace, name), annotations in self.deployments.items()
-            if namespace in namespaces and key in annotations
-        ]
-
-    def annotate(self, namespace: str, deployment: str, annotations: Mapping[str, str | None]) -> None:
-        current = self.deployments[(namespace, deployment)]
-        for k, v in annotations.items():
-            if v is None:
-                current.pop(k, None)
-            else:
-                current[k] = v
-
-
 def _plan_for(namespace: str, tmp_path: Path) -> str:
     path = tmp_path / f"plan-{namespace}.yaml"
     path.write_text(SEED.read_text().replace("production: bodhi\n", f"production: {namespace}\n"))
@@ -116,20 +93,33 @@ def _plan_for(namespace: str, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def world(history_prometheus: PrometheusServer, promoted_at: float, prefect_api: None):
-    cluster = AnnotatedCluster()
+def emulator() -> Iterator[ClusterEmulator]:
+    """Two promoted releases, as the rollout leaves them: annotations on the Deployments."""
+    with ClusterEmulator(ready_delay=0.02) as cluster:
+        seed(cluster, namespaces=("clean", "incident"), deployment=DEPLOYMENT, container=DEPLOYMENT)
+        yield cluster
+
+
+def annotations(emulator: ClusterEmulator, namespace: str) -> dict[str, str]:
+    return emulator.store.get("apps/deployments", namespace, DEPLOYMENT)["metadata"].get("annotations") or {}
+
+
+@pytest.fixture
+def world(history_prometheus: PrometheusServer, promoted_at: float, prefect_api: None, emulator: ClusterEmulator):
+    cluster = KubernetesCluster.from_url(emulator.url, poll_interval=0.02)
     for namespace in ("clean", "incident"):
-        cluster.add(
+        cluster.annotate(
             namespace,
             DEPLOYMENT,
             {ANN_PROMOTED_AT: f"{promoted_at:.3f}", ANN_IMAGE: "bodhi-server:v2", ANN_PLAN: "token-refresh-locking"},
         )
     provider = history_prometheus.provider(timeout=10)
     notifier = ConsoleNotifier(file=io.StringIO())
-    runtime = Runtime(cluster=cluster, metrics=provider, notifier=notifier)  # type: ignore[arg-type]
+    runtime = Runtime(cluster=cluster, metrics=provider, notifier=notifier)
     with using(runtime):
         yield runtime
     provider.close()
+    cluster.close()
 
 
 def test_a_clean_week_gets_daily_reviews_and_a_weekly_summary_with_charts(
@@ -174,14 +164,14 @@ def test_a_day_with_token_not_active_errors_fails_that_days_review(
 
 
 def test_signoff_refuses_after_a_day_with_token_not_active_errors(
-    world: Runtime, promoted_at: float, tmp_path: Path
+    world: Runtime, emulator: ClusterEmulator, promoted_at: float, tmp_path: Path
 ) -> None:
     done = sign_off(_plan_for("incident", tmp_path), now=promoted_at + 28 * DAY + 3600, reports_dir=str(tmp_path))
     assert [d["signed_off"] for d in done] == [False]
     assert any(p.startswith("zero-token-not-active: Failed") for p in done[0]["problems"])
     notice = world.notifier.sent[-1]  # type: ignore[attr-defined]
     assert notice.kind is Kind.REVIEW and "TOKEN-REFRESH-001 stays open" in notice.text
-    assert ANN_SIGNED_OFF not in world.cluster.deployments[("incident", DEPLOYMENT)]  # type: ignore[attr-defined]
+    assert ANN_SIGNED_OFF not in annotations(emulator, "incident")
 
 
 def _resume_when_paused(flow_run_id: str, run_input: dict[str, str]) -> threading.Thread:
@@ -200,7 +190,7 @@ def _resume_when_paused(flow_run_id: str, run_input: dict[str, str]) -> threadin
 
 
 def test_four_clean_weeks_are_signed_off_and_the_incident_closed(
-    world: Runtime, promoted_at: float, tmp_path: Path
+    world: Runtime, emulator: ClusterEmulator, promoted_at: float, tmp_path: Path
 ) -> None:
     paused: list[threading.Thread] = []
     answer = {"decision": "sign off", "confirmed_by": "alice", "lessons_learned": "Double-check made most locks idle."}
@@ -218,7 +208,7 @@ def test_four_clean_weeks_are_signed_off_and_the_incident_closed(
     assert "- Confirmed by: alice" in report and "Double-check made most locks idle." in report
     notice = world.notifier.sent[-1]  # type: ignore[attr-defined]
     assert notice.kind is Kind.SIGNED_OFF and "TOKEN-REFRESH-001 closed" in notice.text
-    assert ANN_SIGNED_OFF in world.cluster.deployments[("clean", DEPLOYMENT)]  # type: ignore[attr-defined]
+    assert ANN_SIGNED_OFF in annotations(emulator, "clean")
 
     again = sign_off(_plan_for("clean", tmp_path), now=promoted_at + 29 * DAY, reports_dir=str(tmp_path))
     assert again == []
