@@ -114,6 +114,7 @@ def main() -> None:
         prometheus.wait_for_data("up", timeout=30)
 
         approver = Approver("auto")
+        approver.patience = 600.0
         # Ten minutes to answer: under load the API is slow, and the bench measures slowness, not impatience.
         runtime = worlds[0].runtime(approval_floor=600.0, on_pause=approver)
         results: dict[int, tuple[str, float]] = {}

@@ -278,6 +278,9 @@ class Approver:
         self.say = say
         self.answers: list[dict[str, Any]] = []
         self.ui_url: str | None = _prefect_ui_url()
+        # How long to wait for a pause to appear before answering it; run_in sets it to the
+        # pause window, since under load a run can take minutes to reach Paused.
+        self.patience = 120.0
 
     def __call__(self, flow_run_id: str, phase: str, fields: list[str], step: str = "advance") -> None:
         if self.mode == "ui":
@@ -302,7 +305,7 @@ class Approver:
         from prefect.client.orchestration import get_client
         from prefect.flow_runs import resume_flow_run
 
-        deadline = time.time() + 120
+        deadline = time.time() + self.patience
         while time.time() < deadline:
             try:
                 with get_client(sync_client=True) as client:
@@ -314,6 +317,7 @@ class Approver:
             except Exception as exc:
                 self.say(f"approver: retrying after {type(exc).__name__}")
             time.sleep(0.25)
+        self.say(f"approver: flow run {flow_run_id} never paused within {self.patience:.0f}s; not answered")
 
 
 def _prefect_ui_url() -> str | None:
@@ -381,6 +385,7 @@ def run_in(
     # Wall seconds an approval pause lasts at least: long enough for the API approver under
     # load, short enough that a deliberate timeout (or an unanswered hold) ends quickly.
     floor = approval_floor if approval_floor is not None else {"ui": 900.0, "timeout": 5.0}.get(approver.mode, 15.0)
+    approver.patience = max(approver.patience, floor)
     with using(w.runtime(approval_floor=floor, on_pause=approver, on_event=on_event)):
         checklist = w.plan.checklist
         if checklist is not None and checklist.required and checklist.items:
