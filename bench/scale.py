@@ -92,7 +92,7 @@ def main() -> None:
     plans = [load_plan(p) for p in paths]
     scenario = load_scenario("healthy")
     clock = ScaledClock(SPEED)
-    image = default_image(plans[0])
+    image = default_image()
     devnull = open(os.devnull, "w")  # noqa: SIM115 - for the whole run
 
     with contextlib.ExitStack() as stack:

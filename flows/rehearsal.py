@@ -29,7 +29,7 @@ from phasegate.notify import Notifier
 from phasegate.plan import RolloutPlan, load_plan
 from phasegate.ports import ANN_PHASE
 from phasegate.rehearsal.app import SyntheticApp, TrackObservation, TrafficProfile
-from phasegate.rehearsal.cluster import ClusterEmulator, seed
+from phasegate.rehearsal.cluster import SEED_IMAGE_REPO, ClusterEmulator, seed
 from phasegate.rehearsal.prometheus import PrometheusServer
 from phasegate.rehearsal.scenarios import Scenario, load_scenario
 from tasks.runtime import Runtime
@@ -46,9 +46,8 @@ K8S_TIME_SCALE = 0.005
 MIN_OUTAGE_WALL = 4.0  # a 600 s progress deadline takes 3 s of wall time
 
 
-def default_image(plan: RolloutPlan) -> str:
-    from phasegate.rehearsal.cluster import SEED_IMAGE_REPO
-
+def default_image() -> str:
+    """The next version after the one the emulator seeds as stable (1.5.0)."""
     return f"{SEED_IMAGE_REPO}:1.6.0"
 
 
@@ -222,7 +221,7 @@ def world(
 ) -> Iterator[World]:
     """Start the loopback world for ``plan``; everything is stopped on exit."""
     scn = load_scenario(scenario) if isinstance(scenario, str) else scenario
-    new_image = image or default_image(plan)
+    new_image = image or default_image()
     clock = ScaledClock(speed)
     # Kubernetes durations (progressDeadlineSeconds) are compressed less than plan time: at
     # the plan's speed a 10-minute deadline would expire before any pod could be ready.

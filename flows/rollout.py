@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -31,9 +31,9 @@ from phasegate.decide import Action, Decision, Step, after_approval
 from phasegate.errors import PermanentError, PlanError, TargetNotFound
 from phasegate.notify import Kind, Severity
 from phasegate.plan import RolloutPlan, load_plan
-from phasegate.ports import ANN_PROMOTED_AT, ANN_ROLLED_BACK, TargetRef
+from phasegate.ports import ANN_PLAN, ANN_PROMOTED_AT, ANN_ROLLED_BACK, TargetRef
 from tasks import evidence
-from tasks.cluster import check_permissions, read_target
+from tasks.cluster import annotate_release, check_permissions, read_target
 from tasks.metrics import check_metrics
 from tasks.release import APPROVED, HALTED, HELD, PASSED, PROMOTED, Release, rollout_id
 from tasks.runtime import current, ensure
@@ -126,18 +126,6 @@ def _run_name() -> str:
     return f"rollout {p.get('image', '?')}"
 
 
-def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return _plain(asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if hasattr(value, "value") and hasattr(value, "name") and type(value).__module__.startswith("phasegate"):
-        return value.value
-    return value
-
-
 def phase_report(result: PhaseResult) -> dict[str, Any]:
     return {
         "name": result.phase,
@@ -147,7 +135,7 @@ def phase_report(result: PhaseResult) -> dict[str, Any]:
         "ended_plan": result.ended_plan,
         "started_wall": result.started_wall,
         "ended_wall": result.ended_wall,
-        "checks": _plain(result.checks),
+        "checks": [asdict(c) for c in result.checks],
         "rounds": [
             [
                 {"gate": m.gate, "outcome": m.outcome.value, "value": m.value, "baseline": m.baseline,
@@ -310,11 +298,7 @@ def finish_promoted(rollout: Rollout, report: dict[str, Any]) -> dict[str, Any]:
     promoted_at = current().clock.now()
     annotations = rollout.release.annotations()
     annotations[ANN_PROMOTED_AT] = f"{promoted_at:.3f}"
-    from phasegate.ports import ANN_PLAN
-
     annotations[ANN_PLAN] = rollout.plan.name
-    from tasks.cluster import annotate_release
-
     annotate_release(rollout.ref.namespace, rollout.ref.deployment, annotations)
     rollout.notify("rollout:promoted", Kind.PROMOTED, f"{rollout.image} is promoted to 100% of {rollout.ref}",
                    links=rollout.ui_link())
@@ -325,9 +309,7 @@ def finish_promoted(rollout: Rollout, report: dict[str, Any]) -> dict[str, Any]:
 def finish_rollback(rollout: Rollout, report: dict[str, Any], phase, action: Action) -> dict[str, Any]:
     assert action.strategy is not None
     result: RollbackResult = run_rollback(rollout, phase, action.strategy, action.reason, list(action.gates))
-    report["rollback"] = _plain(result)
-    from tasks.cluster import annotate_release
-
+    report["rollback"] = asdict(result)
     annotate_release(
         rollout.ref.namespace, rollout.ref.deployment, {ANN_ROLLED_BACK: f"{phase.name}:{action.strategy.value}"}
     )
