@@ -52,10 +52,11 @@ def test_second_rollout_of_the_same_target_is_refused_while_the_first_holds_the_
             time.sleep(0.2)
         assert annotations(w).get("phasegate.dev/phase-state") in ("passed", "held")
         w.image = w.image.replace("1.6.0", "1.7.0")
-        # The runtime is per process: the second run must not bring an approver that would
-        # answer the first run's pause.
+        # The runtime is per process: the second run must install one the first can share —
+        # no approver that would answer the first run's pause, the same approval window.
         with pytest.raises(RolloutRefused, match="another rollout of bodhi/bodhi-server is in progress"):
-            run_in(w, TWO_PHASE, approve=Approver("ui", say=lambda _: None), lock_timeout_seconds=2.0)
+            run_in(w, TWO_PHASE, approve=Approver("ui", say=lambda _: None), approval_floor=12.0,
+                   lock_timeout_seconds=2.0)
         thread.join(timeout=120)
         assert first["outcome"] == "halted", (first["approvals"], [(p["name"], p["outcome"]) for p in first["phases"]])
 
