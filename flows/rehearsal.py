@@ -178,8 +178,14 @@ class CheckServer:
             def log_message(self, *args: object) -> None:
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            # socketserver's listen backlog is 5: a load check's 100 simultaneous connects
+            # overflow it, and on a busy machine the dropped handshakes surface as read
+            # timeouts that fail a healthy phase. A real Service's backlog is far larger.
+            request_queue_size = 1024
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, name="check-server", daemon=True)
 

@@ -152,8 +152,11 @@ class ClusterEmulator:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # JSON is valid YAML, and both kubectl and the Python client read it.
-        path.write_text(json.dumps(self.kubeconfig(context=context, namespace=namespace), indent=2))
+        # JSON is valid YAML, and both kubectl and the Python client read it. Written to a
+        # sibling and renamed: whoever polls for the file must never read it half-written.
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(self.kubeconfig(context=context, namespace=namespace), indent=2))
+        partial.replace(path)
         return path
 
     def deployment(self, namespace: str, name: str) -> Obj:
