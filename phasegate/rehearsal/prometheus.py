@@ -15,10 +15,17 @@ Design decisions:
 * Every wait polls (``/-/ready``, a query returning data) instead of sleeping a fixed time:
   the first scraped sample arrives after one to a few scrape intervals, and that varies.
 * The process is stopped by its PID (terminate, then kill), never by name.
+* ``basic_auth`` makes the server demand a user and password, as a production Prometheus
+  behind auth does, through Prometheus' own ``--web.config.file`` (2.42 supports it): a
+  real 401 for a wrong password, not a proxy's. The file holds a bcrypt hash, never the
+  password; the hash uses bcrypt's lowest cost, since the server checks it on every request
+  and this is a loopback test server. Scraping is unaffected (it is outbound), and every
+  request of our own (readiness, ``provider()``, ``wait_for_data``) sends the credentials.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -92,7 +99,9 @@ class PrometheusServer:
         data_dir: str | Path | None = None,
         retention: str = "30d",
         startup_timeout: float = 30.0,
+        basic_auth: tuple[str, str] | None = None,
     ) -> None:
+        """``basic_auth``: (user, password) every HTTP request must carry; ``None``: open."""
         self.binary = shutil.which(binary) or binary
         self.promtool = shutil.which(promtool) or promtool
         self.scrape_interval = scrape_interval
@@ -105,10 +114,14 @@ class PrometheusServer:
         self.config_path = self.root / "prometheus.yml"
         self.targets_path = self.root / "targets.json"
         self.log_path = self.root / "prometheus.log"
+        self.web_config_path = self.root / "web.yml"
+        self.basic_auth = basic_auth
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: object | None = None
         self._write_config()
+        if basic_auth is not None:
+            self._write_web_config(*basic_auth)
         self.set_targets(targets)
 
     # --- configuration ---------------------------------------------------------------
@@ -130,6 +143,21 @@ class PrometheusServer:
             ],
         }
         self.config_path.write_text(json.dumps(config, indent=2))
+
+    def _write_web_config(self, user: str, password: str) -> None:
+        try:
+            import bcrypt  # a dev dependency: only a rehearsal Prometheus with auth needs it
+        except ImportError:
+            raise RuntimeError("a PrometheusServer with basic_auth needs the 'bcrypt' package "
+                               "(pip install -e '.[dev]')") from None
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+        self.web_config_path.write_text(json.dumps({"basic_auth_users": {user: hashed}}, indent=2))
+
+    def _headers(self) -> dict[str, str]:
+        if self.basic_auth is None:
+            return {}
+        token = base64.b64encode(":".join(self.basic_auth).encode()).decode()
+        return {"Authorization": f"Basic {token}"}
 
     def set_targets(self, targets: Sequence[str]) -> None:
         """Replace the scraped ``host:port`` list; a running server notices within ~1 s."""
@@ -174,6 +202,7 @@ class PrometheusServer:
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--web.enable-lifecycle",
                 "--web.enable-admin-api",
+                *([f"--web.config.file={self.web_config_path}"] if self.basic_auth else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -188,9 +217,17 @@ class PrometheusServer:
             if self._proc is None or self._proc.poll() is not None:
                 raise RuntimeError(f"prometheus exited during startup:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as r:
+                ready = urllib.request.Request(self.url + "/-/ready", headers=self._headers())
+                with urllib.request.urlopen(ready, timeout=1) as r:
                     if r.status == 200:
                         return
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401:
+                    # Up, but not taking our credentials: waiting would not change that.
+                    self.stop()
+                    raise RuntimeError(
+                        f"prometheus refused its own basic-auth credentials:\n{self.log_tail()}"
+                    ) from None
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.05)
@@ -245,7 +282,8 @@ class PrometheusServer:
     # --- data ------------------------------------------------------------------------
 
     def provider(self, timeout: float = 5.0) -> PrometheusProvider:
-        return PrometheusProvider(self.url, timeout=timeout)
+        """A provider on this server, with its credentials if it demands them."""
+        return PrometheusProvider(self.url, timeout=timeout, basic_auth=self.basic_auth)
 
     def wait_for_data(self, query: str, timeout: float = 30.0, interval: float = 0.1) -> float:
         """Poll until ``query`` returns one finite value; return it."""

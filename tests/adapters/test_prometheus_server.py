@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.error
+import urllib.request
 
+import pytest
+
+from phasegate import errors
+from phasegate.adapters.prometheus import PrometheusProvider
 from phasegate.rehearsal.prometheus import BackfillSample, PrometheusServer, to_openmetrics
 
 
@@ -54,3 +60,15 @@ def test_openmetrics_text_escapes_label_values_and_ends_with_eof() -> None:
     text = to_openmetrics([BackfillSample("m", (("l", 'a"b\\c'),), 10.0, 1.5)])
     assert 'm{l="a\\"b\\\\c"} 1.5 10.000' in text
     assert text.endswith("# EOF\n")
+
+
+def test_basic_auth_is_demanded_and_the_server_itself_authenticates(prometheus_binary: str) -> None:
+    with PrometheusServer(binary=prometheus_binary, basic_auth=("phasegate", "pw-0123456789")) as server:
+        assert "pw-0123456789" not in server.web_config_path.read_text()  # a bcrypt hash only
+        assert server.provider().query("vector(1)") == 1.0  # start() got past /-/ready with it
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            urllib.request.urlopen(server.url + "/api/v1/query?query=vector(1)", timeout=5)
+        assert anonymous.value.code == 401
+        wrong = PrometheusProvider(server.url, basic_auth=("phasegate", "not-the-pw-0123"))
+        with pytest.raises(errors.ProviderUnavailable, match="refused the credentials"):
+            wrong.query("vector(1)")
