@@ -1,8 +1,9 @@
 """One target, one rollout at a time — and a rollout survives the death of its process.
 
 The crash test hosts the world (emulator, app, Prometheus) in the test process and runs
-the flow in a child process that it SIGKILLs mid-soak, as a node failure would kill a
-worker pod while the cluster and its annotations stay.
+the flow in a child process that it SIGKILLs — mid-soak in each kind of phase, or while the
+run waits for approval — as a node failure would kill a worker pod while the cluster and
+its annotations stay.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 
@@ -25,6 +28,7 @@ from phasegate.plan import load_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 TWO_PHASE = ROOT / "tests/plans/two-phase.yaml"
+THREE_PHASE = ROOT / "tests/plans/three-phase.yaml"
 SPEED = 172800.0
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
@@ -73,13 +77,29 @@ def test_rollout_is_refused_while_another_rollouts_record_is_unfinished():
         assert w.emulator.store.find("apps/deployments", "bodhi", "bodhi-server-canary") is None
 
 
-def _worker(w, *extra: str) -> subprocess.Popen[str]:
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start crash workers; any still running when the test ends (a failed assertion) is killed."""
+    workers: list[subprocess.Popen[str]] = []
+
+    def _spawn(w, plan: Path, *extra: str) -> subprocess.Popen[str]:
+        workers.append(_worker(w, plan, *extra))
+        return workers[-1]
+
+    yield _spawn
+    for worker in workers:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate(timeout=10)
+
+
+def _worker(w, plan: Path, *extra: str) -> subprocess.Popen[str]:
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_LOGGING_LEVEL": "WARNING"}
     return subprocess.Popen(
         [sys.executable, str(ROOT / "tests/flows/crash_worker.py"), "--emulator", w.emulator.url,
-         "--prometheus", w.prometheus.url, "--plan", str(TWO_PHASE), "--image", w.image,
+         "--prometheus", w.prometheus.url, "--plan", str(plan), "--image", w.image,
          "--speed", str(SPEED), "--epoch", str(w.clock.epoch), "--checks-port", str(w.checks.port), *extra],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -90,35 +110,140 @@ def _deployment_creations(w) -> int:
     return sum(1 for r in w.emulator.requests if r.method == "POST" and r.path.endswith("/deployments"))
 
 
-def test_flow_killed_mid_soak_resumes_without_redeploying_or_renotifying():
-    with world(load_plan(TWO_PHASE), speed=SPEED, notifier=quiet()) as w:
-        first = _worker(w)
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _flow_run_state(flow_run_id: str):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(UUID(flow_run_id)).state
+
+
+def _wait_for_pause(pauses: Path, worker: subprocess.Popen[str], deadline: float) -> str:
+    """The flow run id of the worker's approval pause, once Prefect has it Paused."""
+    while time.time() < deadline:
+        assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+        ids = _lines(pauses)
+        if ids and (state := _flow_run_state(ids[-1])) is not None and state.is_paused():
+            return ids[-1]
+        time.sleep(0.1)
+    raise AssertionError(f"no approval pause within the deadline (pauses: {_lines(pauses)})")
+
+
+def _canary_replicas(w) -> int | None:
+    canary = w.emulator.store.find("apps/deployments", "bodhi", "bodhi-server-canary")
+    return None if canary is None else canary["spec"]["replicas"]
+
+
+def _notifications(events: list[dict]) -> list[tuple[str, str | None]]:
+    return [(e["kind"], e.get("phase")) for e in events if e["event"] == "notification"]
+
+
+def _expected_notifications(plan_path: Path) -> set[tuple[str, str | None]]:
+    """What one healthy rollout of the plan tells people: each exactly once."""
+    plan = load_plan(plan_path)
+    expected = {("rollout_started", None), ("promoted", None)}
+    for i, phase in enumerate(plan.phases):
+        expected |= {("phase_started", phase.name), ("phase_passed", phase.name)}
+        if phase.approval.required and i + 1 < len(plan.phases):
+            expected |= {("approval_needed", phase.name), ("approval_given", phase.name)}
+    return expected
+
+
+# Where the flow process dies: (plan, phase, state). "paused" is the approval pause after the
+# phase passed, with the flow run Paused in Prefect waiting for a person.
+KILL_POINTS = [
+    pytest.param(THREE_PHASE, "staging", "soaking", id="staging-mid-soak"),
+    pytest.param(TWO_PHASE, "canary-10pct", "soaking", id="canary-mid-soak"),
+    pytest.param(TWO_PHASE, "canary-10pct", "paused", id="approval-pause"),
+    pytest.param(TWO_PHASE, "full", "soaking", id="full-mid-soak"),
+]
+
+
+@pytest.mark.parametrize(("plan", "phase", "where"), KILL_POINTS)
+def test_flow_killed_in_each_phase_resumes_without_redeploying_or_renotifying(tmp_path, spawn, plan, phase, where):
+    """SIGKILL the flow process in ``phase``, restart it with --take-over: it ends promoted,
+    every phase deployed exactly once across both processes, the canary created once, and
+    every notification sent exactly once across both processes."""
+    at_pause = where == "paused"
+    # An unanswered pause must outlast the test's own steps, however slow the machine.
+    manual = ["--approve", "ui", "--approval-floor", "60"] if at_pause else []
+    order = [p.name for p in load_plan(plan).phases]
+    with world(load_plan(plan), speed=SPEED, notifier=quiet()) as w:
+        events, pauses = tmp_path / "first-events.jsonl", tmp_path / "first-pauses"
+        first = spawn(w, plan, "--events", str(events), "--pauses", str(pauses), *manual)
         deadline = time.time() + 90
+        want_state = "passed" if at_pause else "soaking"
         while time.time() < deadline and not (
-            annotations(w).get("phasegate.dev/phase") == "canary-10pct"
-            and annotations(w).get("phasegate.dev/phase-state") == "soaking"
+            annotations(w).get("phasegate.dev/phase") == phase
+            and annotations(w).get("phasegate.dev/phase-state") == want_state
         ):
             assert first.poll() is None, first.stderr.read() if first.stderr else ""
             time.sleep(0.05)
+        where_now = (annotations(w).get("phasegate.dev/phase"), annotations(w).get("phasegate.dev/phase-state"))
+        assert where_now == (phase, want_state)
+        dead_run = _wait_for_pause(pauses, first, deadline) if at_pause else None
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
-        assert _deployment_creations(w) == 1
-        assert "canary-10pct:started" in json.loads(annotations(w)["phasegate.dev/notified"])
 
-        second = _worker(w, "--take-over")
+        first_events = [json.loads(line) for line in _lines(events)]
+        first_sent = _notifications(first_events)
+        first_deployed = [e["phase"] for e in first_events if e["event"] == "deployed"]
+        assert first_deployed == order[: order.index(phase) + 1]
+        assert _deployment_creations(w) == (0 if phase == "staging" else 1)
+        notified_before = json.loads(annotations(w)["phasegate.dev/notified"])
+        assert f"{phase}:started" in notified_before
+        assert len(notified_before) == len(first_sent)  # the annotation records each one sent
+
+        events2, pauses2 = tmp_path / "second-events.jsonl", tmp_path / "second-pauses"
+        second = spawn(w, plan, "--take-over", "--events", str(events2), "--pauses", str(pauses2), *manual)
+        answer = None
+        if at_pause:
+            # Restarted, it asks again in its own flow run, and waits: nothing advances or is redeployed.
+            run = _wait_for_pause(pauses2, second, time.time() + 90)
+            assert run != dead_run
+            canary_before = _canary_replicas(w)
+            assert canary_before == 1
+            # The dead run's pause is still open in Prefect (nobody reported the kill): an
+            # approval given there belongs to another run and must not move this one.
+            from prefect.flow_runs import resume_flow_run
+
+            valid = {"decision": "approve", "comment": "", "criterion_1": True}
+            resume_flow_run(UUID(dead_run), run_input={**valid, "approver": "bob-on-the-dead-run"})
+            watch_until = time.time() + 3  # three of the new run's 1 s pause polls
+            while time.time() < watch_until:
+                assert _flow_run_state(run).is_paused()
+                assert annotations(w)["phasegate.dev/phase-state"] == "passed"
+                assert _canary_replicas(w) == canary_before
+                time.sleep(0.2)
+            answer = {**valid, "approver": "alice", "comment": "asked again after the restart"}
+            resume_flow_run(UUID(run), run_input=answer)
+
         out, err = second.communicate(timeout=180)
         assert second.returncode == 0, err[-3000:]
         report = json.loads(out.strip().splitlines()[-1])
-        assert report["outcome"] == "promoted"
+        assert report["outcome"] == "promoted", [(p["name"], p["reason"]) for p in report["phases"]]
         assert report["resumed"] is True
-        assert [p["name"] for p in report["phases"]] == ["canary-10pct", "full"]
-        kinds = [(e["kind"], e.get("phase")) for e in report["events"] if e["event"] == "notification"]
-        assert ("rollout_started", None) not in kinds
-        assert ("phase_started", "canary-10pct") not in kinds
-        assert ("phase_started", "full") in kinds
-        assert not any(e["event"] == "deployed" and e["phase"] == "canary-10pct" for e in report["events"])
-        assert _deployment_creations(w) == 1  # the canary was created once, by the first run
-        assert w.emulator.store.find("apps/deployments", "bodhi", "bodhi-server-canary") is None
+        assert [p["name"] for p in report["phases"]] == order[order.index(phase) + int(at_pause) :]
+
+        # Nothing deployed twice, nothing left undeployed.
+        second_deployed = [e["phase"] for e in report["events"] if e["event"] == "deployed"]
+        assert first_deployed + second_deployed == order
+        assert _deployment_creations(w) == 1
+        assert _canary_replicas(w) is None
+
+        # Nothing said twice, nothing left unsaid.
+        second_sent = _notifications(report["events"])
+        assert not set(first_sent) & set(second_sent), set(first_sent) & set(second_sent)
+        assert sorted(first_sent + second_sent) == sorted(_expected_notifications(plan))
+        notified = json.loads(annotations(w)["phasegate.dev/notified"])
+        assert len(notified) == len(set(notified)) == len(first_sent) + len(second_sent)
+
+        if at_pause:
+            approvals = [(a["phase"], a["decision"], a["approver"], a["comment"]) for a in report["approvals"]]
+            assert approvals == [(phase, "approve", "alice", answer["comment"])]
 
 
 def test_rollout_refuses_to_start_until_the_pre_deployment_checklist_is_confirmed():
