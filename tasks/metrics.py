@@ -17,8 +17,10 @@ from prefect import task
 from phasegate import templates
 from phasegate.analysis import Measurement, Outcome, Reading, evaluate, evaluate_judge
 from phasegate.durations import promql_duration
+from phasegate.errors import PhasegateError
 from phasegate.measure import Sample, collect
 from phasegate.plan import Baseline, Gate, GateKind, Phase, RolloutPlan
+from phasegate.ports import MetricsProvider
 from tasks.common import NO_CACHE
 from tasks.runtime import current
 
@@ -143,7 +145,7 @@ def check_metrics(plan: RolloutPlan) -> list[str]:
     Every problem is listed at once."""
     rt = current()
     if not rt.metrics.is_online():
-        return ["Prometheus is not reachable"]
+        return [f"Prometheus is not usable: {offline_reason(rt.metrics)}"]
     queries: dict[tuple[str, str], str] = {}
     for phase in plan.phases:
         scope = Scope(plan.namespace(phase), plan.target.deployment, "stable")
@@ -156,3 +158,15 @@ def check_metrics(plan: RolloutPlan) -> list[str]:
         elif s.error and not s.no_data:
             problems.append(f"phases[{phase_name}].{gate_name}: {s.error}")
     return problems
+
+
+def offline_reason(metrics: MetricsProvider) -> str:
+    """Why ``is_online`` said no, in the provider's own (already scrubbed) words.
+
+    "Not reachable" sent an operator whose password was wrong to look for a network
+    problem; the provider knows it was a 401 and says so without the credentials."""
+    try:
+        value = metrics.query("vector(1)")
+    except PhasegateError as exc:
+        return str(exc)
+    return f"vector(1) failed, then evaluated to {value} on a second try (flapping?)"
