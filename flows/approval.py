@@ -109,9 +109,17 @@ def await_approval(
     started = time.time()
     deadline = started + timeout_wall
     record = ApprovalRecord(phase.name, Decision.TIMEOUT)
+    # A run restarted during this pause pauses again in its own flow run. The first message
+    # links to the dead run, whose pause stays open in Prefect: an approval given there
+    # answers a run nobody executes, and this one would wait out its timeout into a halt.
+    # So a run that finds the question asked by an earlier run asks again, once, with its
+    # own link: the key names the flow run, and no run repeats its own message.
+    key, where = f"{phase.name}:approval-needed", ""
+    if key in rollout.release.notified:
+        key, where = f"{key}:{rollout.flow_run_id}", " in the restarted run (answer here, not in the earlier one)"
     rollout.notify(
-        f"{phase.name}:approval-needed", Kind.APPROVAL_NEEDED,
-        f"{phase.name} is waiting for approval: {action.reason}", phase=phase.name,
+        key, Kind.APPROVAL_NEEDED,
+        f"{phase.name} is waiting for approval{where}: {action.reason}", phase=phase.name,
         fields={"next": next_phase.name if next_phase else "promotion", "timeout": f"{timeout_wall:.0f}s"},
         links=rollout.ui_link(),
     )

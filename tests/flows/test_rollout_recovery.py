@@ -166,7 +166,8 @@ KILL_POINTS = [
 def test_flow_killed_in_each_phase_resumes_without_redeploying_or_renotifying(tmp_path, spawn, plan, phase, where):
     """SIGKILL the flow process in ``phase``, restart it with --take-over: it ends promoted,
     every phase deployed exactly once across both processes, the canary created once, and
-    every notification sent exactly once across both processes."""
+    every notification sent exactly once across both processes (bar the approval question a
+    run restarted in the pause must ask again)."""
     at_pause = where == "paused"
     # An unanswered pause must outlast the test's own steps, however slow the machine.
     manual = ["--approve", "ui", "--approval-floor", "60"] if at_pause else []
@@ -234,16 +235,21 @@ def test_flow_killed_in_each_phase_resumes_without_redeploying_or_renotifying(tm
         assert _deployment_creations(w) == 1
         assert _canary_replicas(w) is None
 
-        # Nothing said twice, nothing left unsaid.
+        # Nothing said twice, nothing left unsaid — except that a run restarted in the pause
+        # asks again, once, in its own run: the first question links to the dead one.
         second_sent = _notifications(report["events"])
-        assert not set(first_sent) & set(second_sent), set(first_sent) & set(second_sent)
-        assert sorted(first_sent + second_sent) == sorted(_expected_notifications(plan))
+        asked_again = [("approval_needed", phase)] if at_pause else []
+        assert sorted(set(first_sent) & set(second_sent)) == asked_again
+        assert sorted(first_sent + second_sent) == sorted([*_expected_notifications(plan), *asked_again])
         notified = json.loads(annotations(w)["phasegate.dev/notified"])
         assert len(notified) == len(set(notified)) == len(first_sent) + len(second_sent)
 
         if at_pause:
             approvals = [(a["phase"], a["decision"], a["approver"], a["comment"]) for a in report["approvals"]]
             assert approvals == [(phase, "approve", "alice", answer["comment"])]
+            assert f"{phase}:approval-needed:{run}" in notified
+            again = next(e for e in report["events"] if e["event"] == "notification" and e["kind"] == "approval_needed")
+            assert "restarted run" in again["text"]
 
 
 def test_rollout_refuses_to_start_until_the_pre_deployment_checklist_is_confirmed():
