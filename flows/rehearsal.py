@@ -27,7 +27,7 @@ from phasegate.adapters.kubernetes import KubernetesCluster
 from phasegate.clock import ScaledClock
 from phasegate.notify import Notifier
 from phasegate.plan import RolloutPlan, load_plan
-from phasegate.ports import ANN_PHASE
+from phasegate.ports import ANN_PHASE, MetricsProvider
 from phasegate.rehearsal.app import SyntheticApp, TrackObservation, TrafficProfile
 from phasegate.rehearsal.cluster import SEED_IMAGE_REPO, ClusterEmulator, seed
 from phasegate.rehearsal.prometheus import PrometheusServer
@@ -130,12 +130,16 @@ class World:
         approval_floor: float,
         on_pause: Callable[[str, str, list[str], str], None] | None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        metrics: MetricsProvider | None = None,
+        notifier: Notifier | None = None,
     ) -> Runtime:
+        """``metrics``: what the gates query; default: a provider on this world's Prometheus.
+        ``notifier``: who is told; default: the world's."""
         port = self.checks.port
         return Runtime(
             cluster=KubernetesCluster.from_url(self.emulator.url, poll_interval=0.05, backoff=0.05, max_backoff=0.5),
-            metrics=self.prometheus.provider(timeout=5.0),
-            notifier=self.notifier,
+            metrics=metrics if metrics is not None else self.prometheus.provider(timeout=5.0),
+            notifier=notifier if notifier is not None else self.notifier,
             clock=self.clock,
             min_interval_wall=SCRAPE_SECONDS,
             min_window_wall=4 * SCRAPE_SECONDS,
@@ -224,8 +228,12 @@ def world(
     speed: float = DEFAULT_SPEED,
     notifier: Notifier | None = None,
     ready_delay: float = 0.05,
+    prometheus_auth: tuple[str, str] | None = None,
 ) -> Iterator[World]:
-    """Start the loopback world for ``plan``; everything is stopped on exit."""
+    """Start the loopback world for ``plan``; everything is stopped on exit.
+
+    ``prometheus_auth``: (user, password) the world's Prometheus demands, as one behind
+    basic auth in production does."""
     scn = load_scenario(scenario) if isinstance(scenario, str) else scenario
     new_image = image or default_image()
     clock = ScaledClock(speed)
@@ -251,7 +259,7 @@ def world(
             profile=REHEARSAL_TRAFFIC, tick_seconds=0.1,
         )
         stack.enter_context(app)
-        prometheus = PrometheusServer(targets=[app.target], scrape_interval=SCRAPE_SECONDS)
+        prometheus = PrometheusServer(targets=[app.target], scrape_interval=SCRAPE_SECONDS, basic_auth=prometheus_auth)
         stack.callback(prometheus.close)
         prometheus.start()
         checks = stack.enter_context(CheckServer())
@@ -368,9 +376,16 @@ def rehearse(
         report = run_in(w, plan_path, approve=approve, approval_floor=approval_floor,
                         lock_timeout_seconds=lock_timeout_seconds, on_event=on_event)
     if report_path:
-        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(report_path).write_text(json.dumps(report, indent=2, default=str))
+        write_report(report, report_path)
     return report
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> Path:
+    """The ``--report`` file: the run's report as JSON."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    return out
 
 
 def run_in(
@@ -381,8 +396,13 @@ def run_in(
     approval_floor: float | None = None,
     lock_timeout_seconds: float = 30.0,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    metrics: MetricsProvider | None = None,
+    notifier: Notifier | None = None,
 ) -> dict[str, Any]:
-    """Run the rollout flow once in an already running world (tests inspect the world after)."""
+    """Run the rollout flow once in an already running world (tests inspect the world after).
+
+    ``metrics`` and ``notifier`` replace the world's own for this run, e.g. with adapters
+    built from ``PHASEGATE_PROMETHEUS_*`` and ``SLACK_*`` as a production run builds them."""
     from flows.rollout import progressive_rollout
     from tasks.runtime import using
 
@@ -391,7 +411,8 @@ def run_in(
     # load, short enough that a deliberate timeout (or an unanswered hold) ends quickly.
     floor = approval_floor if approval_floor is not None else {"ui": 900.0, "timeout": 5.0}.get(approver.mode, 15.0)
     approver.patience = max(approver.patience, floor)
-    with using(w.runtime(approval_floor=floor, on_pause=approver, on_event=on_event)):
+    runtime = w.runtime(approval_floor=floor, on_pause=approver, on_event=on_event, metrics=metrics, notifier=notifier)
+    with using(runtime):
         checklist = w.plan.checklist
         if checklist is not None and checklist.required and checklist.items:
             from flows.checklist import pre_deployment_checklist
@@ -402,7 +423,7 @@ def run_in(
     report["scenario"] = w.scenario.name
     report["approvals_sent"] = approver.answers
     report["timings"] = timings(report, w)
-    notifications = getattr(w.notifier, "sent", None)
+    notifications = getattr(runtime.notifier, "sent", None)
     if notifications is not None:
         report["notifications_sent"] = [
             {"kind": n.kind.value, "severity": n.severity.value, "phase": n.phase, "text": n.text}
