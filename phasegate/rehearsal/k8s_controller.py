@@ -107,8 +107,13 @@ class Behaviour:
 class Controller:
     """Runs reconcile passes on writes (``kick``) and on a ticker, in a daemon thread."""
 
-    def __init__(self, store: Store, behaviour: Behaviour, tick: float = 0.02) -> None:
-        self.store, self.behaviour, self.tick = store, behaviour, tick
+    def __init__(self, store: Store, behaviour: Behaviour, tick: float = 0.02, idle_tick: float = 1.0) -> None:
+        self.store, self.behaviour, self.tick, self.idle_tick = store, behaviour, tick, idle_tick
+        # Set by a pass that left something waiting on the clock (a pod not yet Ready, a
+        # rollout before its progress deadline). Otherwise only a write can change anything
+        # and every write kicks the loop, so an idle cluster is not re-reconciled 50 times a
+        # second; idle_tick is the safety net.
+        self._busy = True
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -131,7 +136,7 @@ class Controller:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._kick.wait(self.tick)
+            self._kick.wait(self.tick if self._busy else self.idle_tick)
             self._kick.clear()
             try:
                 self.reconcile()
@@ -154,6 +159,7 @@ class Controller:
 
     def reconcile(self) -> None:
         with self.store.lock:
+            self._busy = False
             for d in self.store.list("apps/deployments"):
                 self._sync_deployment(d)
             for rs in self.store.list("apps/replicasets"):
@@ -259,6 +265,7 @@ class Controller:
         for pod in self.store.list("pods"):
             if _ready(pod):
                 continue
+            self._busy = True
             born = self._born.setdefault(pod["metadata"]["uid"], now)
             containers = pod["spec"].get("containers") or []
             bad = [c for c in containers if self.behaviour.bad(c.get("image", ""))]
@@ -315,6 +322,7 @@ class Controller:
         complete = (updated == desired and counts["replicas"] == desired and counts["availableReplicas"] == desired)
         rs_name = new["metadata"]["name"]
         deadline = d["spec"].get("progressDeadlineSeconds", 600) * self.behaviour.time_scale
+        self._busy = self._busy or not complete
         if complete:
             progressing = ("True", "NewReplicaSetAvailable", f'ReplicaSet "{rs_name}" has successfully progressed.')
         elif since > deadline:

@@ -276,6 +276,10 @@ class Store:
     history: int = 20000
     lock: threading.RLock = field(default_factory=threading.RLock)
     _objects: dict[tuple[str, str, str], Obj] = field(default_factory=dict)
+    # The same objects by (type, namespace): the controller lists one namespace's objects
+    # for every owner on every pass, and a scan of the whole cluster each time made a pass
+    # cost grow with the square of the number of targets.
+    _by_namespace: dict[tuple[str, str], dict[str, Obj]] = field(default_factory=dict)
     _rv: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _last_rv: int = 0
     _events: deque[Event] = field(default_factory=deque)
@@ -307,12 +311,23 @@ class Store:
         rt = resource(key)
         match_labels, match_fields = label_selector(labels), field_selector(fields)
         with self.lock:
+            if namespace is not None:
+                scope = [(namespace, self._by_namespace.get((rt.key, namespace), {}))]
+            else:
+                scope = sorted((ns, objs) for (k, ns), objs in self._by_namespace.items() if k == rt.key)
             found = [
-                copy.deepcopy(o) for (k, ns, _), o in sorted(self._objects.items())
-                if k == rt.key and (namespace is None or ns == namespace)
-                and match_labels(o["metadata"].get("labels") or {}) and match_fields(o)
+                copy.deepcopy(o) for _, objs in scope for _, o in sorted(objs.items())
+                if match_labels(o["metadata"].get("labels") or {}) and match_fields(o)
             ]
         return found
+
+    def _put(self, key: tuple[str, str, str], obj: Obj) -> None:
+        self._objects[key] = obj
+        self._by_namespace.setdefault(key[:2], {})[key[2]] = obj
+
+    def _pop(self, key: tuple[str, str, str]) -> Obj | None:
+        self._by_namespace.get(key[:2], {}).pop(key[2], None)
+        return self._objects.pop(key, None)
 
     def events_after(self, rv: int) -> tuple[builtins.list[Event], bool]:
         """Events newer than ``rv``, and False if ``rv`` is older than the kept log (410 Gone)."""
@@ -363,7 +378,7 @@ class Store:
                 obj["status"] = {"phase": "Active"}
                 obj.setdefault("spec", {"finalizers": ["kubernetes"]})
             meta["resourceVersion"] = self._next_rv()
-            self._objects[(rt.key, ns, name)] = obj
+            self._put((rt.key, ns, name), obj)
             self._record(rt, "ADDED", obj)
         self.on_write()
         return copy.deepcopy(obj)
@@ -404,7 +419,7 @@ class Store:
             if new == old:
                 return copy.deepcopy(old)  # a no-op write does not bump resourceVersion
             new["metadata"]["resourceVersion"] = self._next_rv()
-            self._objects[(rt.key, ns, name)] = new
+            self._put((rt.key, ns, name), new)
             self._record(rt, "MODIFIED", new)
         self.on_write()
         return copy.deepcopy(new)
@@ -428,7 +443,7 @@ class Store:
         rt = resource(key)
         ns = (namespace or "") if rt.namespaced else ""
         with self.lock:
-            old = self._objects.pop((rt.key, ns, name), None)
+            old = self._pop((rt.key, ns, name))
             if old is None:
                 raise not_found(rt, name)
             self._next_rv()
