@@ -162,3 +162,25 @@ def test_gate_queries_are_templates_the_plan_can_render(name: str) -> None:
     assert placeholders(template) <= set(VARIABLES)
     rendered = render(template, {"namespace": NS, "deployment": DEPLOY, "track": "canary", "window": "5m"})
     assert "{{" not in rendered and 'namespace="prod"' in rendered
+
+
+def test_bulk_observation_fills_the_same_buckets_and_sum_as_observing_one_by_one() -> None:
+    import numpy as np
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from phasegate.rehearsal.app import _observe_many
+
+    # Values on, between and beyond the bounds, including +Inf's bucket.
+    values = np.array([0.0, 5.0, 5.000001, 24.9, 25.0, 99.0, 1e6, 3.3, 5.0])
+    bulk_registry, single_registry = CollectorRegistry(), CollectorRegistry()
+    buckets = (5.0, 25.0, 100.0)
+    bulk = Histogram("lat_ms", "", ["track"], buckets=buckets, registry=bulk_registry)
+    single = Histogram("lat_ms", "", ["track"], buckets=buckets, registry=single_registry)
+    _observe_many(bulk.labels("canary"), values)
+    for v in values:
+        single.labels("canary").observe(float(v))
+    def exposed(registry: CollectorRegistry) -> list[bytes]:
+        return [line for line in generate_latest(registry).splitlines() if b"_created" not in line]
+
+    assert exposed(bulk_registry) == exposed(single_registry)
+    assert b'lat_ms_bucket{le="5.0",track="canary"} 4.0' in exposed(bulk_registry)
