@@ -70,14 +70,14 @@ class World:
     def observe(self) -> list[TrackObservation]:
         """What runs where, read straight from the emulator's store."""
         plan, store = self.plan, self.emulator.store
-        production = store.find("apps/deployments", plan.target.namespaces.production, plan.target.deployment)
+        production = store.peek("apps/deployments", plan.target.namespaces.production, plan.target.deployment)
         phase = ((production or {}).get("metadata", {}).get("annotations") or {}).get(ANN_PHASE)
         namespaces = {plan.namespace(p) for p in plan.phases}
         out = []
         for ns in sorted(namespaces):
             flag_cm = self._configmap_flag(ns)
             for track, name in (("stable", plan.target.deployment), ("canary", plan.target.deployment + "-canary")):
-                d = store.find("apps/deployments", ns, name)
+                d = store.peek("apps/deployments", ns, name)
                 if d is None:
                     continue
                 container = next(
@@ -99,7 +99,7 @@ class World:
         flag = self.plan.feature_flag
         if flag is None or flag.configmap is None:
             return True
-        cm = self.emulator.store.find("configmaps", namespace, flag.configmap.name)
+        cm = self.emulator.store.peek("configmaps", namespace, flag.configmap.name)
         return ((cm or {}).get("data") or {}).get(flag.configmap.key) != flag.off_value
 
     def _act_out_outage(self) -> None:
@@ -294,6 +294,8 @@ class Approver:
         # How long to wait for a pause to appear before answering it; run_in sets it to the
         # pause window, since under load a run can take minutes to reach Paused.
         self.patience = 120.0
+        # How often to look for the pause; a hundred waiting approvers at 4 Hz are load of their own.
+        self.poll_seconds = 0.25
 
     def __call__(self, flow_run_id: str, phase: str, fields: list[str], step: str = "advance") -> None:
         if self.mode == "ui":
@@ -329,7 +331,7 @@ class Approver:
                     return
             except Exception as exc:
                 self.say(f"approver: retrying after {type(exc).__name__}")
-            time.sleep(0.25)
+            time.sleep(self.poll_seconds)
         self.say(f"approver: flow run {flow_run_id} never paused within {self.patience:.0f}s; not answered")
 
 

@@ -299,6 +299,15 @@ class Store:
                 raise not_found(rt, name)
             return copy.deepcopy(obj)
 
+    def peek(self, key: str, namespace: str | None, name: str) -> Obj | None:
+        """The stored object itself, not a copy, or None: for hot read-only paths (the
+        synthetic app reads every target several times a second). Writers replace stored
+        objects and never change them in place, so what this returns stays consistent;
+        the caller must not modify it."""
+        rt = resource(key)
+        with self.lock:
+            return self._objects.get((rt.key, namespace or "", name))
+
     def find(self, key: str, namespace: str | None, name: str) -> Obj | None:
         try:
             return self.get(key, namespace, name)
@@ -447,6 +456,7 @@ class Store:
             if old is None:
                 raise not_found(rt, name)
             self._next_rv()
+            old = copy.deepcopy(old)  # a reader may hold the stored object (peek)
             old["metadata"]["resourceVersion"] = str(self._last_rv)
             self._record(rt, "DELETED", old)
             uid = old["metadata"]["uid"]
