@@ -31,7 +31,7 @@ import random
 import string
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from phasegate.rehearsal.k8s_store import ApiError, Obj, Store, now_rfc3339
@@ -109,11 +109,12 @@ class Controller:
 
     def __init__(self, store: Store, behaviour: Behaviour, tick: float = 0.02, idle_tick: float = 1.0) -> None:
         self.store, self.behaviour, self.tick, self.idle_tick = store, behaviour, tick, idle_tick
-        # Set by a pass that left something waiting on the clock (a pod not yet Ready, a
-        # rollout before its progress deadline). Otherwise only a write can change anything
-        # and every write kicks the loop, so an idle cluster is not re-reconciled 50 times a
-        # second; idle_tick is the safety net.
-        self._busy = True
+        # A pass covers the namespaces written since the last one, plus those where the clock
+        # still has work (a pod short of Ready, a rollout before its progress deadline).
+        # Nothing else can change, and every write kicks the loop: with a hundred targets a
+        # pass over the whole cluster fifty times a second was most of the emulator's CPU.
+        # Every idle_tick without a kick, a full pass is the safety net.
+        self._pending: set[str] = set()
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -136,10 +137,15 @@ class Controller:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._kick.wait(self.tick if self._busy else self.idle_tick)
+            kicked = self._kick.wait(self.tick if self._pending else self.idle_tick)
             self._kick.clear()
             try:
-                self.reconcile()
+                with self.store.lock:
+                    scope = self.store.take_dirty() | self._pending
+                    if scope:
+                        self.reconcile(scope)
+                    elif not kicked:
+                        self.reconcile()
             except Exception:  # a controller crash must not kill the emulator; the next pass retries
                 log.exception("emulator controller pass failed")
 
@@ -147,28 +153,36 @@ class Controller:
         """Converge synchronously with pods Ready at once (seeding history without waiting)."""
         self._instant = True
         try:
-            for _ in range(passes):
-                before = self.store.resource_version
-                self.reconcile()
-                if self.store.resource_version == before:
-                    return
+            with self.store.lock:
+                for _ in range(passes):
+                    # Pods turn Ready within the pass here, so only writes can leave work.
+                    scope = self.store.take_dirty()
+                    if not scope:
+                        return
+                    self.reconcile(scope)
         finally:
             self._instant = False
 
     # -- one pass ------------------------------------------------------------------------
 
-    def reconcile(self) -> None:
+    def reconcile(self, namespaces: Iterable[str] | None = None) -> None:
+        """One pass over ``namespaces`` (all of them when None)."""
         with self.store.lock:
-            self._busy = False
-            for d in self.store.list("apps/deployments"):
-                self._sync_deployment(d)
-            for rs in self.store.list("apps/replicasets"):
-                self._sync_replicaset(rs)
-            self._run_pods()
-            for rs in self.store.list("apps/replicasets"):
-                self._replicaset_status(rs)
-            for d in self.store.list("apps/deployments"):
-                self._deployment_status(d)
+            scope: list[str | None] = [None] if namespaces is None else sorted(namespaces)
+            if namespaces is None:
+                self._pending.clear()
+            else:
+                self._pending.difference_update(scope)
+            for ns in scope:
+                for d in self.store.list("apps/deployments", ns):
+                    self._sync_deployment(d)
+                for rs in self.store.list("apps/replicasets", ns):
+                    self._sync_replicaset(rs)
+                self._run_pods(ns)
+                for rs in self.store.list("apps/replicasets", ns):
+                    self._replicaset_status(rs)
+                for d in self.store.list("apps/deployments", ns):
+                    self._deployment_status(d)
 
     def _owned(self, kind_key: str, owner: Obj) -> list[Obj]:
         uid = owner["metadata"]["uid"]
@@ -260,12 +274,12 @@ class Controller:
                 self.store.delete("pods", ns, pod["metadata"]["name"])
                 self._born.pop(pod["metadata"]["uid"], None)
 
-    def _run_pods(self) -> None:
+    def _run_pods(self, namespace: str | None) -> None:
         now = time.monotonic()
-        for pod in self.store.list("pods"):
+        for pod in self.store.list("pods", namespace):
             if _ready(pod):
                 continue
-            self._busy = True
+            self._pending.add(pod["metadata"]["namespace"])
             born = self._born.setdefault(pod["metadata"]["uid"], now)
             containers = pod["spec"].get("containers") or []
             bad = [c for c in containers if self.behaviour.bad(c.get("image", ""))]
@@ -322,7 +336,8 @@ class Controller:
         complete = (updated == desired and counts["replicas"] == desired and counts["availableReplicas"] == desired)
         rs_name = new["metadata"]["name"]
         deadline = d["spec"].get("progressDeadlineSeconds", 600) * self.behaviour.time_scale
-        self._busy = self._busy or not complete
+        if not complete:
+            self._pending.add(ns)
         if complete:
             progressing = ("True", "NewReplicaSetAvailable", f'ReplicaSet "{rs_name}" has successfully progressed.')
         elif since > deadline:

@@ -280,6 +280,9 @@ class Store:
     # for every owner on every pass, and a scan of the whole cluster each time made a pass
     # cost grow with the square of the number of targets.
     _by_namespace: dict[tuple[str, str], dict[str, Obj]] = field(default_factory=dict)
+    # Namespaces written since the controller last looked: it reconciles those, not the
+    # whole cluster, on each write.
+    _dirty: set[str] = field(default_factory=set)
     _rv: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _last_rv: int = 0
     _events: deque[Event] = field(default_factory=deque)
@@ -330,11 +333,19 @@ class Store:
             ]
         return found
 
+    def take_dirty(self) -> set[str]:
+        """Namespaces written since the last call ("" for cluster-scoped objects)."""
+        with self.lock:
+            dirty, self._dirty = self._dirty, set()
+            return dirty
+
     def _put(self, key: tuple[str, str, str], obj: Obj) -> None:
+        self._dirty.add(key[1])
         self._objects[key] = obj
         self._by_namespace.setdefault(key[:2], {})[key[2]] = obj
 
     def _pop(self, key: tuple[str, str, str]) -> Obj | None:
+        self._dirty.add(key[1])
         self._by_namespace.get(key[:2], {}).pop(key[2], None)
         return self._objects.pop(key, None)
 
