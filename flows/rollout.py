@@ -167,6 +167,33 @@ def take_over_lock(plan: RolloutPlan, ref: TargetRef, image: str, name: str) -> 
     return True
 
 
+def close_superseded_run(dead: str, successor: str | None) -> None:
+    """Mark the flow run this one took over from as Crashed in Prefect.
+
+    We only get here holding the target's lock, so that run is gone (its lease lapsed, or an
+    operator took over). Nobody told Prefect: it still shows the run Running or Paused,
+    and a paused one still offers its approval form — an answer there moves nothing. Closing
+    it leaves one run to look at and one form to fill in. Best effort: the rollout goes on.
+    """
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    log = get_run_logger()
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(dead)).state
+            if state is not None and state.is_final():
+                return
+            client.set_flow_run_state(
+                UUID(dead), Crashed(message=f"superseded: flow run {successor} resumed this rollout"), force=True
+            )
+        log.warning("flow run %s was left %s by a dead process; marked Crashed", dead, state.name if state else "?")
+    except Exception as exc:  # never let bookkeeping of a dead run stop the live one
+        log.warning("could not close superseded flow run %s: %s", dead, exc)
+
+
 @flow(name="progressive-rollout", flow_run_name=_run_name)
 def progressive_rollout(
     plan_path: str, image: str, lock_timeout_seconds: float = 30.0, take_over: bool = False
@@ -220,7 +247,11 @@ def drive(plan: RolloutPlan, ref: TargetRef, image: str) -> dict[str, Any]:
         release = Release(rid, image, state.stable.image, total)
     ctx = FlowRunContext.get()
     rollout = Rollout(plan, image, ref, release, flow_run_id=str(ctx.flow_run.id) if ctx and ctx.flow_run else None)
+    superseded = release.flow_run if resume and release.flow_run not in (None, rollout.flow_run_id) else None
+    release.flow_run = rollout.flow_run_id
     rollout.save()
+    if superseded:
+        close_superseded_run(superseded, rollout.flow_run_id)
     rollout.notify(
         "rollout:started", Kind.ROLLOUT_STARTED,
         f"Rollout of {image} to {ref} {'resumed' if resume else 'started'}: "

@@ -19,6 +19,7 @@ ANN_TOTAL_REPLICAS = ports.ANNOTATION_PREFIX + "total-replicas"
 ANN_SOAK_STARTED = ports.ANNOTATION_PREFIX + "soak-started-at"
 ANN_BASELINES = ports.ANNOTATION_PREFIX + "pre-deploy-baselines"
 ANN_SLACK_THREAD = ports.ANNOTATION_PREFIX + "slack-thread"
+ANN_FLOW_RUN = ports.ANNOTATION_PREFIX + "flow-run"  # the Prefect flow run driving the rollout now
 
 # Phase states, in the order a phase goes through them.
 DEPLOYING, SOAKING, PASSED, HELD, APPROVED = "deploying", "soaking", "passed", "held", "approved"
@@ -44,6 +45,7 @@ class Release:
     baselines: dict[str, float | None] = field(default_factory=dict)
     notified: list[str] = field(default_factory=list)
     slack_thread: dict[str, str] = field(default_factory=dict)
+    flow_run: str | None = None
 
     @classmethod
     def from_annotations(cls, annotations: Mapping[str, str]) -> Release | None:
@@ -62,6 +64,7 @@ class Release:
             baselines=loads(annotations.get(ANN_BASELINES), {}),
             notified=loads(annotations.get(ports.ANN_NOTIFIED), []),
             slack_thread=loads(annotations.get(ANN_SLACK_THREAD), {}),
+            flow_run=annotations.get(ANN_FLOW_RUN) or None,
         )
 
     def annotations(self) -> dict[str, str | None]:
@@ -76,6 +79,7 @@ class Release:
             ANN_BASELINES: dumps(self.baselines) if self.baselines else None,
             ports.ANN_NOTIFIED: dumps(self.notified[-50:]) if self.notified else None,
             ANN_SLACK_THREAD: dumps(self.slack_thread) if self.slack_thread else None,
+            ANN_FLOW_RUN: self.flow_run,
         }
 
     @property

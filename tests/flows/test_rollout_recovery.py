@@ -186,6 +186,8 @@ def test_flow_killed_in_each_phase_resumes_without_redeploying_or_renotifying(tm
         where_now = (annotations(w).get("phasegate.dev/phase"), annotations(w).get("phasegate.dev/phase-state"))
         assert where_now == (phase, want_state)
         dead_run = _wait_for_pause(pauses, first, deadline) if at_pause else None
+        first_run = annotations(w)["phasegate.dev/flow-run"]  # recorded on the cluster, as the rest
+        assert dead_run in (None, first_run)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
 
@@ -207,12 +209,16 @@ def test_flow_killed_in_each_phase_resumes_without_redeploying_or_renotifying(tm
             assert run != dead_run
             canary_before = _canary_replicas(w)
             assert canary_before == 1
-            # The dead run's pause is still open in Prefect (nobody reported the kill): an
-            # approval given there belongs to another run and must not move this one.
+            # Nobody reported the kill, so Prefect still showed the dead run's pause with its
+            # form. The new run closed it: an approval given there is refused, not lost quietly.
+            from prefect.exceptions import NotPausedError
             from prefect.flow_runs import resume_flow_run
 
+            dead_state = _flow_run_state(dead_run)
+            assert dead_state.is_crashed() and run in (dead_state.message or ""), dead_state
             valid = {"decision": "approve", "comment": "", "criterion_1": True}
-            resume_flow_run(UUID(dead_run), run_input={**valid, "approver": "bob-on-the-dead-run"})
+            with pytest.raises(NotPausedError):
+                resume_flow_run(UUID(dead_run), run_input={**valid, "approver": "bob-on-the-dead-run"})
             watch_until = time.time() + 3  # three of the new run's 1 s pause polls
             while time.time() < watch_until:
                 assert _flow_run_state(run).is_paused()
@@ -228,6 +234,9 @@ def test_flow_killed_in_each_phase_resumes_without_redeploying_or_renotifying(tm
         assert report["outcome"] == "promoted", [(p["name"], p["reason"]) for p in report["phases"]]
         assert report["resumed"] is True
         assert [p["name"] for p in report["phases"]] == order[order.index(phase) + int(at_pause) :]
+        # Prefect no longer shows the killed run as running or waiting: the successor closed it.
+        assert _flow_run_state(first_run).is_crashed()
+        assert annotations(w)["phasegate.dev/flow-run"] == report["flow_run_id"] != first_run
 
         # Nothing deployed twice, nothing left undeployed.
         second_deployed = [e["phase"] for e in report["events"] if e["event"] == "deployed"]
