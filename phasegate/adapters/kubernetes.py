@@ -149,6 +149,13 @@ def canary_split(share_percent: float, total_replicas: int) -> tuple[int, int]:
     return canary, total_replicas - canary
 
 
+def _pooled(configuration: client.Configuration) -> client.Configuration:
+    # The client sizes its pool at 5 per CPU; a worker running several rollouts (or one
+    # rollout's rollback beside its notifications) discarded connections and re-handshook.
+    configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 32)
+    return configuration
+
+
 class KubernetesCluster:
     """The rollout's ``Cluster``: idempotent, conflict-safe operations on one cluster."""
 
@@ -166,13 +173,13 @@ class KubernetesCluster:
     def from_kubeconfig(cls, path: str | None = None, context: str | None = None, **options: Any) -> KubernetesCluster:
         configuration = client.Configuration()
         config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
-        return cls(client.ApiClient(configuration), **options)
+        return cls(client.ApiClient(_pooled(configuration)), **options)
 
     @classmethod
     def in_cluster(cls, **options: Any) -> KubernetesCluster:
         configuration = client.Configuration()
         config.load_incluster_config(client_configuration=configuration)
-        return cls(client.ApiClient(configuration), **options)
+        return cls(client.ApiClient(_pooled(configuration)), **options)
 
     @classmethod
     def from_url(cls, url: str, token: str | None = None, **options: Any) -> KubernetesCluster:
@@ -181,7 +188,7 @@ class KubernetesCluster:
         if token:
             configuration.api_key = {"BearerToken": token}
             configuration.api_key_prefix = {"BearerToken": "Bearer"}
-        return cls(client.ApiClient(configuration), **options)
+        return cls(client.ApiClient(_pooled(configuration)), **options)
 
     def close(self) -> None:
         self.api.close()

@@ -107,7 +107,7 @@ class Behaviour:
 class Controller:
     """Runs reconcile passes on writes (``kick``) and on a ticker, in a daemon thread."""
 
-    def __init__(self, store: Store, behaviour: Behaviour, tick: float = 0.02, idle_tick: float = 1.0) -> None:
+    def __init__(self, store: Store, behaviour: Behaviour, tick: float = 0.02, idle_tick: float = 10.0) -> None:
         self.store, self.behaviour, self.tick, self.idle_tick = store, behaviour, tick, idle_tick
         # A pass covers the namespaces written since the last one, plus those where the clock
         # still has work (a pod short of Ready, a rollout before its progress deadline).
