@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := prometheus
 
-.PHONY: test demo venv system-deps lint clean
+.PHONY: test demo venv system-deps bench-deps lint clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,17 @@ system-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
 	    echo "missing Debian packages:$$missing (run as root, or install them)" >&2; \
+	  fi; \
+	fi
+
+# Only bench/scale.py --db postgres needs PostgreSQL; Debian keeps its binaries off PATH.
+bench-deps: venv system-deps
+	@if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: postgresql"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	  else \
+	    echo "missing Debian package: postgresql (run as root, or install it)" >&2; exit 1; \
 	  fi; \
 	fi
 

@@ -24,7 +24,7 @@ def _binary(name: str) -> str:
         return found
     for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
         return str(candidate)
-    raise FileNotFoundError(f"{name} not found: install Debian's postgresql (make system-deps does, as root)")
+    raise FileNotFoundError(f"{name} not found: install Debian's postgresql (make bench-deps does, as root)")
 
 
 class PostgresServer:

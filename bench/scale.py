@@ -102,7 +102,7 @@ def plan_paths(count: int) -> list[Path]:
     return paths
 
 
-def host_world(paths: list[Path]) -> None:
+def host_world(paths: list[Path], scrape_wall: float) -> None:
     """The child process: the cluster, the app and Prometheus for every target, until stdin closes."""
     from flows.rehearsal import REHEARSAL_TRAFFIC, SCRAPE_SECONDS, CheckServer, World, default_image
     from phasegate.adapters.console import ConsoleNotifier
@@ -125,9 +125,10 @@ def host_world(paths: list[Path]) -> None:
         app = SyntheticApp(lambda: [o for w in worlds for o in w.observe()], image, scenario, clock,
                            profile=REHEARSAL_TRAFFIC, tick_seconds=0.5)
         stack.enter_context(app)
-        # A scrape a second still puts eight samples in a window of four 2 s rounds, and the
-        # exposition of a hundred targets is the world's largest cost after the app itself.
-        prometheus = PrometheusServer(targets=[app.target], scrape_interval=max(SCRAPE_SECONDS, 1.0))
+        # The exposition of a hundred targets with both tracks takes the better part of a
+        # second of a busy process: scraped every second it timed out and gates saw no data.
+        # Half a gate interval still puts eight samples in a window of four rounds.
+        prometheus = PrometheusServer(targets=[app.target], scrape_interval=max(SCRAPE_SECONDS, scrape_wall))
         stack.callback(prometheus.close)
         prometheus.start()
         checks = stack.enter_context(CheckServer())
@@ -156,8 +157,9 @@ def main() -> None:
     parser.add_argument("--approval-wall", type=float, default=600.0, help="seconds an approval may take")
     parser.add_argument("--host-world", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    scrape_wall = args.interval_wall / 2
     if args.host_world is not None:
-        host_world([Path(p) for p in args.host_world])
+        host_world([Path(p) for p in args.host_world], scrape_wall)
         return
 
     from phasegate.rehearsal.prefect_server import PrefectServer, server_env
@@ -179,7 +181,8 @@ def main() -> None:
         os.environ.update({"PREFECT_LOGGING_LEVEL": "ERROR"})
 
         world_proc = subprocess.Popen(
-            [sys.executable, __file__, "--host-world", *map(str, paths)], cwd=ROOT,
+            [sys.executable, __file__, "--interval-wall", str(args.interval_wall), "--host-world", *map(str, paths)],
+            cwd=ROOT,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         stack.callback(lambda: (world_proc.stdin.close() if world_proc.stdin else None, world_proc.wait(30)))
@@ -254,7 +257,8 @@ def run(args: argparse.Namespace, paths: list[Path], world: dict, server_pid: in
         one(0)
         c1 = cpu()
         alone = results[0][1]
-        print(f"database: {args.db}; soak {args.soak_wall:.0f} s per phase, a gate round every {interval:.0f} s")
+        print(f"database: {args.db}; soak {args.soak_wall:.0f} s per phase, a gate round every {interval:.0f} s"
+              f" over {4 * interval:.0f} s, Prometheus scraping every {interval / 2:.1f} s")
         print(f"one rollout alone: {alone:.1f}s ({results[0][0]})")
         print(f"  CPU s per rollout: {spent(c0, c1, 1)}")
         threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(1, len(paths))]
