@@ -170,11 +170,13 @@ def assess(gate: Gate, measurements: Sequence[Measurement]) -> Assessment:
     failed = sum(m.outcome is Outcome.FAILED for m in measurements)
     inconclusive = sum(m.outcome is Outcome.INCONCLUSIVE for m in measurements)
     errors = sum(m.outcome is Outcome.ERROR for m in measurements)
-    consecutive = 0
-    for m in reversed(measurements):
-        if m.outcome is not Outcome.ERROR:
-            break
-        consecutive += 1
+    # The longest run of errors, not only the trailing one: exceeding the limit ends an
+    # Argo analysis for good, so a later measurement must not turn Error back into
+    # Inconclusive (hypothesis found [Error x5, Failed] reading better than [Error x5]).
+    consecutive = run = 0
+    for m in measurements:
+        run = run + 1 if m.outcome is Outcome.ERROR else 0
+        consecutive = max(consecutive, run)
 
     def verdict(outcome: Outcome, reason: str) -> Assessment:
         return Assessment(gate.name, outcome, len(measurements), failed, inconclusive, errors, consecutive, reason)
@@ -184,7 +186,8 @@ def assess(gate: Gate, measurements: Sequence[Measurement]) -> Assessment:
         return verdict(Outcome.FAILED, f"{failed} failed (limit {gate.failure_limit}): {last.message}")
     if consecutive > gate.consecutive_error_limit:
         limit = gate.consecutive_error_limit
-        return verdict(Outcome.ERROR, f"{consecutive} errors in a row (limit {limit}): {measurements[-1].message}")
+        last = next(m for m in reversed(measurements) if m.outcome is Outcome.ERROR)
+        return verdict(Outcome.ERROR, f"{consecutive} errors in a row (limit {limit}): {last.message}")
     if inconclusive > gate.inconclusive_limit:
         return verdict(Outcome.INCONCLUSIVE, f"{inconclusive} without data (limit {gate.inconclusive_limit})")
     if not measurements:

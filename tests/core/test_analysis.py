@@ -161,6 +161,15 @@ def test_assess_nothing_measured_is_inconclusive():
     assert assess(gate(), []).outcome is I
 
 
+def test_error_limit_once_exceeded_is_not_undone_by_a_later_measurement():
+    errors = [m(E)] * 5  # limit 4
+    tolerant = gate(failure_limit=2)
+    assert assess(tolerant, errors).outcome is E
+    assert assess(tolerant, [*errors, m(F)]).outcome is E  # one failure within its limit
+    assert assess(tolerant, [*errors, m(S), m(S)]).outcome is E
+    assert assess(gate(), [*errors, m(F)]).outcome is F  # a failure past its limit outranks it
+
+
 @given(st.lists(st.sampled_from(list(Outcome)), max_size=20), st.sampled_from(list(Outcome)))
 def test_adding_a_failed_measurement_never_improves_the_outcome(history, _):
     g = gate(failure_limit=2, inconclusive_limit=1)
