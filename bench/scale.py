@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -163,6 +164,10 @@ def main() -> None:
         return
 
     from phasegate.rehearsal.prefect_server import PrefectServer, server_env
+
+    # The servers run in their own sessions so that stopping them reaches their workers; a
+    # SIGTERM to the bench must unwind the ExitStack below, or they outlive it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     count = args.n + 1  # target 0 runs alone first
     paths = plan_paths(count)
