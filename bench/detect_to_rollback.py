@@ -41,8 +41,9 @@ def main() -> None:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.rehearsal import SCRAPE_SECONDS, rehearse
     from phasegate.adapters.console import ConsoleNotifier
+    from phasegate.entry.rehearse import rehearse
+    from phasegate.rehearsal.world import SCRAPE_SECONDS
 
     scenario = Path(tempfile.mkdtemp()) / "mid-soak.yaml"
     scenario.write_text(SCENARIO)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import json
 import os
 import signal
@@ -105,7 +106,6 @@ def plan_paths(count: int) -> list[Path]:
 
 def host_world(paths: list[Path], scrape_wall: float) -> None:
     """The child process: the cluster, the app and Prometheus for every target, until stdin closes."""
-    from flows.rehearsal import REHEARSAL_TRAFFIC, SCRAPE_SECONDS, CheckServer, World, default_image
     from phasegate.adapters.console import ConsoleNotifier
     from phasegate.clock import ScaledClock
     from phasegate.plan import load_plan
@@ -113,6 +113,7 @@ def host_world(paths: list[Path], scrape_wall: float) -> None:
     from phasegate.rehearsal.cluster import ClusterEmulator, seed
     from phasegate.rehearsal.prometheus import PrometheusServer
     from phasegate.rehearsal.scenarios import load_scenario
+    from phasegate.rehearsal.world import REHEARSAL_TRAFFIC, SCRAPE_SECONDS, CheckServer, World, default_image
 
     plans = [load_plan(p) for p in paths]
     scenario = load_scenario("healthy")
@@ -202,30 +203,32 @@ def run(args: argparse.Namespace, paths: list[Path], world: dict, server_pid: in
         world_pid: int) -> None:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from flows.rehearsal import Approver, _loopback
     from flows.rollout import progressive_rollout
     from phasegate.adapters.console import ConsoleNotifier
     from phasegate.adapters.kubernetes import KubernetesCluster
     from phasegate.adapters.prometheus import PrometheusProvider
     from phasegate.clock import ScaledClock
-    from tasks.runtime import Runtime, using
+    from phasegate.rehearsal.world import Approver, _loopback
+    from phasegate.runctx import Pacing, RunContext, use
 
     approver = Approver("auto", say=lambda m: print(f"  {m}", flush=True))
     approver.patience = args.approval_wall
     approver.poll_seconds = 1.0
     port = world["checks_port"]
     interval = args.interval_wall
-    runtime = Runtime(
+    ctx = RunContext(
         cluster=KubernetesCluster.from_url(world["emulator"], poll_interval=0.2, backoff=0.1, max_backoff=1.0),
         metrics=PrometheusProvider(world["prometheus"], timeout=10.0, max_connections=64),
         notifier=ConsoleNotifier(file=open(os.devnull, "w")),  # noqa: SIM115 - for the whole run
         clock=ScaledClock(SPEED, epoch=world["epoch"]),
-        min_interval_wall=interval,
-        min_window_wall=4 * interval,
-        min_warmup_wall=2 * interval,
-        min_soak_wall=args.soak_wall,
-        min_approval_wall=args.approval_wall,
-        approval_poll_seconds=1,
+        pacing=Pacing(
+            min_interval_wall=interval,
+            min_window_wall=4 * interval,
+            min_warmup_wall=2 * interval,
+            min_soak_wall=args.soak_wall,
+            min_approval_wall=args.approval_wall,
+            approval_poll_seconds=1,
+        ),
         url_for_check=lambda url: _loopback(url, port),
         on_pause=approver,
     )
@@ -257,7 +260,7 @@ def run(args: argparse.Namespace, paths: list[Path], world: dict, server_pid: in
     def spent(before: dict[str, float], after: dict[str, float], n: int) -> str:
         return ", ".join(f"{k} {(after[k] - before[k]) / n:.1f}" for k in after)
 
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), using(runtime):
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), use(ctx):
         c0 = cpu()
         one(0)
         c1 = cpu()
@@ -266,7 +269,9 @@ def run(args: argparse.Namespace, paths: list[Path], world: dict, server_pid: in
               f" over {4 * interval:.0f} s, Prometheus scraping every {interval / 2:.1f} s")
         print(f"one rollout alone: {alone:.1f}s ({results[0][0]})")
         print(f"  CPU s per rollout: {spent(c0, c1, 1)}")
-        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(1, len(paths))]
+        # Each thread gets a copy of this one's run context: a new thread starts with none.
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(one, i), daemon=True)
+                   for i in range(1, len(paths))]
         rss0 = rss_kib(os.getpid())
         started = time.time()
         for t in threads:

@@ -1,13 +1,22 @@
-"""The approval pause between phases: a typed form in the Prefect UI.
+"""The approval pause between phases: a typed form in the Prefect UI, with the triggers
+still watched.
 
-The form is built from the plan at run time: ``decision`` (approve | reject) and
-``approver`` have no default — a default would let an empty resume pass as a decision —
-and each of the phase's manual criteria is a checkbox that must be ticked to approve. An
-approver outside the allowlist, or an approval with unticked criteria, is recorded,
-refused, and the run pauses again until the original deadline.
+Design decisions:
 
-Reminders do not spam: one message when the pause starts, one at half the timeout, one at
-expiry.
+* The form is built from the plan at run time: ``decision`` (approve | reject) and
+  ``approver`` have no default — a default would let an empty resume pass as a decision —
+  and each of the phase's manual criteria is a switch that must be on to approve. Whether an
+  answer is acceptable is ``decide.approval_answer``'s call; a refused answer is recorded
+  and the run pauses again until the original deadline.
+* For up to a day a canary serves part of production while the run waits for a person.
+  Flagger goes on analysing in that state, and so does this: a watcher thread measures the
+  phase's triggers on their own cadence for the whole pause. When one fails, the watcher
+  ends the pause itself (resuming the run through the Prefect API, as a person would) and
+  the run rolls back with that trigger's strategy — whatever a person answered at the same
+  moment. The watcher reads metrics directly, not through Prefect tasks: task runs cannot
+  start while their flow run is Paused.
+* Reminders do not spam: one message when the pause starts, one at half the timeout, one at
+  expiry.
 """
 
 from __future__ import annotations
@@ -16,8 +25,10 @@ import math
 import re
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.exceptions import FlowPauseTimeout
@@ -26,10 +37,15 @@ from prefect.input import RunInput
 from pydantic import Field, create_model
 
 from flows.context import Rollout
-from phasegate.decide import Action, Decision, approver_allowed
-from phasegate.notify import Kind, reminder_times
+from phasegate import runctx
+from phasegate.analysis import Measurement
+from phasegate.decide import Action, Decision, Step, after_round, approval_answer
+from phasegate.durations import format_duration
+from phasegate.notify import Kind, Severity, reminder_times
 from phasegate.plan import Phase
-from tasks.runtime import current
+from tasks.metrics import measure_gates, scope_for
+
+WATCHER = "phasegate (trigger watch)"
 
 
 @dataclass
@@ -41,6 +57,9 @@ class ApprovalRecord:
     criteria: dict[str, bool] = field(default_factory=dict)
     refused: list[dict[str, str]] = field(default_factory=list)
     waited_wall: float = 0.0
+    # A trigger that failed while the run waited: the rollback to do instead of any answer.
+    fired: Action | None = None
+    watch_rounds: int = 0
 
 
 def criterion_field(index: int) -> str:
@@ -55,8 +74,15 @@ def approval_form(phase: Phase) -> type[RunInput]:
         "comment": (str, Field("", description="Why; recorded in the evidence and posted to Slack.")),
     }
     for i, text in enumerate(phase.manual_criteria):
-        fields[criterion_field(i)] = (bool, Field(False, title=text, description="Tick to attest: " + text))
+        fields[criterion_field(i)] = (bool, Field(False, title=text, description="Required to approve: " + text))
     return create_model(f"Approve{camel}", __base__=RunInput, **fields)
+
+
+def watch_note(phase: Phase) -> str:
+    if not phase.triggers:
+        return ""
+    return (f"While this waits, the {len(phase.triggers)} rollback trigger(s) are still measured every "
+            f"{format_duration(phase.trigger_every)}: one that fires rolls back without waiting for anyone.")
 
 
 def describe(rollout: Rollout, phase: Phase, next_phase: Phase | None, action: Action, evidence_md: str) -> str:
@@ -77,6 +103,7 @@ def describe(rollout: Rollout, phase: Phase, next_phase: Phase | None, action: A
         "",
         doing,
         f"Rejecting rolls back with **{undo}**.",
+        watch_note(phase),
         "",
         "### Criteria to attest (switch each on in the form to approve)",
         criteria,
@@ -98,14 +125,85 @@ def _remind(rollout: Rollout, phase: Phase, started: float, timeout_wall: float,
                        links=rollout.ui_link())
 
 
+class TriggerWatch:
+    """Measures a phase's triggers on their cadence until stopped; ends the pause if one fails."""
+
+    def __init__(self, rollout: Rollout, phase: Phase, form_fields: list[str]) -> None:
+        self.rollout, self.phase = rollout, phase
+        self.form_fields = form_fields
+        self.fired: Action | None = None
+        self.rounds = 0
+        self.stop = threading.Event()
+        self._fired = threading.Event()
+
+    def start(self) -> None:
+        if self.phase.triggers:
+            runctx.run_in_thread(self._run, name=f"trigger-watch-{self.phase.name}")
+
+    def _run(self) -> None:
+        rt = runctx.get()
+        plan, phase = self.rollout.plan, self.phase
+        watched = phase.model_copy(update={"success": []})
+        scope = scope_for(plan, phase)
+        prefix = phase.name + "/"
+        baselines = {k[len(prefix):]: v for k, v in self.rollout.release.baselines.items() if k.startswith(prefix)}
+        every = max(rt.clock.to_wall(phase.trigger_every.total_seconds()), rt.pacing.min_interval_wall, 0.05)
+        history: dict[str, list[Measurement]] = defaultdict(list)
+        log = get_run_logger()
+        while not self.stop.wait(every):
+            try:
+                measurements = measure_gates.fn(plan, watched, scope, baselines, rt.clock.now())
+            except Exception as exc:  # a reader that fails once must not end the watch
+                log.warning("trigger watch round failed: %s", exc)
+                continue
+            self.rounds += 1
+            for m in measurements:
+                history[m.gate].append(m)
+            action = after_round(watched, history, soak_done=False)
+            self.rollout.record("watch_round", phase=phase.name, round=self.rounds, step=action.step.value,
+                                outcomes={m.gate: m.outcome.value for m in measurements})
+            if action.step is Step.ROLLBACK and action.strategy is not None and action.gates:
+                self.fired = Action(Step.ROLLBACK, f"during the approval pause, {action.reason}", action.strategy,
+                                    action.gates)
+                self._fired.set()
+                self._end_pause()
+                return
+
+    def _end_pause(self) -> None:
+        """Resume the paused run so the rollback starts now, not when someone answers."""
+        from prefect.client.orchestration import get_client
+        from prefect.flow_runs import resume_flow_run
+
+        run_id = self.rollout.flow_run_id
+        if run_id is None:
+            return
+        answer: dict[str, Any] = {"decision": "reject", "approver": WATCHER,
+                                  "comment": self.fired.reason if self.fired else ""}
+        answer.update({f: False for f in self.form_fields if f.startswith("criterion_")})
+        while not self.stop.is_set():
+            try:
+                with get_client(sync_client=True) as client:
+                    state = client.read_flow_run(UUID(run_id)).state
+                if state is not None and state.is_paused():
+                    resume_flow_run(UUID(run_id), run_input=answer)
+                    return
+            except Exception as exc:  # the pause may have ended on its own; look again
+                get_run_logger().debug("trigger watch could not resume %s yet: %s", run_id, exc)
+            self.stop.wait(0.2)
+
+    @property
+    def has_fired(self) -> bool:
+        return self._fired.is_set()
+
+
 def await_approval(
     rollout: Rollout, phase: Phase, next_phase: Phase | None, action: Action, evidence_md: str
 ) -> ApprovalRecord:
     log = get_run_logger()
-    rt = current()
+    rt = runctx.get()
     form = approval_form(phase)
     description = describe(rollout, phase, next_phase, action, evidence_md)
-    timeout_wall = max(rt.clock.to_wall(phase.approval.timeout.total_seconds()), rt.min_approval_wall, 1.0)
+    timeout_wall = max(rt.clock.to_wall(phase.approval.timeout.total_seconds()), rt.pacing.min_approval_wall, 1.0)
     started = time.time()
     deadline = started + timeout_wall
     record = ApprovalRecord(phase.name, Decision.TIMEOUT)
@@ -117,56 +215,68 @@ def await_approval(
     key, where = f"{phase.name}:approval-needed", ""
     if key in rollout.release.notified:
         key, where = f"{key}:{rollout.flow_run_id}", " in the restarted run (answer here, not in the earlier one)"
+    watching = watch_note(phase)
     rollout.notify(
         key, Kind.APPROVAL_NEEDED,
-        f"{phase.name} is waiting for approval{where}: {action.reason}", phase=phase.name,
+        f"{phase.name} is waiting for approval{where}: {action.reason}" + (f"\n{watching}" if watching else ""),
+        phase=phase.name,
         fields={"next": next_phase.name if next_phase else "promotion", "timeout": f"{timeout_wall:.0f}s"},
         links=rollout.ui_link(),
     )
     stop = threading.Event()
-    reminders = threading.Thread(target=_remind, args=(rollout, phase, started, timeout_wall, stop), daemon=True)
-    reminders.start()
+    runctx.run_in_thread(_remind, rollout, phase, started, timeout_wall, stop, name="approval-reminders")
+    watch = TriggerWatch(rollout, phase, list(form.model_fields))
+    watch.start()
     try:
-        while True:
+        while not watch.has_fired:
             remaining = deadline - time.time()
             if remaining <= 0:
                 break
-            if rt.on_pause is not None and rollout.flow_run_id:
-                rt.on_pause(rollout.flow_run_id, phase.name, list(form.model_fields), action.step.value)
+            if rollout.flow_run_id:
+                rt.tell_pause(rollout.flow_run_id, phase.name, list(form.model_fields), action.step.value)
             try:
                 answer = pause_flow_run(
                     wait_for_input=form.with_initial_data(description=description),
                     timeout=max(1, math.ceil(remaining)),
-                    poll_interval=rt.approval_poll_seconds,
+                    poll_interval=rt.pacing.approval_poll_seconds,
                 )
             except FlowPauseTimeout:
                 break
+            if watch.has_fired:
+                break
             data = answer.model_dump(exclude={"metadata"})
-            criteria = {c: bool(data.get(criterion_field(i))) for i, c in enumerate(phase.manual_criteria)}
-            approver, comment = str(data["approver"]).strip(), str(data.get("comment", ""))
-            why = ""
-            if not approver_allowed(phase, approver):
-                why = f"{approver} is not on the approver list"
-            elif data["decision"] == "approve" and not all(criteria.values()):
-                why = "approval needs every criterion ticked: " + ", ".join(c for c, v in criteria.items() if not v)
-            if why:
+            checked = approval_answer(
+                phase, str(data.get("decision", "")), str(data.get("approver", "")), str(data.get("comment", "")),
+                [bool(data.get(criterion_field(i))) for i in range(len(phase.manual_criteria))],
+            )
+            if checked.decision is None:
+                why = checked.refused
                 log.warning("approval refused: %s", why)
-                record.refused.append({"approver": approver, "decision": data["decision"], "why": why})
-                rollout.record("approval_refused", phase=phase.name, approver=approver, why=why)
+                record.refused.append({"approver": checked.approver, "decision": str(data.get("decision")),
+                                       "why": why})
+                rollout.record("approval_refused", phase=phase.name, approver=checked.approver, why=why)
                 rollout.notify(
                     f"{phase.name}:refused-{len(record.refused)}", Kind.APPROVAL_REFUSED,
-                    f"Approval by {approver} refused: {why}. Still waiting.", phase=phase.name,
+                    f"Approval by {checked.approver or '(blank)'} refused: {why}. Still waiting.", phase=phase.name,
                 )
                 description = f"**Refused:** {why}\n\n" + describe(rollout, phase, next_phase, action, evidence_md)
                 continue
-            record.decision = Decision(data["decision"])
-            record.approver, record.comment, record.criteria = approver, comment, criteria
+            record.decision = checked.decision
+            record.approver, record.comment, record.criteria = checked.approver, checked.comment, checked.criteria
             break
     finally:
         stop.set()
+        watch.stop.set()
     record.waited_wall = time.time() - started
+    record.watch_rounds = watch.rounds
+    if watch.fired is not None:
+        record.fired = watch.fired
+        rollout.notify(f"{phase.name}:fired-while-paused", Kind.PHASE_FAILED,
+                       f"{phase.name}: {watch.fired.reason}; rolling back without waiting for approval",
+                       severity=Severity.CRITICAL, phase=phase.name, links=rollout.ui_link())
     rollout.record(
         "approval", phase=phase.name, decision=record.decision.value, approver=record.approver,
         comment=record.comment, criteria=record.criteria, refused=record.refused,
+        fired=watch.fired.reason if watch.fired else None, watch_rounds=watch.rounds,
     )
     return record

@@ -31,6 +31,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
+from phasegate import record, runctx
 from phasegate.plan import ChecklistItem, RolloutPlan, load_plan
 from phasegate.render.alerts import render_alerts, to_yaml
 from phasegate.render.dashboard import render_dashboard, to_json
@@ -129,7 +130,7 @@ def pre_deployment_checklist(
         lines.append(f"| {item.item} | {auto.replace('|', '/')} |")
     description = "\n".join(lines) + "\n\nConfirm each item that holds."
     form = checklist_form(plan)
-    _tell_runtime(list(form.model_fields))
+    _tell_observer(list(form.model_fields))
     answer = pause_flow_run(
         wait_for_input=form.with_initial_data(description=description, **{k: ok for k, (ok, _) in evidence.items()}),
         timeout=timeout_seconds,
@@ -154,31 +155,26 @@ def pre_deployment_checklist(
     return done
 
 
-CHECKLIST_ANNOTATION = "phasegate.dev/checklist-confirmed"
+CHECKLIST_ANNOTATION = record.ANN_CHECKLIST
 
 
 def record_checklist(plan: RolloutPlan, image: str, confirmed_by: str) -> None:
     from tasks.cluster import annotate_release
-    from tasks.release import rollout_id
 
     annotate_release(
         plan.target.namespaces.production, plan.target.deployment,
-        {CHECKLIST_ANNOTATION: f"{rollout_id(plan, image)} by {confirmed_by}"},
+        {CHECKLIST_ANNOTATION: f"{record.rollout_id(plan.name, image)} by {confirmed_by}"},
     )
 
 
 def checklist_confirmed(plan: RolloutPlan, image: str, annotations: dict[str, str]) -> bool:
-    from tasks.release import rollout_id
-
-    return annotations.get(CHECKLIST_ANNOTATION, "").startswith(rollout_id(plan, image) + " by ")
+    return annotations.get(CHECKLIST_ANNOTATION, "").startswith(record.rollout_id(plan.name, image) + " by ")
 
 
-def _tell_runtime(fields: list[str]) -> None:
-    """Let an installed runtime's approver know the checklist is waiting (rehearsals answer it)."""
+def _tell_observer(fields: list[str]) -> None:
+    """Let the run context's pause observer know the checklist is waiting (rehearsals answer it)."""
     from prefect.context import FlowRunContext
 
-    from tasks.runtime import installed
-
-    runtime, ctx = installed(), FlowRunContext.get()
-    if runtime is not None and runtime.on_pause is not None and ctx is not None and ctx.flow_run is not None:
-        runtime.on_pause(str(ctx.flow_run.id), "checklist", fields, "checklist")
+    ctx = FlowRunContext.get()
+    if ctx is not None and ctx.flow_run is not None:
+        runctx.get().tell_pause(str(ctx.flow_run.id), "checklist", fields, "checklist")

@@ -1,8 +1,17 @@
-"""One rollout phase as a subflow: deploy → wait ready → checks → soak → verdict.
+"""One rollout phase as a subflow: baseline → deploy → wait ready → checks → soak → verdict.
 
-The soak queries every gate of the phase concurrently once per interval and asks
-``decide.after_round`` what to do; a failed trigger ends the soak at once (fail fast). The
-flow only orders the steps; every decision is the core's.
+Design decisions:
+
+* The pre-deploy baseline is measured and written to the record *before* the deploy, in the
+  same write that marks the phase ``deploying``. A run that resumes a ``deploying`` phase
+  reuses it: measured again, it would be the new version's own value, and a regression would
+  be compared against itself.
+* Triggers run on their own cadence (``trigger_every``, a minute by default) and the success
+  criteria every ``interval``: a rollback trigger must fire within the seed's 5-minute
+  budget, while a criterion judged over 48 hours gains nothing from more rounds.
+* Rounds keep a fixed cadence: the next starts one cadence after this one started, however
+  long the queries took, so "every 5m" stays every 5m.
+* The flow only orders the steps; every decision is ``decide.after_round``'s.
 """
 
 from __future__ import annotations
@@ -10,20 +19,21 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from prefect import flow, get_run_logger
 
 from flows.context import Rollout
+from phasegate import runctx
 from phasegate.analysis import Measurement
 from phasegate.decide import Action, Step, after_checks, after_deploy_failure, after_round
 from phasegate.notify import Kind
-from phasegate.plan import Environment, Phase
+from phasegate.plan import Environment, Phase, RolloutPlan
+from phasegate.record import PhaseState
 from tasks import evidence
 from tasks.checks import CheckResult, run_phase_checks
 from tasks.cluster import deploy_canary, deploy_image, remove_canary, wait_until_ready
 from tasks.metrics import measure_gates, record_pre_deploy_baseline, scope_for
-from tasks.release import DEPLOYING, SOAKING
-from tasks.runtime import current
 
 
 @dataclass
@@ -31,23 +41,22 @@ class PhaseResult:
     phase: str
     action: Action
     rounds: list[list[Measurement]] = field(default_factory=list)
+    # The last round that judged every gate (trigger-only rounds in between show triggers only).
+    last_round: list[Measurement] = field(default_factory=list)
     checks: list[CheckResult] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
     started_wall: float = 0.0
     ended_wall: float = 0.0
     started_plan: float = 0.0
     ended_plan: float = 0.0
-
-    @property
-    def last_round(self) -> list[Measurement]:
-        return self.rounds[-1] if self.rounds else []
 
 
 def _phase_run_name() -> str:
     from prefect.runtime import flow_run
 
     params = flow_run.parameters
-    rollout: Rollout = params["rollout"]
-    return f"{params['phase'].name} {rollout.ref.deployment}:{rollout.image.rsplit(':', 1)[-1]}"
+    plan: RolloutPlan = params["plan"]
+    return f"{params['phase_name']} {plan.target.deployment}:{str(params['image']).rsplit(':', 1)[-1]}"
 
 
 def deploy(rollout: Rollout, phase: Phase) -> str | None:
@@ -57,7 +66,7 @@ def deploy(rollout: Rollout, phase: Phase) -> str | None:
     deadline = rollout.plan.target.progress_deadline.total_seconds()
     # The progress deadline is the cluster's (progressDeadlineSeconds); this is only a
     # backstop so a silent API cannot hang the flow.
-    backstop = max(current().clock.to_wall(deadline), 5.0) + 30.0
+    backstop = max(runctx.get().clock.to_wall(deadline), 5.0) + 30.0
     if phase.environment is Environment.STAGING:
         deploy_image(ref, rollout.image)
         waits = [ref.deployment]
@@ -76,13 +85,21 @@ def deploy(rollout: Rollout, phase: Phase) -> str | None:
     return None
 
 
+def triggers_only(phase: Phase) -> Phase:
+    return phase.model_copy(update={"success": []})
+
+
 @flow(name="phase", flow_run_name=_phase_run_name, validate_parameters=False)
-def run_phase(rollout: Rollout, phase: Phase, resume: bool = False) -> PhaseResult:
+def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None = None,
+              resume: bool = False) -> PhaseResult:
     log = get_run_logger()
-    rt = current()
-    clock = rt.clock
-    plan, release = rollout.plan, rollout.release
-    result = PhaseResult(phase.name, Action(Step.CONTINUE), started_wall=time.time(), started_plan=clock.now())
+    rt = runctx.get()
+    clock, pacing = rt.clock, rt.pacing
+    phase = plan.phase(phase_name)
+    rollout = Rollout.attach(plan, image, driver)
+    release = rollout.release
+    result = PhaseResult(phase.name, Action(Step.CONTINUE), events=rollout.events, started_wall=time.time(),
+                         started_plan=clock.now())
     scope = scope_for(plan, phase)
 
     def finish(action: Action) -> PhaseResult:
@@ -90,13 +107,15 @@ def run_phase(rollout: Rollout, phase: Phase, resume: bool = False) -> PhaseResu
         result.ended_wall, result.ended_plan = time.time(), clock.now()
         return result
 
-    soaking = resume and release.phase == phase.name and release.state == SOAKING and release.soak_started
+    here = resume and release.phase == phase.name
+    soaking = here and release.state is PhaseState.SOAKING and release.soak_started is not None
     if not soaking:
-        release.phase, release.state, release.soak_started = phase.name, DEPLOYING, None
-        pre = {k: v for k, v in release.baselines.items() if not k.startswith(phase.name + "/")}
-        for gate_name, value in record_pre_deploy_baseline(plan, phase, scope).items():
-            pre[f"{phase.name}/{gate_name}"] = value
-        release.baselines = pre
+        if not (here and release.state is PhaseState.DEPLOYING):
+            pre = {k: v for k, v in release.baselines.items() if not k.startswith(phase.name + "/")}
+            for gate_name, value in record_pre_deploy_baseline(plan, phase, scope).items():
+                pre[f"{phase.name}/{gate_name}"] = value
+            release.baselines = pre
+        release.phase, release.state, release.soak_started = phase.name, PhaseState.DEPLOYING, None
         rollout.save()
         rollout.notify(
             f"{phase.name}:started", Kind.PHASE_STARTED,
@@ -113,34 +132,43 @@ def run_phase(rollout: Rollout, phase: Phase, resume: bool = False) -> PhaseResu
             action = after_checks(phase, [f"{c.name}: {c.detail}" for c in result.checks if not c.passed])
             if action.step is not Step.CONTINUE:
                 return finish(action)
-        warmup = max(clock.to_wall(phase.initial_delay.total_seconds()), rt.min_warmup_wall)
+        warmup = max(clock.to_wall(phase.initial_delay.total_seconds()), pacing.min_warmup_wall)
         if warmup > 0:
             time.sleep(warmup)
-        release.state, release.soak_started = SOAKING, clock.now()
+        release.state, release.soak_started = PhaseState.SOAKING, clock.now()
         rollout.save()
 
     baselines = {
         k.split("/", 1)[1]: v for k, v in release.baselines.items() if k.startswith(phase.name + "/")
     }
     soak_started = release.soak_started or clock.now()
-    soak_end = soak_started + max(phase.soak.total_seconds(), rt.min_soak_wall * clock.speed)
+    soak_end = soak_started + max(phase.soak.total_seconds(), pacing.min_soak_wall * clock.speed)
     # A floor keeps a mis-set clock from turning the soak into a busy loop against Prometheus.
-    interval_wall = max(clock.to_wall(phase.interval.total_seconds()), rt.min_interval_wall, 0.05)
+    interval_wall = max(clock.to_wall(phase.interval.total_seconds()), pacing.min_interval_wall, 0.05)
+    trigger_wall = min(max(clock.to_wall(phase.trigger_every.total_seconds()), pacing.min_interval_wall, 0.05),
+                       interval_wall)
+    trigger_phase = triggers_only(phase)
     progress = evidence.start_progress(rollout.release.id, phase.name)
     history: dict[str, list[Measurement]] = defaultdict(list)
+    next_full = time.monotonic()
     while True:
         round_started = time.monotonic()
         now = clock.now()
-        measurements = measure_gates(plan, phase, scope, baselines, now, soak_started)
+        done = now >= soak_end
+        full = round_started >= next_full or done
+        if full:
+            next_full = round_started + interval_wall
+        measurements = measure_gates(plan, phase if full else trigger_phase, scope, baselines, now, soak_started)
         result.rounds.append(measurements)
         for m in measurements:
             history[m.gate].append(m)
-        evidence.publish_round(rollout.release.id, phase.name, len(result.rounds), measurements)
-        done = now >= soak_end
-        evidence.update_progress(progress, 100.0 * (now - soak_started) / max(phase.soak.total_seconds(), 1e-9))
+        if full:
+            result.last_round = measurements
+            evidence.publish_round(rollout.release.id, phase.name, len(result.rounds), measurements)
+            evidence.update_progress(progress, 100.0 * (now - soak_started) / max(phase.soak.total_seconds(), 1e-9))
         action = after_round(phase, history, soak_done=done)
         rollout.record(
-            "round", phase=phase.name, round=len(result.rounds), step=action.step.value,
+            "round", phase=phase.name, round=len(result.rounds), step=action.step.value, full=full,
             outcomes={m.gate: m.outcome.value for m in measurements}, reason=action.reason,
             progress=min(1.0, (now - soak_started) / max(soak_end - soak_started, 1e-9)),
         )
@@ -148,7 +176,5 @@ def run_phase(rollout: Rollout, phase: Phase, resume: bool = False) -> PhaseResu
             evidence.update_progress(progress, 100.0)
             log.info("%s: %s — %s", phase.name, action.step.value, action.reason)
             return finish(action)
-        # A fixed cadence: the next round starts one interval after this one started, however
-        # long the queries took, so "every 5m" stays every 5m.
-        next_round = interval_wall - (time.monotonic() - round_started)
+        next_round = trigger_wall - (time.monotonic() - round_started)
         time.sleep(max(0.0, min(next_round, clock.to_wall(soak_end - clock.now()))))

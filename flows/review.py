@@ -9,7 +9,7 @@ Design decisions:
 * One flow serves every cadence (``cadence`` parameter); ``phasegate.review`` decides per
   release whether that cadence owes a review now, so a deployment running past its cadence's
   span simply reviews nothing.
-* Adapters come from ``tasks.runtime.current()``: flow parameters stay JSON for deployments,
+* Adapters come from the run context (``phasegate.runctx.get()``): flow parameters stay JSON for deployments,
   and tests install the loopback ones.
 * Sign-off refuses without asking anyone when any criterion failed, was inconclusive or
   errored on any day: a person cannot confirm evidence that is not there. Only a clean record
@@ -29,14 +29,13 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
-from phasegate import review
+from phasegate import record, review, runctx
 from phasegate.analysis import Outcome
 from phasegate.durations import format_duration
 from phasegate.notify import Kind, Notification, Severity
 from phasegate.plan import RolloutPlan, load_plan
 from phasegate.render.report import slug
 from tasks.notify import post_notification
-from tasks.release import rollout_id
 from tasks.review import (
     annotate_signed_off,
     append_to_report,
@@ -46,7 +45,6 @@ from tasks.review import (
     publish_report,
     write_report,
 )
-from tasks.runtime import current
 
 _SEVERITY = {Outcome.SUCCESSFUL: Severity.INFO, Outcome.FAILED: Severity.CRITICAL}
 
@@ -102,7 +100,7 @@ def review_releases(
                 Notification(
                     kind=Kind.REVIEW,
                     severity=_SEVERITY.get(result.outcome, Severity.WARNING),
-                    rollout=rollout_id(plan, release.image),
+                    rollout=record.rollout_id(plan.name, release.image),
                     text=text,
                     fields={"Verdict": result.outcome.value, "Report": str(report.path)},
                 )
@@ -141,7 +139,7 @@ def sign_off(
             continue
         result = measure_signoff(plan, release)
         report = write_report(plan, result, reports_dir)
-        rollout = rollout_id(plan, release.image)
+        rollout = record.rollout_id(plan.name, release.image)
         if not result.passed:
             still_open = f" Incident {incident} stays open." if incident else ""
             report = append_to_report(
@@ -213,9 +211,7 @@ def _ask_for_confirmation(
     assert plan.signoff is not None
     attest = "".join(f"\n- {c}" for c in plan.signoff.manual_criteria)
     description = f"{markdown}\n\nConfirm, by signing off, that these also hold:{attest}\n"
-    hook = current().on_pause
-    if hook is not None:
-        hook(str(flow_run.get_id()), "sign-off", list(SignOffInput.model_fields))
+    runctx.get().tell_pause(str(flow_run.get_id()), "sign-off", list(SignOffInput.model_fields), "sign-off")
     return pause_flow_run(
         wait_for_input=SignOffInput.with_initial_data(description=description),
         timeout=timeout,

@@ -24,19 +24,20 @@ from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 
 from flows.approval import ApprovalRecord, await_approval
-from flows.context import Rollout
+from flows.checklist import checklist_confirmed
+from flows.context import Rollout, target_ref
 from flows.phase import PhaseResult, run_phase
 from flows.rollback import RollbackResult, run_rollback
-from phasegate.decide import Action, Decision, Step, after_approval
+from phasegate import runctx
+from phasegate.decide import Action, Decision, Start, Step, after_approval, preflight_problems, resume_point
 from phasegate.errors import PermanentError, PlanError, TargetNotFound
 from phasegate.notify import Kind, Severity
-from phasegate.plan import RolloutPlan, load_plan
-from phasegate.ports import ANN_PLAN, ANN_PROMOTED_AT, ANN_ROLLED_BACK, TargetRef
+from phasegate.plan import Phase, RolloutPlan, Strategy, load_plan
+from phasegate.ports import TargetRef, TargetState
+from phasegate.record import ANN_ROLLED_BACK, PhaseState, Release, rollout_id
 from tasks import evidence
 from tasks.cluster import annotate_release, check_permissions, read_target
 from tasks.metrics import check_metrics
-from tasks.release import APPROVED, HALTED, HELD, PASSED, PROMOTED, Release, rollout_id
-from tasks.runtime import current, ensure
 
 PROMOTED_OUTCOME, ROLLED_BACK_OUTCOME, HALTED_OUTCOME = "promoted", "rolled_back", "halted"
 SLACK_AUTH_ERRORS = ("invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive",
@@ -71,37 +72,30 @@ def ensure_lock(name: str) -> None:
 
 
 def preflight(plan: RolloutPlan, image: str) -> TargetRef:
-    """Every problem at once, before anything changes."""
-    problems: list[str] = []
-    ref = TargetRef(plan.target.namespaces.production, plan.target.deployment, plan.target.container)
+    """Read what preflight needs; ``decide.preflight_problems`` says what stops the rollout."""
+    ref = target_ref(plan)
     refs = [ref] + [TargetRef(plan.namespace(p), ref.deployment, ref.container) for p in plan.phases]
+    targets: dict[str, TargetState | str] = {}
+    denied: dict[str, list[str]] = {}
     for r in {(r.namespace, r.deployment): r for r in refs}.values():
         try:
-            state = read_target(r)
-            if state.stable.replicas < 1 and state.canary is None:
-                problems.append(f"{r}: the Deployment has no replicas to shift")
+            targets[str(r)] = read_target(r)
         except TargetNotFound as exc:
-            problems.append(f"{r}: {exc}")
+            targets[str(r)] = str(exc)
         except Exception as exc:
-            problems.append(f"{r}: cluster unreachable: {type(exc).__name__}: {exc}")
+            targets[str(r)] = f"cluster unreachable: {type(exc).__name__}: {exc}"
             break
         else:
-            missing = check_permissions(r.namespace)
-            problems.extend(f"{r.namespace}: RBAC denies {verb}" for verb in missing)
-    if plan.checklist is not None and plan.checklist.required and plan.checklist.items:
-        from flows.checklist import checklist_confirmed
-
-        try:
-            confirmed = checklist_confirmed(plan, image, dict(read_target(ref).stable.annotations))
-        except Exception:
-            confirmed = True  # the cluster problem is reported above; do not add a second line for it
-        if not confirmed:
-            problems.append(
-                "the pre-deployment checklist is not confirmed for this release: run the "
-                "pre-deployment-checklist flow with this plan and image first"
-            )
-    problems.extend(check_metrics(plan))
-    check = getattr(current().notifier, "check_auth", None)
+            denied[r.namespace] = check_permissions(r.namespace)
+    required = plan.checklist is not None and plan.checklist.required and bool(plan.checklist.items)
+    production = targets.get(str(ref))
+    confirmed = (
+        # A target that could not be read is reported above; no second line for it.
+        not isinstance(production, TargetState)
+        or checklist_confirmed(plan, image, dict(production.stable.annotations))
+    )
+    slack_problem = None
+    check = getattr(runctx.get().notifier, "check_auth", None)
     if check is not None:
         status = check()
         detail = str(getattr(status, "detail", status))
@@ -109,17 +103,19 @@ def preflight(plan: RolloutPlan, image: str) -> TargetRef:
             # A token Slack refuses means nobody would hear of a rollback: fix it first. An
             # outage is only an outage: notifications never stop a rollout, so go on.
             if any(code in detail for code in SLACK_AUTH_ERRORS):
-                problems.append(f"Slack: {detail}")
+                slack_problem = detail
             else:
                 get_run_logger().warning("Slack is unavailable (%s); the rollout goes on without it", detail)
-    if not image or (":" not in image.rsplit("/", 1)[-1] and "@" not in image):
-        problems.append(f"image {image!r} has no tag or digest: a rollout needs an exact version")
+    problems = preflight_problems(
+        targets=targets, denied=denied, checklist_required=required, checklist_confirmed=confirmed,
+        metric_problems=check_metrics(plan), slack_problem=slack_problem, image=image,
+    )
     if problems:
         raise PreflightFailed("preflight failed, nothing was deployed:\n- " + "\n- ".join(problems))
     return ref
 
 
-def _run_name() -> str:
+def run_name() -> str:
     from prefect.runtime import flow_run
 
     p = flow_run.parameters
@@ -159,7 +155,7 @@ def take_over_lock(plan: RolloutPlan, ref: TargetRef, image: str, name: str) -> 
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
     release = Release.from_annotations(read_target(ref).stable.annotations)
-    if release is None or release.finished or release.id != rollout_id(plan, image):
+    if release is None or release.finished or release.id != rollout_id(plan.name, image):
         return False
     with get_client(sync_client=True) as client:
         client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
@@ -194,7 +190,7 @@ def close_superseded_run(dead: str, successor: str | None) -> None:
         log.warning("could not close superseded flow run %s: %s", dead, exc)
 
 
-@flow(name="progressive-rollout", flow_run_name=_run_name)
+@flow(name="progressive-rollout", flow_run_name=run_name)
 def progressive_rollout(
     plan_path: str, image: str, lock_timeout_seconds: float = 30.0, take_over: bool = False
 ) -> dict[str, Any]:
@@ -208,14 +204,21 @@ def progressive_rollout(
         plan = load_plan(plan_path)
     except PlanError as exc:
         raise PreflightFailed("the plan is invalid, nothing was deployed:\n" + "\n".join(exc.problems)) from None
-    ensure(plan)
-    ref = preflight(plan, image)
+    ref = target_ref(plan)
+    if not _finishing_a_rollback(plan, ref, image):
+        # A rollback under way is finished whatever preflight would say now (Prometheus
+        # down, a checklist since withdrawn): stopping it halfway helps nobody.
+        preflight(plan, image)
     name = lock_name(plan)
     ensure_lock(name)
     if take_over:
         take_over_lock(plan, ref, image, name)
     try:
-        with concurrency(name, occupy=1, timeout_seconds=lock_timeout_seconds, strict=True, lease_duration=60):
+        # The lease is renewed in the background; a short Prefect API outage must not cancel
+        # a rollout mid-rollback, so a failed renewal is logged, not raised. The record on the
+        # Deployment is the fence that keeps a second rollout out (``decide.resume_point``).
+        with concurrency(name, occupy=1, timeout_seconds=lock_timeout_seconds, strict=True, lease_duration=60,
+                         raise_on_lease_renewal_failure=False):
             return drive(plan, ref, image)
     except TimeoutError as exc:
         if "concurrency" not in str(exc).lower() and "slot" not in str(exc).lower():
@@ -224,29 +227,38 @@ def progressive_rollout(
         raise RolloutRefused(f"another rollout of {ref} is in progress (lock {name!r})") from None
 
 
+def _finishing_a_rollback(plan: RolloutPlan, ref: TargetRef, image: str) -> bool:
+    try:
+        release = Release.from_annotations(read_target(ref).stable.annotations)
+    except Exception:  # preflight reports the cluster problem
+        return False
+    return (release is not None and release.id == rollout_id(plan.name, image)
+            and release.state is PhaseState.ROLLING_BACK and release.rollback is not None)
+
+
 def drive(plan: RolloutPlan, ref: TargetRef, image: str) -> dict[str, Any]:
     log = get_run_logger()
-    rt = current()
+    rt = runctx.get()
     state = read_target(ref)
-    rid = rollout_id(plan, image)
+    rid = rollout_id(plan.name, image)
     existing = Release.from_annotations(state.stable.annotations)
-    resume = False
-    if existing is not None and not existing.finished:
-        if existing.id != rid:
-            raise RolloutRefused(
-                f"{ref} is in the middle of rollout {existing.id!r} ({existing.phase}, {existing.state})"
-            )
-        release, resume = existing, True
-        log.info("resuming %s at %s (%s)", rid, existing.phase, existing.state)
-    elif existing is not None and existing.id == rid and existing.state == PROMOTED:
-        return {"outcome": PROMOTED_OUTCOME, "rollout": rid, "note": "already promoted", "phases": []}
+    point = resume_point(plan, rid, image, existing, state)
+    if point.start is Start.REFUSE:
+        if existing is not None and existing.id != rid:
+            raise RolloutRefused(f"{ref}: {point.reason}")
+        raise PreflightFailed(f"{ref}: {point.reason}")
+    if point.start is Start.DONE:
+        return {"outcome": PROMOTED_OUTCOME, "rollout": rid, "note": point.reason, "phases": []}
+    resume = point.start in (Start.RESUME, Start.ROLLBACK)
+    if resume:
+        assert existing is not None
+        release = existing
+        log.info("resuming %s: %s", rid, point.reason)
     else:
-        if state.stable.image == image and state.canary is None:
-            raise PreflightFailed(f"{ref} already runs {image}; nothing to roll out")
         total = plan.target.replicas or state.stable.replicas + (state.canary.replicas if state.canary else 0)
-        release = Release(rid, image, state.stable.image, total)
+        release = Release(rid, image, state.stable.image, total, plan=plan.name)
     ctx = FlowRunContext.get()
-    rollout = Rollout(plan, image, ref, release, flow_run_id=str(ctx.flow_run.id) if ctx and ctx.flow_run else None)
+    rollout = Rollout(plan, image, release, flow_run_id=str(ctx.flow_run.id) if ctx and ctx.flow_run else None)
     superseded = release.flow_run if resume and release.flow_run not in (None, rollout.flow_run_id) else None
     release.flow_run = rollout.flow_run_id
     rollout.save()
@@ -261,21 +273,27 @@ def drive(plan: RolloutPlan, ref: TargetRef, image: str) -> dict[str, Any]:
     report: dict[str, Any] = {
         "rollout": rid, "plan": plan.name, "image": image, "previous_image": release.previous_image,
         "target": str(ref), "flow_run_id": rollout.flow_run_id, "resumed": resume, "phases": [], "approvals": [],
-        "rollback": None, "started_wall": rollout.started_wall, "speed": rt.clock.speed,
+        "rollback": None, "started_wall": time.time(), "speed": rt.clock.speed,
     }
+    if point.start is Start.ROLLBACK:
+        assert release.rollback is not None
+        rb = release.rollback
+        action = Action(Step.ROLLBACK, rb.reason, Strategy(rb.strategy), rb.gates)
+        return finish_rollback(rollout, report, plan.phase(rb.phase), action)
 
-    start = next((i for i, p in enumerate(plan.phases) if p.name == release.phase), 0) if resume else 0
-    for index in range(start, len(plan.phases)):
+    for index in range(point.phase_index, len(plan.phases)):
         phase = plan.phases[index]
         next_phase = plan.phases[index + 1] if index + 1 < len(plan.phases) else None
-        resumed_here = resume and phase.name == release.phase
-        if resumed_here and release.state == APPROVED:
+        resumed_here = resume and index == point.phase_index
+        if resumed_here and point.skip_phase:
             continue
-        if resumed_here and release.state in (PASSED, HELD):
-            action = Action(Step.ADVANCE if release.state == PASSED else Step.HOLD, "resumed after a restart")
+        if resumed_here and point.verdict is not None:
+            action = Action(point.verdict, "resumed after a restart")
             evidence_md = "(the evidence is in the previous flow run)"
         else:
-            result = run_phase(rollout, phase, resume=resumed_here)
+            result = run_phase(plan, image, phase.name, rollout.flow_run_id, resume=resumed_here)
+            rollout.events.extend(result.events)
+            rollout.reload()
             report["phases"].append(phase_report(result))
             action = result.action
             evidence_md = evidence.markdown_table(result.last_round)
@@ -290,7 +308,8 @@ def drive(plan: RolloutPlan, ref: TargetRef, image: str) -> dict[str, Any]:
             return finish_rollback(rollout, report, phase, action)
         if action.step is Step.HALT:
             return finish_halt(rollout, report, phase, action.reason)
-        release.state = PASSED if action.step is Step.ADVANCE else HELD
+        release = rollout.release
+        release.state = PhaseState.PASSED if action.step is Step.ADVANCE else PhaseState.HELD
         rollout.save()
         if action.step is Step.ADVANCE:
             rollout.notify(f"{phase.name}:passed", Kind.PHASE_PASSED, f"{phase.name} passed: {action.reason}",
@@ -298,6 +317,8 @@ def drive(plan: RolloutPlan, ref: TargetRef, image: str) -> dict[str, Any]:
         if action.step is Step.HOLD or (next_phase is not None and phase.approval.required):
             approval = await_approval(rollout, phase, next_phase, action, evidence_md)
             report["approvals"].append(_approval_report(approval))
+            if approval.fired is not None:
+                return finish_rollback(rollout, report, phase, approval.fired)
             decided = after_approval(phase, approval.decision, who=approval.approver, comment=approval.comment)
             if approval.decision is not Decision.TIMEOUT:
                 kind = Kind.APPROVAL_GIVEN if approval.decision is Decision.APPROVE else Kind.APPROVAL_REFUSED
@@ -306,14 +327,15 @@ def drive(plan: RolloutPlan, ref: TargetRef, image: str) -> dict[str, Any]:
                 return finish_rollback(rollout, report, phase, decided)
             if decided.step is Step.HALT:
                 return finish_halt(rollout, report, phase, decided.reason)
-        release.state = APPROVED
+        rollout.release.state = PhaseState.APPROVED
         rollout.save()
     return finish_promoted(rollout, report)
 
 
 def _approval_report(a: ApprovalRecord) -> dict[str, Any]:
     return {"phase": a.phase, "decision": a.decision.value, "approver": a.approver, "comment": a.comment,
-            "criteria": a.criteria, "refused": a.refused, "waited_wall": a.waited_wall}
+            "criteria": a.criteria, "refused": a.refused, "waited_wall": a.waited_wall,
+            "fired": a.fired.reason if a.fired else None, "watch_rounds": a.watch_rounds}
 
 
 def _close(rollout: Rollout, report: dict[str, Any], outcome: str) -> dict[str, Any]:
@@ -325,22 +347,24 @@ def _close(rollout: Rollout, report: dict[str, Any], outcome: str) -> dict[str, 
 
 
 def finish_promoted(rollout: Rollout, report: dict[str, Any]) -> dict[str, Any]:
-    rollout.release.state = PROMOTED
-    promoted_at = current().clock.now()
-    annotations = rollout.release.annotations()
-    annotations[ANN_PROMOTED_AT] = f"{promoted_at:.3f}"
-    annotations[ANN_PLAN] = rollout.plan.name
-    annotate_release(rollout.ref.namespace, rollout.ref.deployment, annotations)
+    rollout.release.state = PhaseState.PROMOTED
+    rollout.release.promoted_at = runctx.get().clock.now()
+    rollout.save()
     rollout.notify("rollout:promoted", Kind.PROMOTED, f"{rollout.image} is promoted to 100% of {rollout.ref}",
                    links=rollout.ui_link())
     evidence.publish_markdown(rollout.release.id, "rollout-summary", _summary_md(report, "promoted"), "rollout")
     return _close(rollout, report, PROMOTED_OUTCOME)
 
 
-def finish_rollback(rollout: Rollout, report: dict[str, Any], phase, action: Action) -> dict[str, Any]:
+def finish_rollback(rollout: Rollout, report: dict[str, Any], phase: Phase, action: Action) -> dict[str, Any]:
     assert action.strategy is not None
-    result: RollbackResult = run_rollback(rollout, phase, action.strategy, action.reason, list(action.gates))
-    report["rollback"] = asdict(result)
+    result: RollbackResult = run_rollback(rollout.plan, rollout.image, phase.name, action.strategy, action.reason,
+                                          list(action.gates), rollout.flow_run_id)
+    rollout.events.extend(result.events)
+    rollout.reload()
+    rb = asdict(result)
+    rb.pop("events")
+    report["rollback"] = rb
     annotate_release(
         rollout.ref.namespace, rollout.ref.deployment, {ANN_ROLLED_BACK: f"{phase.name}:{action.strategy.value}"}
     )
@@ -348,8 +372,8 @@ def finish_rollback(rollout: Rollout, report: dict[str, Any], phase, action: Act
     return _close(rollout, report, ROLLED_BACK_OUTCOME)
 
 
-def finish_halt(rollout: Rollout, report: dict[str, Any], phase, reason: str) -> dict[str, Any]:
-    rollout.release.state = HALTED
+def finish_halt(rollout: Rollout, report: dict[str, Any], phase: Phase, reason: str) -> dict[str, Any]:
+    rollout.release.state = PhaseState.HALTED
     rollout.save()
     rollout.notify(f"{phase.name}:halted", Kind.HALTED, f"Rollout halted in {phase.name}: {reason}",
                    severity=Severity.WARNING, phase=phase.name, links=rollout.ui_link())

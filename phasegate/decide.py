@@ -7,7 +7,14 @@ The flow asks; it never re-implements these rules:
 - at the end of the soak: advance only if every trigger and every success criterion is
   Successful; anything else holds for a person (Argo's inconclusive pause) — never an
   automatic advance on missing or marginal evidence;
-- after an approval pause: approve advances, reject rolls back, timeout follows the plan.
+- after an approval pause: approve advances, reject rolls back, timeout follows the plan;
+  an answer that breaks the plan's rules (a blank or unlisted approver, an unattested
+  criterion) is refused with the reason, and the pause goes on;
+- where a rerun picks up a rollout (``resume_point``), from the record on the cluster;
+- whether a rollback left the cluster as it should (``rollback_problems``);
+- what keeps a rollout from starting (``preflight_problems``).
+
+Every rule is a function of values, table-tested in milliseconds; flows ask, never decide.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from phasegate.analysis import Assessment, Measurement, Outcome, assess
-from phasegate.plan import Phase, Strategy
+from phasegate.plan import Phase, RolloutPlan, Strategy
+from phasegate.ports import TargetState
+from phasegate.record import PhaseState, Release
 
 
 class Step(enum.Enum):
@@ -53,7 +62,7 @@ def after_round(phase: Phase, history: Mapping[str, Sequence[Measurement]], *, s
     if errored:
         reasons = "; ".join(f"{g.name}: {verdicts[g.name].reason}" for g in errored)
         names = tuple(g.name for g in errored)
-        if phase.on_error == "rollback":
+        if phase.error_action == "rollback":
             return Action(Step.ROLLBACK, f"metrics unavailable — {reasons}", phase.default_rollback, names)
         return Action(Step.HALT, f"metrics unavailable — {reasons}", None, names)
 
@@ -101,6 +110,173 @@ def after_approval(phase: Phase, decision: Decision, *, who: str = "", comment: 
     return Action(Step.HALT, "approval timed out: halted for a person to take over")
 
 
+def normalise_name(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
 def approver_allowed(phase: Phase, approver: str) -> bool:
-    allowed = phase.approval.approvers
-    return not allowed or approver.strip().lower() in {a.strip().lower() for a in allowed}
+    """A name, after trimming and case-folding, that is on the list (any name if there is none)."""
+    who = normalise_name(approver)
+    if not who:
+        return False
+    allowed = {normalise_name(a) for a in phase.approval.approvers}
+    return not allowed or who in allowed
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a person answered in an approval form: a decision, or why it was refused."""
+
+    decision: Decision | None
+    approver: str
+    comment: str
+    criteria: dict[str, bool]
+    refused: str = ""
+
+
+def approval_answer(phase: Phase, decision: str, approver: str, comment: str, ticked: Sequence[bool]) -> Answer:
+    """Check a form answer against the plan: who may decide, and what approving needs."""
+    criteria = {c: bool(t) for c, t in zip(phase.manual_criteria, ticked, strict=False)}
+    criteria.update({c: False for c in phase.manual_criteria[len(criteria):]})
+    who = " ".join(approver.split())
+    base = {"approver": who, "comment": comment.strip(), "criteria": criteria}
+    if decision not in (Decision.APPROVE.value, Decision.REJECT.value):
+        return Answer(None, refused=f"no decision given ({decision!r})", **base)
+    if not who:
+        return Answer(None, refused="the approver's name is blank", **base)
+    if not approver_allowed(phase, who):
+        return Answer(None, refused=f"{who} is not on the approver list", **base)
+    if decision == Decision.APPROVE.value and not all(criteria.values()):
+        missing = ", ".join(c for c, v in criteria.items() if not v)
+        return Answer(None, refused=f"approval needs every criterion ticked: {missing}", **base)
+    return Answer(Decision(decision), **base)
+
+
+class Start(enum.Enum):
+    NEW = "new"  # nothing of this rollout on the cluster: start at the first phase
+    RESUME = "resume"  # this rollout's unfinished record: pick up where it stopped
+    ROLLBACK = "rollback"  # a rollback had started: finish it, whatever else the record says
+    DONE = "done"  # this rollout already finished (promoted): nothing to do
+    REFUSE = "refuse"  # another rollout is unfinished, or there is nothing to roll out
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    start: Start
+    reason: str = ""
+    phase_index: int = 0
+    # At the resumed phase: re-enter its soak (True) or act on its recorded verdict.
+    verdict: Step | None = None
+    skip_phase: bool = False
+
+
+def resume_point(plan: RolloutPlan, rid: str, image: str, record: Release | None, state: TargetState) -> ResumePoint:
+    """Where a run of rollout ``rid`` starts, given the record on the Deployment."""
+    if record is not None and not record.finished and record.id != rid:
+        return ResumePoint(Start.REFUSE, f"the target is in the middle of rollout {record.id!r} "
+                                         f"({record.phase}, {record.state.value if record.state else '?'})")
+    if record is not None and record.id == rid:
+        if record.state is PhaseState.PROMOTED:
+            return ResumePoint(Start.DONE, "already promoted")
+        if record.state is PhaseState.ROLLING_BACK and record.rollback is not None:
+            return ResumePoint(Start.ROLLBACK, f"a {record.rollback.strategy} rollback in {record.rollback.phase} "
+                                               "was under way when the last run stopped")
+        if not record.finished:
+            names = [p.name for p in plan.phases]
+            index = names.index(record.phase) if record.phase in names else 0
+            if record.state is PhaseState.APPROVED:
+                return ResumePoint(Start.RESUME, f"{record.phase} was approved", index, skip_phase=True)
+            if record.state in (PhaseState.PASSED, PhaseState.HELD):
+                verdict = Step.ADVANCE if record.state is PhaseState.PASSED else Step.HOLD
+                return ResumePoint(Start.RESUME, f"{record.phase} had ended: {record.state.value}", index, verdict)
+            return ResumePoint(Start.RESUME, f"{record.phase} was {record.state.value if record.state else 'started'}",
+                               index)
+    if state.stable.image == image and state.canary is None:
+        return ResumePoint(Start.REFUSE, f"the target already runs {image}; nothing to roll out")
+    return ResumePoint(Start.NEW)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the cluster must show after a rollback of one strategy."""
+
+    new_image: str
+    # The replicas stable must have again; None when an autoscaler owns the count.
+    stable_replicas: int | None = None
+    flag_env: str | None = None
+    flag_off: str | None = None
+
+
+def rollback_problems(strategy: Strategy, state: TargetState, expected: Expected,
+                      configmap_value: str | None = None, configmap_key: str | None = None) -> list[str]:
+    """Why the cluster does not yet show what ``strategy`` promises (empty: it does)."""
+    problems: list[str] = []
+    if strategy is Strategy.FEATURE_FLAG:
+        if configmap_key is not None and configmap_value != expected.flag_off:
+            problems.append(f"ConfigMap key {configmap_key} reads {configmap_value!r}, not {expected.flag_off!r}")
+        if expected.flag_env is not None:
+            for workload in (state.stable, state.canary):
+                if workload is not None and workload.env.get(expected.flag_env) != expected.flag_off:
+                    problems.append(f"{workload.name}: {expected.flag_env}={workload.env.get(expected.flag_env)!r}")
+        return problems
+    if state.canary is not None:
+        problems.append(f"{state.canary.name} still exists")
+    if state.stable.image == expected.new_image:
+        problems.append(f"{state.stable.name} still runs the new image {expected.new_image}")
+    if expected.stable_replicas is not None and state.stable.replicas != expected.stable_replicas:
+        problems.append(
+            f"{state.stable.name} has {state.stable.replicas} replicas, expected {expected.stable_replicas}"
+        )
+    if not state.stable.rolled_out:
+        problems.append(f"{state.stable.name} is not rolled out: {state.stable.ready_replicas}/"
+                        f"{state.stable.replicas} ready")
+    return problems
+
+
+def escalation(phase: Phase, tried: Strategy) -> Strategy | None:
+    """The more drastic strategy to use when ``tried`` did not cure the fired metrics.
+
+    Only a feature flag escalates: switching a code path off may not be the cure, and then
+    the new version itself must go (the canary if one runs, else the undo). After removing
+    the canary or undoing, only the old version serves: metrics that stay bad then are not
+    the new version's, and nothing more drastic is left that would help.
+    """
+    if tried is not Strategy.FEATURE_FLAG:
+        return None
+    return Strategy.CANARY_ONLY if phase.has_canary else Strategy.FULL_UNDO
+
+
+def preflight_problems(
+    *,
+    targets: Mapping[str, TargetState | str],
+    denied: Mapping[str, Sequence[str]],
+    checklist_required: bool,
+    checklist_confirmed: bool,
+    metric_problems: Sequence[str],
+    slack_problem: str | None,
+    image: str,
+) -> list[str]:
+    """Everything that keeps a rollout from starting, all at once; empty: start.
+
+    ``targets`` maps each target to its state or to why it could not be read; ``denied``
+    each namespace to the RBAC verbs it refuses; ``slack_problem`` is a refused token
+    (an outage is not a problem: notifications never stop a rollout).
+    """
+    problems: list[str] = []
+    for name, state in targets.items():
+        if isinstance(state, str):
+            problems.append(f"{name}: {state}")
+        elif state.stable.replicas < 1 and state.canary is None:
+            problems.append(f"{name}: the Deployment has no replicas to shift")
+    for namespace, verbs in denied.items():
+        problems.extend(f"{namespace}: RBAC denies {verb}" for verb in verbs)
+    if checklist_required and not checklist_confirmed:
+        problems.append("the pre-deployment checklist is not confirmed for this release: run "
+                        "`phasegate checklist PLAN --image IMAGE` (the pre-deployment-checklist deployment) first")
+    problems.extend(metric_problems)
+    if slack_problem:
+        problems.append(f"Slack: {slack_problem}")
+    last = image.rsplit("/", 1)[-1]
+    if not image or (":" not in last and "@" not in image):
+        problems.append(f"image {image!r} has no tag or digest: a rollout needs an exact version")
+    return problems

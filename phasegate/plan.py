@@ -228,8 +228,17 @@ class Phase(_Model):
         timedelta(minutes=10),
         description="How long a rollback waits for the fired metrics to return within bounds (reported either way).",
     )
-    on_error: Literal["rollback", "halt"] = Field(
-        "rollback", description="When a gate's consecutive errors pass its limit (Argo aborts)."
+    on_error: Literal["rollback", "halt"] | None = Field(
+        None,
+        description="When a gate's consecutive errors pass its limit: roll back (Argo aborts) or halt for a person; "
+        "default: halt when the new version serves all of production (a Prometheus outage must not undo a "
+        "release that was healthy), else rollback.",
+    )
+    trigger_interval: Duration | None = Field(
+        None,
+        description="Time between trigger rounds, so a trigger fires well within a 5-minute budget even when "
+        "success criteria are judged every `interval`; default: the smaller of `interval` and 1m "
+        "(two scrapes at kube-prometheus' 30s).",
     )
     description: str = ""
 
@@ -242,6 +251,19 @@ class Phase(_Model):
         if self.rollback is not None:
             return self.rollback
         return Strategy.CANARY_ONLY if self.has_canary else Strategy.FULL_UNDO
+
+    @property
+    def error_action(self) -> Literal["rollback", "halt"]:
+        if self.on_error is not None:
+            return self.on_error
+        all_of_production = self.environment is Environment.PRODUCTION and not self.has_canary
+        return "halt" if all_of_production else "rollback"
+
+    @property
+    def trigger_every(self) -> timedelta:
+        if self.trigger_interval is not None:
+            return min(self.trigger_interval, self.interval)
+        return min(self.interval, timedelta(minutes=1))
 
     @property
     def subject_track(self) -> str:

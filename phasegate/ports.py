@@ -12,21 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-# Annotations phasegate writes on the stable Deployment. They are the durable record of a
-# release: crash recovery and the scheduled reviews read them back from the cluster, because
-# in-memory state (and Prefect transaction rollback hooks) die with the process.
-ANNOTATION_PREFIX = "phasegate.dev/"
-ANN_PLAN = ANNOTATION_PREFIX + "plan"
-ANN_IMAGE = ANNOTATION_PREFIX + "image"
-ANN_PREVIOUS_IMAGE = ANNOTATION_PREFIX + "previous-image"
-ANN_PHASE = ANNOTATION_PREFIX + "phase"
-ANN_PHASE_STATE = ANNOTATION_PREFIX + "phase-state"
-ANN_ROLLOUT_ID = ANNOTATION_PREFIX + "rollout-id"
-ANN_PROMOTED_AT = ANNOTATION_PREFIX + "promoted-at"
-ANN_ROLLED_BACK = ANNOTATION_PREFIX + "rolled-back"
-ANN_SIGNED_OFF = ANNOTATION_PREFIX + "signed-off"
-ANN_NOTIFIED = ANNOTATION_PREFIX + "notified"
-
 TRACK_LABEL = "track"
 STABLE = "stable"
 CANARY = "canary"

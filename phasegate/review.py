@@ -38,7 +38,8 @@ from phasegate import errors, templates
 from phasegate.analysis import Assessment, Measurement, Outcome, Reading, assess, evaluate, worst
 from phasegate.durations import format_duration
 from phasegate.plan import Baseline, Cadence, Gate, GateKind, Reviews, RolloutPlan, SignOff
-from phasegate.ports import ANN_IMAGE, ANN_PLAN, ANN_PROMOTED_AT, ANN_SIGNED_OFF, STABLE, MetricsProvider
+from phasegate.ports import STABLE, MetricsProvider
+from phasegate.record import ANN_IMAGE, ANN_PLAN, ANN_PROMOTED_AT, ANN_SIGNED_OFF
 
 DAY = 86400.0
 # Resolution asked of Prometheus for a one-point range query; any value works for one point.

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import httpx
 from prefect import get_run_logger, task
 
+from phasegate import runctx
 from phasegate.plan import Check
 from tasks.common import NO_CACHE
-from tasks.runtime import current
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class CheckResult:
 
 
 def run_check(check: Check) -> CheckResult:
-    url = current().url_for_check(check.url)
+    url = runctx.get().url_for_check(check.url)
     limits = httpx.Limits(max_connections=check.concurrency, max_keepalive_connections=check.concurrency)
     timeout = check.timeout.total_seconds()
     first_error = ""

@@ -7,29 +7,29 @@ from collections.abc import Mapping
 
 from prefect import get_run_logger, task
 
+from phasegate import runctx
 from phasegate.errors import ProgressDeadlineExceeded
 from phasegate.ports import TargetRef, TargetState, WorkloadState
 from tasks.common import NO_CACHE, RETRY_DELAYS, retry_if_temporary
-from tasks.runtime import current
 
 RETRYING = {"retries": 3, "retry_delay_seconds": RETRY_DELAYS, "retry_condition_fn": retry_if_temporary, **NO_CACHE}
 
 
 @task(name="read_target", **RETRYING)
 def read_target(ref: TargetRef) -> TargetState:
-    return current().cluster.read_target(ref)
+    return runctx.get().cluster.read_target(ref)
 
 
 @task(name="deploy_image", **RETRYING)
 def deploy_image(ref: TargetRef, image: str, replicas: int | None = None) -> None:
     """New image on the stable Deployment: a staging deploy, or the promotion to 100 %."""
     get_run_logger().info("setting %s container %s to %s", ref, ref.container, image)
-    current().cluster.set_image(ref, image, replicas)
+    runctx.get().cluster.set_image(ref, image, replicas)
 
 
 @task(name="deploy_canary", **RETRYING)
 def deploy_canary(ref: TargetRef, image: str, share_percent: float, total_replicas: int) -> tuple[int, int]:
-    canary, stable = current().cluster.set_canary(ref, image, share_percent, total_replicas)
+    canary, stable = runctx.get().cluster.set_canary(ref, image, share_percent, total_replicas)
     get_run_logger().info("%s: canary %s at %d replica(s), stable at %d", ref, image, canary, stable)
     return canary, stable
 
@@ -38,7 +38,7 @@ def deploy_canary(ref: TargetRef, image: str, share_percent: float, total_replic
 def wait_until_ready(namespace: str, deployment: str, timeout_seconds: float) -> WorkloadState | str:
     """The rolled-out state, or the reason it will not roll out (progress deadline)."""
     try:
-        return current().cluster.wait_ready(namespace, deployment, timeout_seconds)
+        return runctx.get().cluster.wait_ready(namespace, deployment, timeout_seconds)
     except ProgressDeadlineExceeded as exc:
         return f"{namespace}/{deployment}: {exc}"
     except TimeoutError:
@@ -48,36 +48,36 @@ def wait_until_ready(namespace: str, deployment: str, timeout_seconds: float) ->
 @task(name="remove_canary", **RETRYING)
 def remove_canary(ref: TargetRef, total_replicas: int) -> None:
     get_run_logger().info("%s: stable back to %d replicas, canary removed", ref, total_replicas)
-    current().cluster.remove_canary(ref, total_replicas)
+    runctx.get().cluster.remove_canary(ref, total_replicas)
 
 
 @task(name="undo_rollout", **RETRYING)
 def undo_rollout(ref: TargetRef) -> int:
-    revision = current().cluster.undo(ref)
+    revision = runctx.get().cluster.undo(ref)
     get_run_logger().info("%s: rolled back to the template of revision %d", ref, revision)
     return revision
 
 
 @task(name="set_feature_flag_env", **RETRYING)
 def set_feature_flag_env(ref: TargetRef, name: str, value: str) -> None:
-    current().cluster.set_env(ref, name, value)
+    runctx.get().cluster.set_env(ref, name, value)
 
 
 @task(name="set_feature_flag_configmap", **RETRYING)
 def set_feature_flag_configmap(namespace: str, name: str, key: str, value: str) -> None:
-    current().cluster.set_configmap_key(namespace, name, key, value)
+    runctx.get().cluster.set_configmap_key(namespace, name, key, value)
 
 
 @task(name="read_configmap", **RETRYING)
 def read_configmap(namespace: str, name: str) -> Mapping[str, str]:
-    return current().cluster.read_configmap(namespace, name)
+    return runctx.get().cluster.read_configmap(namespace, name)
 
 
 @task(name="annotate_release", **RETRYING)
 def annotate_release(namespace: str, deployment: str, annotations: Mapping[str, str | None]) -> None:
-    current().cluster.annotate(namespace, deployment, annotations)
+    runctx.get().cluster.annotate(namespace, deployment, annotations)
 
 
 @task(name="check_permissions", **RETRYING)
 def check_permissions(namespace: str) -> list[str]:
-    return current().cluster.missing_permissions(namespace)
+    return runctx.get().cluster.missing_permissions(namespace)

@@ -1,8 +1,7 @@
-"""What every task module shares: retry policy and the release record on the cluster."""
+"""What every task module shares: the retry policy and the no-cache options."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from prefect.cache_policies import NONE
@@ -24,16 +23,3 @@ def retry_if_temporary(task, task_run, state) -> bool:
     except Exception:
         return False
     return False
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-
-def loads(text: str | None, default: Any) -> Any:
-    if not text:
-        return default
-    try:
-        return json.loads(text)
-    except ValueError:
-        return default

@@ -3,7 +3,7 @@
 The pure pieces (rendering, evaluation, judging) come from the core; this module only adds
 the Prefect task boundary and the mapping from plan time to what Prometheus sees: a
 {{window}} of "5m" in plan time is rendered as the scaled wall duration in a rehearsal,
-never shorter than the runtime's floor (rate() needs at least two scrapes).
+never shorter than the run context's pacing floor (rate() needs at least two scrapes).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from prefect import task
 
-from phasegate import templates
+from phasegate import runctx, templates
 from phasegate.analysis import Measurement, Outcome, Reading, evaluate, evaluate_judge
 from phasegate.durations import promql_duration
 from phasegate.errors import PhasegateError
@@ -22,7 +22,6 @@ from phasegate.measure import Sample, collect
 from phasegate.plan import Baseline, Gate, GateKind, Phase, RolloutPlan
 from phasegate.ports import MetricsProvider
 from tasks.common import NO_CACHE
-from tasks.runtime import current
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ def scope_for(plan: RolloutPlan, phase: Phase) -> Scope:
 
 
 def window_for(gate: Gate, phase: Phase | None, default_seconds: float | None = None) -> str:
-    rt = current()
+    rt = runctx.get()
     plan_seconds = (
         gate.window.total_seconds()
         if gate.window is not None
@@ -48,7 +47,7 @@ def window_for(gate: Gate, phase: Phase | None, default_seconds: float | None = 
         if phase is not None
         else float(default_seconds or 300)
     )
-    return promql_duration(max(rt.clock.to_wall(plan_seconds), rt.min_window_wall))
+    return promql_duration(max(rt.clock.to_wall(plan_seconds), rt.pacing.min_window_wall))
 
 
 def query_for(plan: RolloutPlan, gate: Gate, scope: Scope, track: str, window: str) -> str:
@@ -75,7 +74,7 @@ def measure_gates(
     judge_since: float | None = None,
 ) -> list[Measurement]:
     """One concurrent round of every gate of ``phase``."""
-    rt = current()
+    rt = runctx.get()
     queries: dict[str, str] = {}
     plan_for: dict[str, tuple[str, str | None]] = {}
     for gate in phase.gates():
@@ -109,12 +108,12 @@ def measure_gates(
 
 def judge_gate(plan: RolloutPlan, gate: Gate, scope: Scope, *, at: float, since: float | None) -> Measurement:
     """Kayenta's judge over the soak so far: the gate's series on both tracks."""
-    rt = current()
+    rt = runctx.get()
     config = gate.judge
     if config is None:
         raise ValueError(f"gate {gate.name!r} has no judge settings")
-    step_wall = max(rt.clock.to_wall(config.step.total_seconds()), rt.min_interval_wall, 1.0)
-    window = promql_duration(max(step_wall, rt.min_window_wall))
+    step_wall = max(rt.clock.to_wall(config.step.total_seconds()), rt.pacing.min_interval_wall, 1.0)
+    window = promql_duration(max(step_wall, rt.pacing.min_window_wall))
     now_wall = time.time()
     start_wall = now_wall - max(rt.clock.to_wall((at - since) if since is not None else 3600.0), step_wall)
     subject_q = query_for(plan, gate, scope, scope.subject_track, window)
@@ -135,7 +134,7 @@ def record_pre_deploy_baseline(plan: RolloutPlan, phase: Phase, scope: Scope) ->
         g for g in phase.gates() if g.compares and g.baseline is Baseline.PRE_DEPLOY and g.kind is not GateKind.JUDGE
     ]
     queries = {g.name: query_for(plan, g, scope, "stable", window_for(g, phase)) for g in gates}
-    samples = collect(current().metrics, queries)
+    samples = collect(runctx.get().metrics, queries)
     return {name: s.value for name, s in samples.items()}
 
 
@@ -143,7 +142,7 @@ def record_pre_deploy_baseline(plan: RolloutPlan, phase: Phase, scope: Scope) ->
 def check_metrics(plan: RolloutPlan) -> list[str]:
     """Preflight: Prometheus is up, every gate query parses, and the stable track has data.
     Every problem is listed at once."""
-    rt = current()
+    rt = runctx.get()
     if not rt.metrics.is_online():
         return [f"Prometheus is not usable: {offline_reason(rt.metrics)}"]
     queries: dict[tuple[str, str], str] = {}

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
+from phasegate import runctx
 from phasegate.notify import Delivery, Notification
 from tasks.common import NO_CACHE
-from tasks.runtime import current
 
 
 @task(name="post_notification", **NO_CACHE)
 def post_notification(notification: Notification) -> Delivery:
     try:
-        delivery = current().notifier.post(notification)
+        delivery = runctx.get().notifier.post(notification)
     except Exception as exc:  # the Notifier contract says never raise; a broken adapter must not stop a rollback
         delivery = Delivery(ok=False, error=f"{type(exc).__name__}")
     if not delivery.ok:

@@ -1,4 +1,4 @@
-"""Tasks of the review and sign-off flows: one I/O step each, adapters from ``runtime.current()``.
+"""Tasks of the review and sign-off flows: one I/O step each, adapters from the run context.
 
 Reading the cluster and Prometheus is retried on temporary errors (the scheduled review
 may run while either is briefly away); writing a report file or artifact is not, since a
@@ -13,12 +13,11 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from phasegate import review
+from phasegate import review, runctx
 from phasegate.plan import RolloutPlan
-from phasegate.ports import ANN_PROMOTED_AT, ANN_SIGNED_OFF
+from phasegate.record import ANN_PROMOTED_AT, ANN_SIGNED_OFF
 from phasegate.render.report import Report, slug, write_review_report
 from tasks.common import NO_CACHE, RETRY_DELAYS, retry_if_temporary
-from tasks.runtime import current
 
 _RETRIES = {"retries": len(RETRY_DELAYS), "retry_delay_seconds": RETRY_DELAYS, "retry_condition_fn": retry_if_temporary}
 
@@ -26,7 +25,7 @@ _RETRIES = {"retries": len(RETRY_DELAYS), "retry_delay_seconds": RETRY_DELAYS, "
 @task(name="find_releases", **_RETRIES, **NO_CACHE)
 def find_releases(namespaces: list[str]) -> list[review.Release]:
     """Promoted releases: Deployments carrying a promotion time."""
-    cluster = current().cluster
+    cluster = runctx.get().cluster
     found: list[review.Release] = []
     # One namespace per call: a WorkloadState does not say which namespace it came from.
     for namespace in namespaces:
@@ -39,17 +38,17 @@ def find_releases(namespaces: list[str]) -> list[review.Release]:
 
 @task(name="measure_review", **_RETRIES, **NO_CACHE)
 def measure_review(plan: RolloutPlan, due: review.DueReview, release: review.Release) -> review.ReviewResult:
-    return review.review_due(plan, due, release, current().metrics)
+    return review.review_due(plan, due, release, runctx.get().metrics)
 
 
 @task(name="measure_signoff", **_RETRIES, **NO_CACHE)
 def measure_signoff(plan: RolloutPlan, release: review.Release) -> review.ReviewResult:
-    return review.signoff_review(plan, release, current().metrics)
+    return review.signoff_review(plan, release, runctx.get().metrics)
 
 
 @task(name="write_report", **NO_CACHE)
 def write_report(plan: RolloutPlan, result: review.ReviewResult, reports_dir: str) -> Report:
-    return write_review_report(plan, result, current().metrics, Path(reports_dir))
+    return write_review_report(plan, result, runctx.get().metrics, Path(reports_dir))
 
 
 @task(name="append_to_report", **NO_CACHE)
@@ -68,4 +67,4 @@ def publish_report(report: Report) -> None:
 
 @task(name="annotate_signed_off", **_RETRIES, **NO_CACHE)
 def annotate_signed_off(release: review.Release, value: str) -> None:
-    current().cluster.annotate(release.namespace, release.deployment, {ANN_SIGNED_OFF: value})
+    runctx.get().cluster.annotate(release.namespace, release.deployment, {ANN_SIGNED_OFF: value})

@@ -1,6 +1,6 @@
 """The terminal view of a rehearsal: phases, soak bars, the last gate round, decisions.
 
-Built only from the events the rollout records (``Runtime.on_event``), so what the screen
+Built only from the events the rollout records (``RunContext.on_event``), so what the screen
 shows is what the JSON report says.
 """
 
@@ -26,7 +26,7 @@ MARK = {
 
 
 class LiveView:
-    """A ``Runtime.on_event`` callback that redraws a rich ``Live`` display."""
+    """A ``RunContext.on_event`` callback that redraws a rich ``Live`` display."""
 
     def __init__(self, plan: RolloutPlan, console: Console) -> None:
         self.plan = plan

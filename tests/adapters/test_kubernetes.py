@@ -6,7 +6,8 @@ import pytest
 
 from phasegate import errors
 from phasegate.adapters.kubernetes import REQUIRED_PERMISSIONS, KubernetesCluster, canary_split
-from phasegate.ports import ANN_PHASE, ANN_PROMOTED_AT, Cluster, TargetRef
+from phasegate.ports import Cluster, TargetRef
+from phasegate.record import ANN_PHASE, ANN_PROMOTED_AT
 from phasegate.rehearsal.cluster import SEED_ENV_FLAG, SEED_IMAGE_REPO, SIDECAR, ClusterEmulator
 
 NEW_IMAGE = SEED_IMAGE_REPO + ":2.0.0"

@@ -17,7 +17,8 @@ import yaml
 
 from phasegate import errors
 from phasegate.adapters.kubernetes import REQUIRED_PERMISSIONS, KubernetesCluster
-from phasegate.ports import ANN_PHASE, TargetRef
+from phasegate.ports import TargetRef
+from phasegate.record import ANN_PHASE
 from phasegate.rehearsal.cluster import SEED_CONFIGMAP, SEED_ENV_FLAG, SEED_FLAG_KEY, SEED_NAMESPACES, ClusterEmulator
 from phasegate.rehearsal.k8s_api import LoggedRequest
 

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from phasegate.analysis import Outcome
 from phasegate.backtest import backtest
 from phasegate.decide import Step
+from phasegate.entry.render_cli import backtest_command
 from phasegate.plan import RolloutPlan, Strategy, load_plan
 from phasegate.rehearsal.prometheus import BackfillSample, PrometheusServer
-from phasegate.render.cli import backtest_command
 from tests.fixtures.common import require_binary
 
 SEED = Path(__file__).resolve().parents[2] / "deployments/plans/token-refresh-locking.yaml"

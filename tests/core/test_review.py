@@ -9,7 +9,7 @@ import pytest
 from phasegate import errors
 from phasegate.analysis import Outcome
 from phasegate.plan import RolloutPlan, load_plan
-from phasegate.ports import ANN_IMAGE, ANN_PROMOTED_AT, ANN_SIGNED_OFF
+from phasegate.record import ANN_IMAGE, ANN_PROMOTED_AT, ANN_SIGNED_OFF
 from phasegate.review import (
     DAY,
     Release,

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-import tasks.settings
+import phasegate.entry.settings
 from phasegate.adapters.console import ConsoleNotifier
 from phasegate.adapters.kubernetes import KubernetesCluster
 from phasegate.adapters.prometheus import PrometheusProvider
 from phasegate.adapters.slack import SlackBotNotifier, SlackConfigError
 from phasegate.clock import RealClock
+from phasegate.entry.settings import PhasegateSettings, context_from_settings
 from phasegate.plan import load_plan
-from tasks.settings import PhasegateSettings, runtime_from_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_PLAN = ROOT / "deployments/plans/token-refresh-locking.yaml"
@@ -97,7 +97,7 @@ def test_secrets_never_appear_in_repr_or_str(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_secret_block_fills_the_bearer_token_only_when_it_is_not_set(monkeypatch: pytest.MonkeyPatch) -> None:
     loaded: list[str] = []
-    monkeypatch.setattr(tasks.settings, "load_secret", lambda name: loaded.append(name) or BEARER)
+    monkeypatch.setattr(phasegate.entry.settings, "load_secret", lambda name: loaded.append(name) or BEARER)
     s = PhasegateSettings(prometheus_secret_block="prometheus-token")
     token = s.prometheus_settings().bearer_token
     assert token is not None and token.get_secret_value() == BEARER and loaded == ["prometheus-token"]
@@ -108,7 +108,7 @@ def test_secret_block_fills_the_bearer_token_only_when_it_is_not_set(monkeypatch
 
 
 def test_secret_block_is_the_basic_auth_password_when_a_username_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tasks.settings, "load_secret", lambda name: PASSWORD)
+    monkeypatch.setattr(phasegate.entry.settings, "load_secret", lambda name: PASSWORD)
     monkeypatch.setenv("PHASEGATE_PROMETHEUS_USERNAME", "phasegate")
     prom = PhasegateSettings(prometheus_secret_block="prometheus-password").prometheus_settings()
     assert prom.bearer_token is None
@@ -122,13 +122,13 @@ def test_runtime_uses_the_kubeconfig_context_prometheus_and_a_real_clock(
     monkeypatch.setenv("PHASEGATE_PROMETHEUS_URL", "http://prom.example:9090")
     monkeypatch.setenv("PHASEGATE_UI_URL", "https://prefect.example")
     monkeypatch.setenv("PHASEGATE_APPROVAL_POLL_SECONDS", "30")
-    rt = runtime_from_settings()
+    rt = context_from_settings()
     assert isinstance(rt.cluster, KubernetesCluster)
     assert rt.cluster.api.configuration.host == "https://dev.example:6443"
     assert isinstance(rt.metrics, PrometheusProvider) and rt.metrics.url == "http://prom.example:9090"
     assert isinstance(rt.clock, RealClock)
     assert isinstance(rt.notifier, ConsoleNotifier)  # no Slack configured
-    assert (rt.ui_url, rt.approval_poll_seconds) == ("https://prefect.example", 30)
+    assert (rt.ui_url, rt.pacing.approval_poll_seconds) == ("https://prefect.example", 30)
 
 
 def test_slack_channel_and_mention_come_from_the_plan(monkeypatch: pytest.MonkeyPatch, kubeconfig: Path) -> None:
@@ -136,7 +136,7 @@ def test_slack_channel_and_mention_come_from_the_plan(monkeypatch: pytest.Monkey
     slack = plan.notifications.slack
     assert slack is not None
     monkeypatch.setenv("SLACK_BOT_TOKEN", SLACK_TOKEN)
-    rt = runtime_from_settings(plan, PhasegateSettings(kubeconfig=kubeconfig, ui_url="https://prefect.example"))
+    rt = context_from_settings(plan, PhasegateSettings(kubeconfig=kubeconfig, ui_url="https://prefect.example"))
     assert isinstance(rt.notifier, SlackBotNotifier)
     assert (rt.notifier.channel, rt.notifier.mention) == (slack.channel, slack.mention_on_critical)
     assert SLACK_TOKEN not in repr(rt.notifier)
@@ -146,7 +146,7 @@ def test_without_a_plan_a_slack_bot_needs_slack_channel(monkeypatch: pytest.Monk
     monkeypatch.setenv("SLACK_BOT_TOKEN", SLACK_TOKEN)
     settings = PhasegateSettings(kubeconfig=kubeconfig, ui_url="https://prefect.example")
     with pytest.raises(SlackConfigError, match="SLACK_CHANNEL"):
-        runtime_from_settings(None, settings)
+        context_from_settings(None, settings)
     monkeypatch.setenv("SLACK_CHANNEL", "#rollouts")
-    notifier = runtime_from_settings(None, settings).notifier
+    notifier = context_from_settings(None, settings).notifier
     assert isinstance(notifier, SlackBotNotifier) and notifier.channel == "#rollouts"

@@ -5,7 +5,7 @@ Doctor asks Prometheus for ``vector(1)`` only, so it gets a Prometheus of its ow
 targets (``disposable_prometheus``, ~0.1 s) rather than the session's, which waits ~13 s
 for scraped data this test never reads.
 
-The commands are registered in ``phasegate.cli`` by its owner; the subprocess registers
+The commands are registered in ``phasegate.entry.cli`` by its owner; the subprocess registers
 ``doctor_command`` on a Typer app of its own so this test does not depend on that wiring.
 """
 
@@ -25,7 +25,7 @@ from tests.fixtures.common import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_PLAN = ROOT / "deployments/plans/token-refresh-locking.yaml"
-DOCTOR = ("import typer; from phasegate.doctor import doctor_command; "
+DOCTOR = ("import typer; from phasegate.entry.doctor import doctor_command; "
           "app = typer.Typer(add_completion=False); app.command('doctor')(doctor_command); app()")
 PROMETHEUS_TOKEN = "prom-bearer-doctor-0123456789"
 

@@ -47,7 +47,7 @@ def _run_rehearsal(server: PrefectServer, report: Path, log: Path) -> subprocess
     already have pointed this interpreter's Prefect settings at another API.
     """
     code = textwrap.dedent(f"""
-        from flows.rehearsal import rehearse
+        from phasegate.entry.rehearse import rehearse
         rehearse({str(PLAN)!r}, approve="ui", approval_floor=120.0, report_path={str(report)!r})
     """)
     # The rehearsal picks Slack from SLACK_* when set; this test talks to no Slack.

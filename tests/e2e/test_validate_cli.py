@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SEED_PLAN = ROOT / "deployments/plans/token-refresh-locking.yaml"
 INVALID = sorted((ROOT / "tests/plans/invalid").glob("*.yaml"))
-PHASEGATE = [sys.executable, "-m", "phasegate.cli"]
+PHASEGATE = [sys.executable, "-m", "phasegate.entry.cli"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

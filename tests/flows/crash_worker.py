@@ -14,13 +14,13 @@ import argparse
 import json
 import sys
 
-from flows.rehearsal import SCRAPE_SECONDS, Approver, _loopback
 from flows.rollout import progressive_rollout
 from phasegate.adapters.console import ConsoleNotifier
 from phasegate.adapters.kubernetes import KubernetesCluster
 from phasegate.adapters.prometheus import PrometheusProvider
 from phasegate.clock import ScaledClock
-from tasks.runtime import Runtime, using
+from phasegate.rehearsal.world import SCRAPE_SECONDS, Approver, _loopback
+from phasegate.runctx import Pacing, RunContext, use
 
 
 def main() -> None:
@@ -47,22 +47,24 @@ def main() -> None:
         if args.events:
             _append(args.events, json.dumps(event, default=str))
 
-    runtime = Runtime(
+    ctx = RunContext(
         cluster=KubernetesCluster.from_url(args.emulator, poll_interval=0.05, backoff=0.05, max_backoff=0.5),
         metrics=PrometheusProvider(args.prometheus, timeout=5.0),
         notifier=ConsoleNotifier(file=sys.stderr),
         clock=ScaledClock(args.speed, epoch=args.epoch),
-        min_interval_wall=SCRAPE_SECONDS,
-        min_window_wall=4 * SCRAPE_SECONDS,
-        min_warmup_wall=4 * SCRAPE_SECONDS,
-        min_soak_wall=6 * SCRAPE_SECONDS,
-        min_approval_wall=args.approval_floor,
-        approval_poll_seconds=1,
+        pacing=Pacing(
+            min_interval_wall=SCRAPE_SECONDS,
+            min_window_wall=4 * SCRAPE_SECONDS,
+            min_warmup_wall=4 * SCRAPE_SECONDS,
+            min_soak_wall=6 * SCRAPE_SECONDS,
+            min_approval_wall=args.approval_floor,
+            approval_poll_seconds=1,
+        ),
         url_for_check=lambda url: _loopback(url, args.checks_port),
         on_pause=on_pause,
         on_event=on_event,
     )
-    with using(runtime):
+    with use(ctx):
         report = progressive_rollout(args.plan, args.image, lock_timeout_seconds=90.0, take_over=args.take_over)
     print(json.dumps(report, default=str))
 

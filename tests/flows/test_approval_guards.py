@@ -5,6 +5,7 @@ An approval answers one pause of one run: not another rollout's pause, not a lat
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import threading
 import time
@@ -15,7 +16,16 @@ from uuid import UUID
 
 import pytest
 
-from flows.rehearsal import (
+from phasegate import runctx
+from phasegate.adapters.console import ConsoleNotifier
+from phasegate.clock import ScaledClock
+from phasegate.entry.rehearse import run_in
+from phasegate.plan import load_plan
+from phasegate.rehearsal.app import SyntheticApp
+from phasegate.rehearsal.cluster import ClusterEmulator, seed
+from phasegate.rehearsal.prometheus import PrometheusServer
+from phasegate.rehearsal.scenarios import load_scenario
+from phasegate.rehearsal.world import (
     K8S_TIME_SCALE,
     REHEARSAL_TRAFFIC,
     SCRAPE_SECONDS,
@@ -23,16 +33,8 @@ from flows.rehearsal import (
     CheckServer,
     World,
     default_image,
-    run_in,
     world,
 )
-from phasegate.adapters.console import ConsoleNotifier
-from phasegate.clock import ScaledClock
-from phasegate.plan import load_plan
-from phasegate.rehearsal.app import SyntheticApp
-from phasegate.rehearsal.cluster import ClusterEmulator, seed
-from phasegate.rehearsal.prometheus import PrometheusServer
-from phasegate.rehearsal.scenarios import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -196,7 +198,6 @@ def test_approval_of_one_rollout_advances_only_that_run_and_only_that_pause(tmp_
     """Two targets paused for approval at once. Approving A moves A and nothing of B; A's
     next pause waits for its own answer; B, approved last, then finishes."""
     from flows.rollout import progressive_rollout
-    from tasks.runtime import using
 
     path_a = _target_plan(tmp_path, "guard-a", "team-a", "svc-a", half=True)
     path_b = _target_plan(tmp_path, "guard-b", "team-b", "svc-b")
@@ -209,9 +210,9 @@ def test_approval_of_one_rollout_advances_only_that_run_and_only_that_pause(tmp_
         except Exception as exc:  # the assertion below names it
             reports[key] = exc
 
-    with shared_world([path_a, path_b]) as (a, b), using(a.runtime(approval_floor=120.0, on_pause=pauses)):
+    with shared_world([path_a, path_b]) as (a, b), runctx.use(a.run_context(approval_floor=120.0, on_pause=pauses)):
         old_image = _release(b)[3]
-        threads = {k: threading.Thread(target=rollout, args=(k, p), daemon=True)
+        threads = {k: threading.Thread(target=contextvars.copy_context().run, args=(rollout, k, p), daemon=True)
                    for k, p in (("a", path_a), ("b", path_b))}
         for t in threads.values():
             t.start()

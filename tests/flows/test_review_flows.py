@@ -22,11 +22,12 @@ from prefect.flow_runs import resume_flow_run
 from flows.review import review_releases, sign_off
 from phasegate.adapters.console import ConsoleNotifier
 from phasegate.adapters.kubernetes import KubernetesCluster
+from phasegate.clock import RealClock
 from phasegate.notify import Kind
-from phasegate.ports import ANN_IMAGE, ANN_PLAN, ANN_PROMOTED_AT, ANN_SIGNED_OFF
+from phasegate.record import ANN_IMAGE, ANN_PLAN, ANN_PROMOTED_AT, ANN_SIGNED_OFF
 from phasegate.rehearsal.cluster import ClusterEmulator, seed
 from phasegate.rehearsal.prometheus import BackfillSample, PrometheusServer
-from tasks.runtime import Runtime, using
+from phasegate.runctx import RunContext, use
 from tests.fixtures.common import require_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,15 +116,15 @@ def world(history_prometheus: PrometheusServer, promoted_at: float, prefect_api:
         )
     provider = history_prometheus.provider(timeout=10)
     notifier = ConsoleNotifier(file=io.StringIO())
-    runtime = Runtime(cluster=cluster, metrics=provider, notifier=notifier)
-    with using(runtime):
-        yield runtime
+    ctx = RunContext(cluster=cluster, metrics=provider, notifier=notifier, clock=RealClock())
+    with use(ctx):
+        yield ctx
     provider.close()
     cluster.close()
 
 
 def test_a_clean_week_gets_daily_reviews_and_a_weekly_summary_with_charts(
-    world: Runtime, promoted_at: float, tmp_path: Path
+    world: RunContext, promoted_at: float, tmp_path: Path
 ) -> None:
     plan = _plan_for("clean", tmp_path)
     reports = tmp_path / "reports"
@@ -145,12 +146,12 @@ def test_a_clean_week_gets_daily_reviews_and_a_weekly_summary_with_charts(
     assert [n.kind for n in sent] == [Kind.REVIEW] * 8
 
 
-def test_nothing_is_reviewed_daily_after_week_one(world: Runtime, promoted_at: float, tmp_path: Path) -> None:
+def test_nothing_is_reviewed_daily_after_week_one(world: RunContext, promoted_at: float, tmp_path: Path) -> None:
     assert review_releases(_plan_for("clean", tmp_path), "daily", now=promoted_at + 9 * DAY) == []
 
 
 def test_a_day_with_token_not_active_errors_fails_that_days_review(
-    world: Runtime, promoted_at: float, tmp_path: Path
+    world: RunContext, promoted_at: float, tmp_path: Path
 ) -> None:
     plan = _plan_for("incident", tmp_path)
     reports = str(tmp_path / "reports")
@@ -164,7 +165,7 @@ def test_a_day_with_token_not_active_errors_fails_that_days_review(
 
 
 def test_signoff_refuses_after_a_day_with_token_not_active_errors(
-    world: Runtime, emulator: ClusterEmulator, promoted_at: float, tmp_path: Path
+    world: RunContext, emulator: ClusterEmulator, promoted_at: float, tmp_path: Path
 ) -> None:
     done = sign_off(_plan_for("incident", tmp_path), now=promoted_at + 28 * DAY + 3600, reports_dir=str(tmp_path))
     assert [d["signed_off"] for d in done] == [False]
@@ -190,16 +191,17 @@ def _resume_when_paused(flow_run_id: str, run_input: dict[str, str]) -> threadin
 
 
 def test_four_clean_weeks_are_signed_off_and_the_incident_closed(
-    world: Runtime, emulator: ClusterEmulator, promoted_at: float, tmp_path: Path
+    world: RunContext, emulator: ClusterEmulator, promoted_at: float, tmp_path: Path
 ) -> None:
     paused: list[threading.Thread] = []
     answer = {"decision": "sign off", "confirmed_by": "alice", "lessons_learned": "Double-check made most locks idle."}
-    world.on_pause = lambda run_id, _name, _fields: paused.append(_resume_when_paused(run_id, answer))
+    asking = world.with_(on_pause=lambda run_id, _name, _fields, _why: paused.append(_resume_when_paused(run_id, answer)))
 
-    done = sign_off(
-        _plan_for("clean", tmp_path), now=promoted_at + 28 * DAY + 3600, reports_dir=str(tmp_path),
-        poll_interval_seconds=1,
-    )
+    with use(asking):
+        done = sign_off(
+            _plan_for("clean", tmp_path), now=promoted_at + 28 * DAY + 3600, reports_dir=str(tmp_path),
+            poll_interval_seconds=1,
+        )
 
     assert len(paused) == 1
     assert [(d["signed_off"], d["incident_closed"]) for d in done] == [(True, "TOKEN-REFRESH-001")]

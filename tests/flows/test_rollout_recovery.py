@@ -21,10 +21,12 @@ from uuid import UUID
 
 import pytest
 
-from flows.rehearsal import Approver, run_in, world
 from flows.rollout import RolloutRefused
+from phasegate import runctx
 from phasegate.adapters.console import ConsoleNotifier
+from phasegate.entry.rehearse import run_in
 from phasegate.plan import load_plan
+from phasegate.rehearsal.world import Approver, world
 
 ROOT = Path(__file__).resolve().parents[2]
 TWO_PHASE = ROOT / "tests/plans/two-phase.yaml"
@@ -263,12 +265,11 @@ def test_flow_killed_in_each_phase_resumes_without_redeploying_or_renotifying(tm
 
 def test_rollout_refuses_to_start_until_the_pre_deployment_checklist_is_confirmed():
     from flows.rollout import PreflightFailed, progressive_rollout
-    from tasks.runtime import using
 
     seed_plan = ROOT / "deployments/plans/token-refresh-locking.yaml"
     with world(load_plan(seed_plan), speed=SPEED, notifier=quiet()) as w:
         staging_before = w.emulator.store.get("apps/deployments", "bodhi-staging", "bodhi-server")["spec"]
-        with using(w.runtime(approval_floor=5.0, on_pause=None)), pytest.raises(
+        with runctx.use(w.run_context(approval_floor=5.0, on_pause=None)), pytest.raises(
             PreflightFailed, match="pre-deployment checklist is not confirmed"
         ):
             progressive_rollout(str(seed_plan), w.image)
@@ -306,3 +307,69 @@ def test_api_server_storm_across_a_whole_rollout_converges_with_one_canary_and_s
         assert len(canary_uids) == 1
         assert min(stable_replicas) > 0
         assert sum(w.emulator.faults.injected.values()) > 0
+
+
+def _wait_for(w, worker: subprocess.Popen[str], done: Callable[[], bool], seconds: float = 90) -> None:
+    deadline = time.time() + seconds
+    while not done():
+        assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+        assert time.time() < deadline, f"never reached; record: {annotations(w)}"
+        time.sleep(0.02)
+
+
+def test_flow_killed_mid_rollback_is_followed_by_a_run_that_finishes_the_rollback(tmp_path, spawn):
+    """Killed while the canary-only rollback waits for stable to be ready again: the rerun
+    must finish that rollback, never soak the old version and call it promoted."""
+    with world(load_plan(TWO_PHASE), scenario="token-not-active", speed=SPEED, notifier=quiet()) as w:
+        first = spawn(w, TWO_PHASE)
+        _wait_for(w, first, lambda: annotations(w).get("phasegate.dev/phase-state") == "soaking")
+        # Stable's extra pod now takes seconds to be Ready: the rollback is mid-way long enough to be killed.
+        w.emulator.behaviour.ready_delay = 4.0
+        _wait_for(w, first, lambda: annotations(w).get("phasegate.dev/phase-state") == "rolling-back")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        assert annotations(w)["phasegate.dev/phase-state"] == "rolling-back"
+        rollback = json.loads(annotations(w)["phasegate.dev/rollback"])
+        assert (rollback["phase"], rollback["strategy"]) == ("canary-10pct", "canary_only")
+
+        w.emulator.behaviour.ready_delay = 0.05
+        out, err = spawn(w, TWO_PHASE, "--take-over").communicate(timeout=180)
+        report = json.loads(out.strip().splitlines()[-1])
+        assert report["outcome"] == "rolled_back", err[-2000:]
+        assert report["phases"] == []  # no phase soaked again
+        assert (report["rollback"]["strategy"], report["rollback"]["phase"]) == ("canary_only", "canary-10pct")
+        assert report["rollback"]["ok"]
+        assert annotations(w)["phasegate.dev/phase-state"] == "rolled-back"
+        assert "phasegate.dev/promoted-at" not in annotations(w)
+        assert w.emulator.store.find("apps/deployments", "bodhi", "bodhi-server-canary") is None
+        assert w.emulator.store.get("apps/deployments", "bodhi", "bodhi-server")["spec"]["replicas"] == 10
+
+
+def test_flow_killed_between_deploy_and_first_round_keeps_the_baseline_measured_before_the_deploy(tmp_path, spawn):
+    """Staging compares p99 with the value measured before the deploy. Killed after the new
+    version is deployed, a rerun that measured the "pre-deploy" baseline again would measure
+    the new version against itself, and a +100 ms regression would pass."""
+    scenario = ROOT / "tests/plans/scenarios/staging-latency-regression.yaml"
+    with world(load_plan(THREE_PHASE), scenario=str(scenario), speed=SPEED, notifier=quiet()) as w:
+        first = spawn(w, THREE_PHASE, "--approval-floor", "5")
+
+        def staging_image() -> str:
+            d = w.emulator.store.get("apps/deployments", "bodhi-staging", "bodhi-server")
+            return d["spec"]["template"]["spec"]["containers"][0]["image"]
+
+        _wait_for(w, first, lambda: annotations(w).get("phasegate.dev/phase-state") == "deploying"
+                  and staging_image() == w.image)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        baselines = json.loads(annotations(w)["phasegate.dev/pre-deploy-baselines"])
+        before = baselines["staging/no-latency-regression"]
+        assert before is not None
+
+        out, err = spawn(w, THREE_PHASE, "--take-over", "--approval-floor", "5").communicate(timeout=180)
+        report = json.loads(out.strip().splitlines()[-1])
+        assert json.loads(annotations(w)["phasegate.dev/pre-deploy-baselines"])["staging/no-latency-regression"] \
+            == before
+        assert report["outcome"] != "promoted", err[-2000:]
+        staging = report["phases"][0]
+        assert staging["name"] == "staging" and staging["outcome"] == "hold"
+        assert "no-latency-regression" in staging["reason"]

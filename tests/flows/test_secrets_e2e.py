@@ -42,14 +42,15 @@ from prefect.client.schemas.filters import (
 )
 from prefect.logging.handlers import APILogHandler, PrefectConsoleHandler
 
-from flows.rehearsal import run_in, world, write_report
 from flows.rollout import PreflightFailed
 from phasegate.adapters.console import ConsoleNotifier
 from phasegate.adapters.prometheus import PrometheusProvider
+from phasegate.entry.rehearse import run_in, write_report
+from phasegate.entry.settings import PhasegateSettings
 from phasegate.notify import Notifier
 from phasegate.plan import RolloutPlan, load_plan
 from phasegate.rehearsal.slack_server import SlackServer
-from tasks.settings import PhasegateSettings
+from phasegate.rehearsal.world import world
 
 ROOT = Path(__file__).resolve().parents[2]
 TWO_PHASE = ROOT / "tests/plans/two-phase.yaml"
@@ -99,7 +100,7 @@ def terminal(capfd: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixtur
 def production_adapters(monkeypatch: pytest.MonkeyPatch, plan: RolloutPlan, prometheus_url: str, password: str,
                         slack: SlackServer, token: str) -> tuple[PrometheusProvider, Notifier]:
     """The environment a production worker is given, and the metrics provider and notifier
-    ``runtime_from_settings`` builds from it."""
+    ``context_from_settings`` builds from it."""
     monkeypatch.setenv("PHASEGATE_PROMETHEUS_URL", prometheus_url)
     monkeypatch.setenv("PHASEGATE_PROMETHEUS_USERNAME", USER)
     monkeypatch.setenv("PHASEGATE_PROMETHEUS_PASSWORD", password)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from phasegate.render.cli import render_app
+from phasegate.entry.render_cli import render_app
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "deployments/plans/token-refresh-locking.yaml"

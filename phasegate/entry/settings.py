@@ -1,5 +1,5 @@
 """How a real run finds its cluster, Prometheus and Slack: ``PhasegateSettings`` and the
-``Runtime`` built from them.
+run context built from them — the one place real adapters are made.
 
 Design decisions:
 
@@ -10,7 +10,7 @@ Design decisions:
 * Slack is configured as the adapter already reads it (``SLACK_BOT_TOKEN``,
   ``SLACK_WEBHOOK_URL``, ``SLACK_API_URL``, ``SLACK_CHANNEL``): ``make_notifier`` is the one
   place that decides bot, webhook or console. The channel and the on-call mention belong to
-  the plan, so ``runtime_from_settings`` takes the plan when the caller has it.
+  the plan, so ``context_from_settings`` takes the plan when the caller has it.
 * Secrets are ``SecretStr`` (the model's repr shows ``**********``) or live in a Prefect
   Secret block named here; a block is read only when the secret is not set directly, and
   only by ``prometheus_settings()``, so building settings or a repr never needs the
@@ -36,7 +36,7 @@ from phasegate.adapters.slack import load_secret, make_notifier
 from phasegate.clock import RealClock
 from phasegate.notify import Notifier
 from phasegate.plan import RolloutPlan
-from tasks.runtime import Runtime
+from phasegate.runctx import Pacing, RunContext
 
 
 class PhasegateSettings(BaseSettings):
@@ -120,18 +120,20 @@ def _prefect_ui_url() -> str | None:
     return get_current_settings().ui_url
 
 
-def runtime_from_settings(plan: RolloutPlan | None = None, settings: PhasegateSettings | None = None) -> Runtime:
-    """The ``Runtime`` of a real run: the configured cluster, Prometheus and Slack on a ``RealClock``.
+def context_from_settings(
+    plan: RolloutPlan | None = None, settings: PhasegateSettings | None = None
+) -> RunContext:
+    """The run context of a real run: the configured cluster, Prometheus and Slack on a ``RealClock``.
 
     Without ``plan`` the notifier has no channel or mention from a plan: a Slack bot then
     needs ``SLACK_CHANNEL``, or ``make_notifier`` refuses (a setup error, raised here).
     """
     settings = settings if settings is not None else PhasegateSettings()
-    return Runtime(
+    return RunContext(
         cluster=settings.cluster(),
         metrics=PrometheusProvider.from_settings(settings.prometheus_settings()),
         notifier=settings.plan_notifier(plan),
         clock=RealClock(),
-        approval_poll_seconds=settings.approval_poll_seconds,
+        pacing=Pacing(approval_poll_seconds=settings.approval_poll_seconds),
         ui_url=settings.ui_url or _prefect_ui_url(),
     )

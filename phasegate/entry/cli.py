@@ -12,8 +12,8 @@ from pathlib import Path
 
 import typer
 
-from phasegate.clikit import EXIT_BAD_INPUT, EXIT_HALTED, EXIT_OK, EXIT_ROLLED_BACK, err, load_or_exit, out
 from phasegate.durations import format_duration
+from phasegate.entry.clikit import EXIT_BAD_INPUT, EXIT_HALTED, EXIT_OK, EXIT_ROLLED_BACK, err, load_or_exit, out
 from phasegate.plan import RolloutPlan
 
 app = typer.Typer(
@@ -81,9 +81,9 @@ def rehearse(
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     loaded = load_or_exit(plan)
-    from flows.rehearsal import Approver
-    from flows.rehearsal import rehearse as run_rehearsal
+    from phasegate.entry.rehearse import rehearse as run_rehearsal
     from phasegate.rehearsal.scenarios import ScenarioError, load_scenario
+    from phasegate.rehearsal.world import Approver
 
     try:
         load_scenario(scenario)
@@ -94,8 +94,8 @@ def rehearse(
     from flows.rollout import PreflightFailed, RolloutRefused
 
     out.print(f"rehearsing {loaded.name} with scenario {scenario!r} at {speed:g}x", highlight=False)
-    from flows.rehearsal import notifier_for
     from phasegate.adapters.console import ConsoleNotifier
+    from phasegate.rehearsal.world import notifier_for
     from phasegate.render.live import LiveView
 
     notifier = notifier_for(loaded)
@@ -157,13 +157,14 @@ def emulator(
 
 
 def _register_subcommands() -> None:
-    from phasegate.doctor import doctor_command, run_command
-    from phasegate.render.cli import backtest_command, render_app
+    from phasegate.entry.doctor import checklist_command, doctor_command, run_command
+    from phasegate.entry.render_cli import backtest_command, render_app
 
     app.add_typer(render_app, name="render", help="Render alert rules and a Grafana dashboard from a plan.")
     app.command("backtest")(backtest_command)
     app.command("doctor")(doctor_command)
     app.command("run")(run_command)
+    app.command("checklist")(checklist_command)
 
 
 _register_subcommands()

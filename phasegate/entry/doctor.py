@@ -1,4 +1,4 @@
-"""``phasegate doctor`` and ``phasegate run``: the commands that touch a real cluster.
+"""``phasegate doctor``, ``phasegate checklist`` and ``phasegate run``: the commands that touch a real cluster.
 
 Design decisions:
 
@@ -16,9 +16,9 @@ Design decisions:
   detail is scrubbed once more here against each secret the configuration holds.
 * The cluster is asked with few retries: a doctor should answer in seconds, while a
   rollout's adapter keeps retrying for as long as a flaky API server needs.
-* Both commands sit at the top like ``cli.py`` (they build a ``Runtime`` and start the
-  rollout flow), so they import ``tasks`` and ``flows``; the Prefect import waits until
-  ``run`` needs it, so ``doctor`` starts fast.
+* Both commands belong to the entry layer (``run`` builds the run context from settings
+  and starts the rollout flow); the Prefect import waits until ``run`` needs it, so
+  ``doctor`` starts fast.
 * ``run`` exits as ``cli.py`` documents: 0 promoted, 3 rolled back, 4 halted; a refused
   preflight or a held lock is bad input (2) with nothing deployed.
 """
@@ -33,7 +33,7 @@ from pathlib import Path
 import typer
 
 # A module, not names: cli.py imports this module to register its commands.
-from phasegate import clikit as cli
+from phasegate import runctx
 from phasegate.adapters.kubernetes import REQUIRED_PERMISSIONS, KubernetesCluster
 from phasegate.adapters.prometheus import PrometheusProvider
 from phasegate.adapters.slack import (
@@ -43,10 +43,10 @@ from phasegate.adapters.slack import (
     SlackWebhookNotifier,
     check,
 )
+from phasegate.entry import clikit as cli
+from phasegate.entry.settings import PhasegateSettings, context_from_settings
 from phasegate.plan import RolloutPlan
 from phasegate.ports import TargetRef
-from tasks.runtime import install
-from tasks.settings import PhasegateSettings, runtime_from_settings
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # auth.test needs no channel; without a plan the real one is only known at run time.
@@ -233,20 +233,45 @@ def run_command(
     """
     loaded = cli.load_or_exit(plan)
     try:
-        runtime = runtime_from_settings(loaded)
+        ctx = context_from_settings(loaded)
     except Exception as exc:  # kubeconfig, Prometheus URL, Slack channel: setup errors, nothing deployed yet
         cli.err.print(f"cannot set up the run: {type(exc).__name__}: {exc}", markup=False, highlight=False)
         raise typer.Exit(cli.EXIT_BAD_INPUT) from None
     from flows.rollout import PreflightFailed, RolloutRefused, progressive_rollout
 
-    install(runtime)
     try:
-        result = progressive_rollout(str(plan), image, lock_timeout)
+        with runctx.use(ctx):
+            result = progressive_rollout(str(plan), image, lock_timeout)
     except (PreflightFailed, RolloutRefused) as exc:
         cli.err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(cli.EXIT_BAD_INPUT) from None
-    finally:
-        install(None)
     cli.out.print(f"{result['rollout']}: {result['outcome']}", highlight=False)
     codes = {"promoted": cli.EXIT_OK, "rolled_back": cli.EXIT_ROLLED_BACK, "halted": cli.EXIT_HALTED}
     raise typer.Exit(codes[result["outcome"]])
+
+
+def checklist_command(
+    plan: Path = typer.Argument(..., help="Plan YAML file."),
+    image: str = typer.Option(..., help="The image the checklist is confirmed for (the one `run` will roll out)."),
+    timeout: int = typer.Option(86400, help="Seconds to wait for a person to confirm the checklist in the Prefect UI."),
+) -> None:
+    """Run the plan's pre-deployment checklist for IMAGE: automatic checks, then a form in the Prefect UI.
+
+    Exit codes: 0 every item confirmed (recorded on the Deployment, so `run` may start), 4 not confirmed,
+    2 bad input or setup.
+    """
+    loaded = cli.load_or_exit(plan)
+    try:
+        ctx = context_from_settings(loaded)
+    except Exception as exc:  # kubeconfig, Prometheus URL, Slack channel: setup errors
+        cli.err.print(f"cannot set up the run: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        raise typer.Exit(cli.EXIT_BAD_INPUT) from None
+    from flows.checklist import pre_deployment_checklist
+
+    ui = ctx.ui_url
+    cli.out.print(f"waiting for the checklist to be confirmed in the Prefect UI{f' ({ui})' if ui else ''}",
+                  highlight=False)
+    with runctx.use(ctx):
+        done = pre_deployment_checklist(str(plan), image=image, timeout_seconds=timeout)
+    cli.out.print("checklist confirmed" if done else "checklist NOT confirmed", highlight=False)
+    raise typer.Exit(cli.EXIT_OK if done else cli.EXIT_HALTED)

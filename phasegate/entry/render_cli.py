@@ -17,9 +17,9 @@ import typer
 from phasegate.adapters.prometheus import PrometheusProvider
 from phasegate.analysis import Outcome
 from phasegate.backtest import backtest
-from phasegate.clikit import EXIT_BAD_INPUT, EXIT_HALTED, EXIT_OK, EXIT_ROLLED_BACK, err, load_or_exit, out
 from phasegate.decide import Step
 from phasegate.durations import parse_duration
+from phasegate.entry.clikit import EXIT_BAD_INPUT, EXIT_HALTED, EXIT_OK, EXIT_ROLLED_BACK, err, load_or_exit, out
 from phasegate.render.alerts import render_alerts, to_yaml
 from phasegate.render.dashboard import render_dashboard, to_json
 from phasegate.review import parse_time

@@ -1,6 +1,6 @@
 """What every command module shares: exit codes, the two consoles, and plan loading that
 prints every problem and exits 2. Kept apart from ``cli.py`` so that command modules
-(render, backtest, doctor, run) can import it while ``cli.py`` imports them."""
+(render_cli, doctor) can import it while ``cli.py`` imports them."""
 
 from __future__ import annotations
 

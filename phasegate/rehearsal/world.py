@@ -1,4 +1,4 @@
-"""Rehearse a plan end to end on this machine, in seconds.
+"""The world a plan is rehearsed in, on this machine.
 
 A ``World`` is everything a real rollout talks to, on loopback: the Kubernetes API
 emulator seeded with the plan's target, the synthetic application exporting the seed's
@@ -14,25 +14,24 @@ Prometheus outage is acted out here by stopping and restarting the server.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from phasegate.adapters.kubernetes import KubernetesCluster
 from phasegate.clock import ScaledClock
 from phasegate.notify import Notifier
-from phasegate.plan import RolloutPlan, load_plan
-from phasegate.ports import ANN_PHASE, MetricsProvider
+from phasegate.plan import RolloutPlan
+from phasegate.ports import MetricsProvider
+from phasegate.record import ANN_PHASE
 from phasegate.rehearsal.app import SyntheticApp, TrackObservation, TrafficProfile
 from phasegate.rehearsal.cluster import SEED_IMAGE_REPO, ClusterEmulator, seed
 from phasegate.rehearsal.prometheus import PrometheusServer
 from phasegate.rehearsal.scenarios import Scenario, load_scenario
-from tasks.runtime import Runtime
+from phasegate.runctx import EventObserver, Pacing, PauseObserver, RunContext
 
 SCRAPE_SECONDS = 0.5
 DEFAULT_SPEED = 28800.0  # 8 h of plan time per second: the seed's 7-day rollout in ~25 s
@@ -124,29 +123,31 @@ class World:
                 self.outage_log.append(("restarted", time.time()))
                 return
 
-    def runtime(
+    def run_context(
         self,
         *,
         approval_floor: float,
-        on_pause: Callable[[str, str, list[str], str], None] | None,
-        on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_pause: PauseObserver | None,
+        on_event: EventObserver | None = None,
         metrics: MetricsProvider | None = None,
         notifier: Notifier | None = None,
-    ) -> Runtime:
+    ) -> RunContext:
         """``metrics``: what the gates query; default: a provider on this world's Prometheus.
         ``notifier``: who is told; default: the world's."""
         port = self.checks.port
-        return Runtime(
+        return RunContext(
             cluster=KubernetesCluster.from_url(self.emulator.url, poll_interval=0.05, backoff=0.05, max_backoff=0.5),
             metrics=metrics if metrics is not None else self.prometheus.provider(timeout=5.0),
             notifier=notifier if notifier is not None else self.notifier,
             clock=self.clock,
-            min_interval_wall=SCRAPE_SECONDS,
-            min_window_wall=4 * SCRAPE_SECONDS,
-            min_warmup_wall=4 * SCRAPE_SECONDS,
-            min_soak_wall=6 * SCRAPE_SECONDS,
-            min_approval_wall=approval_floor,
-            approval_poll_seconds=1,
+            pacing=Pacing(
+                min_interval_wall=SCRAPE_SECONDS,
+                min_window_wall=4 * SCRAPE_SECONDS,
+                min_warmup_wall=4 * SCRAPE_SECONDS,
+                min_soak_wall=6 * SCRAPE_SECONDS,
+                min_approval_wall=approval_floor,
+                approval_poll_seconds=1,
+            ),
             url_for_check=lambda url: _loopback(url, port),
             on_pause=on_pause,
             ui_url=_prefect_ui_url(),
@@ -357,78 +358,3 @@ def timings(report: dict[str, Any], w: World) -> dict[str, Any]:
                                         SCRAPE_SECONDS),
         )
     return out
-
-
-def rehearse(
-    plan_path: str | Path,
-    *,
-    scenario: str = "healthy",
-    speed: float = DEFAULT_SPEED,
-    approve: str = "auto",
-    image: str | None = None,
-    notifier: Notifier | None = None,
-    report_path: str | Path | None = None,
-    approval_floor: float | None = None,
-    lock_timeout_seconds: float = 30.0,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Run the real rollout flow for ``plan_path`` against a fresh loopback world."""
-    plan = load_plan(plan_path)
-    with world(plan, image=image, scenario=scenario, speed=speed, notifier=notifier) as w:
-        report = run_in(w, plan_path, approve=approve, approval_floor=approval_floor,
-                        lock_timeout_seconds=lock_timeout_seconds, on_event=on_event)
-    if report_path:
-        write_report(report, report_path)
-    return report
-
-
-def write_report(report: dict[str, Any], path: str | Path) -> Path:
-    """The ``--report`` file: the run's report as JSON."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
-    return out
-
-
-def run_in(
-    w: World,
-    plan_path: str | Path,
-    *,
-    approve: str | Approver = "auto",
-    approval_floor: float | None = None,
-    lock_timeout_seconds: float = 30.0,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
-    metrics: MetricsProvider | None = None,
-    notifier: Notifier | None = None,
-) -> dict[str, Any]:
-    """Run the rollout flow once in an already running world (tests inspect the world after).
-
-    ``metrics`` and ``notifier`` replace the world's own for this run, e.g. with adapters
-    built from ``PHASEGATE_PROMETHEUS_*`` and ``SLACK_*`` as a production run builds them."""
-    from flows.rollout import progressive_rollout
-    from tasks.runtime import using
-
-    approver = approve if isinstance(approve, Approver) else Approver(approve)
-    # Wall seconds an approval pause lasts at least: long enough for the API approver under
-    # load, short enough that a deliberate timeout (or an unanswered hold) ends quickly.
-    floor = approval_floor if approval_floor is not None else {"ui": 900.0, "timeout": 5.0}.get(approver.mode, 15.0)
-    approver.patience = max(approver.patience, floor)
-    runtime = w.runtime(approval_floor=floor, on_pause=approver, on_event=on_event, metrics=metrics, notifier=notifier)
-    with using(runtime):
-        checklist = w.plan.checklist
-        if checklist is not None and checklist.required and checklist.items:
-            from flows.checklist import pre_deployment_checklist
-
-            pre_deployment_checklist(str(plan_path), image=w.image, timeout_seconds=int(max(floor, 30)),
-                                     poll_interval_seconds=1)
-        report = progressive_rollout(str(plan_path), w.image, lock_timeout_seconds=lock_timeout_seconds)
-    report["scenario"] = w.scenario.name
-    report["approvals_sent"] = approver.answers
-    report["timings"] = timings(report, w)
-    notifications = getattr(runtime.notifier, "sent", None)
-    if notifications is not None:
-        report["notifications_sent"] = [
-            {"kind": n.kind.value, "severity": n.severity.value, "phase": n.phase, "text": n.text}
-            for n in notifications
-        ]
-    return report

@@ -1,0 +1,91 @@
+"""``phasegate rehearse``: the real rollout flow, run against a loopback world.
+
+The world (``phasegate.rehearsal.world``) is the cluster, workload and monitoring stand-ins;
+this module sets the run context to that world and starts the flows, which makes it entry
+code: the library below it never starts a flow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flows.checklist import pre_deployment_checklist
+from flows.rollout import progressive_rollout
+from phasegate import runctx
+from phasegate.notify import Notifier
+from phasegate.plan import load_plan
+from phasegate.ports import MetricsProvider
+from phasegate.rehearsal.world import DEFAULT_SPEED, Approver, World, timings, world
+
+
+def rehearse(
+    plan_path: str | Path,
+    *,
+    scenario: str = "healthy",
+    speed: float = DEFAULT_SPEED,
+    approve: str = "auto",
+    image: str | None = None,
+    notifier: Notifier | None = None,
+    report_path: str | Path | None = None,
+    approval_floor: float | None = None,
+    lock_timeout_seconds: float = 30.0,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run the real rollout flow for ``plan_path`` against a fresh loopback world."""
+    plan = load_plan(plan_path)
+    with world(plan, image=image, scenario=scenario, speed=speed, notifier=notifier) as w:
+        report = run_in(w, plan_path, approve=approve, approval_floor=approval_floor,
+                        lock_timeout_seconds=lock_timeout_seconds, on_event=on_event)
+    if report_path:
+        write_report(report, report_path)
+    return report
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> Path:
+    """The ``--report`` file: the run's report as JSON."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+    return out
+
+
+def run_in(
+    w: World,
+    plan_path: str | Path,
+    *,
+    approve: str | Approver = "auto",
+    approval_floor: float | None = None,
+    lock_timeout_seconds: float = 30.0,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    metrics: MetricsProvider | None = None,
+    notifier: Notifier | None = None,
+) -> dict[str, Any]:
+    """Run the rollout flow once in an already running world (tests inspect the world after).
+
+    ``metrics`` and ``notifier`` replace the world's own for this run, e.g. with adapters
+    built from ``PHASEGATE_PROMETHEUS_*`` and ``SLACK_*`` as a production run builds them."""
+    approver = approve if isinstance(approve, Approver) else Approver(approve)
+    # Wall seconds an approval pause lasts at least: long enough for the API approver under
+    # load, short enough that a deliberate timeout (or an unanswered hold) ends quickly.
+    floor = approval_floor if approval_floor is not None else {"ui": 900.0, "timeout": 5.0}.get(approver.mode, 15.0)
+    approver.patience = max(approver.patience, floor)
+    ctx = w.run_context(approval_floor=floor, on_pause=approver, on_event=on_event, metrics=metrics, notifier=notifier)
+    with runctx.use(ctx):
+        checklist = w.plan.checklist
+        if checklist is not None and checklist.required and checklist.items:
+            pre_deployment_checklist(str(plan_path), image=w.image, timeout_seconds=int(max(floor, 30)),
+                                     poll_interval_seconds=1)
+        report = progressive_rollout(str(plan_path), w.image, lock_timeout_seconds=lock_timeout_seconds)
+    report["scenario"] = w.scenario.name
+    report["approvals_sent"] = approver.answers
+    report["timings"] = timings(report, w)
+    notifications = getattr(ctx.notifier, "sent", None)
+    if notifications is not None:
+        report["notifications_sent"] = [
+            {"kind": n.kind.value, "severity": n.severity.value, "phase": n.phase, "text": n.text}
+            for n in notifications
+        ]
+    return report

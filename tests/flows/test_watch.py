@@ -1,0 +1,55 @@
+"""Nobody is watching is never true: triggers are measured while a run waits for a person."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from phasegate.adapters.console import ConsoleNotifier
+from phasegate.entry.rehearse import run_in
+from phasegate.plan import load_plan
+from phasegate.rehearsal.scenarios import load_scenario
+from phasegate.rehearsal.world import Approver, world
+
+ROOT = Path(__file__).resolve().parents[2]
+TWO_PHASE = ROOT / "tests/plans/two-phase.yaml"
+SPEED = 172800.0
+
+pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
+
+
+def state_of(w) -> str | None:
+    d = w.emulator.store.get("apps/deployments", "bodhi", "bodhi-server")
+    return (d["metadata"].get("annotations") or {}).get("phasegate.dev/phase-state")
+
+
+def test_token_not_active_during_the_approval_pause_rolls_the_canary_back_with_nobody_answering():
+    with world(load_plan(TWO_PHASE), speed=SPEED, notifier=ConsoleNotifier(file=open(os.devnull, "w"))) as w:
+        result: dict = {}
+        # Nobody answers, and the pause would last two minutes before timing out into a halt.
+        nobody = Approver("ui", say=lambda _: None)
+        runner = threading.Thread(target=lambda: result.update(run_in(w, TWO_PHASE, approve=nobody,
+                                                                      approval_floor=120.0)))
+        runner.start()
+        deadline = time.time() + 90
+        while state_of(w) != "passed" and time.time() < deadline:
+            time.sleep(0.05)
+        assert state_of(w) == "passed", "canary-10pct never passed"
+        # The canary breaks while the run waits for its approval.
+        w.app.scenario = load_scenario("token-not-active")
+        runner.join(timeout=100)
+        assert not runner.is_alive(), "the run waited for a person although a trigger fired"
+
+    assert result["outcome"] == "rolled_back", result.get("approvals")
+    rb = result["rollback"]
+    assert (rb["phase"], rb["strategy"], rb["gates"]) == ("canary-10pct", "canary_only", ["token-not-active"])
+    assert rb["ok"] and "during the approval pause" in rb["reason"]
+    (approval,) = result["approvals"]
+    assert approval["fired"] and approval["watch_rounds"] >= 1
+    texts = [n["text"] for n in result["notifications"]]
+    assert any("still measured" in t for t in texts if "waiting for approval" in t)
+    assert any("rolling back without waiting for approval" in t for t in texts)
