@@ -175,6 +175,8 @@ def _tell_observer(fields: list[str]) -> None:
     """Let the run context's pause observer know the checklist is waiting (rehearsals answer it)."""
     from prefect.context import FlowRunContext
 
-    ctx = FlowRunContext.get()
-    if ctx is not None and ctx.flow_run is not None:
-        runctx.get().tell_pause(str(ctx.flow_run.id), "checklist", fields, "checklist")
+    # Without an image nothing on the cluster is touched, so a checklist may run with no run
+    # context at all; only an observer, if one is set, is told.
+    ctx, run = FlowRunContext.get(), runctx.peek()
+    if ctx is not None and ctx.flow_run is not None and run is not None:
+        run.tell_pause(str(ctx.flow_run.id), "checklist", fields, "checklist")

@@ -144,8 +144,8 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
     soak_started = release.soak_started or clock.now()
     soak_end = soak_started + max(phase.soak.total_seconds(), pacing.min_soak_wall * clock.speed)
     # A floor keeps a mis-set clock from turning the soak into a busy loop against Prometheus.
-    interval_wall = max(clock.to_wall(phase.interval.total_seconds()), pacing.min_interval_wall, 0.05)
-    trigger_wall = min(max(clock.to_wall(phase.trigger_every.total_seconds()), pacing.min_interval_wall, 0.05),
+    interval_wall = max(clock.to_wall(phase.interval.total_seconds()), pacing.min_interval_wall, 0.001)
+    trigger_wall = min(max(clock.to_wall(phase.trigger_every.total_seconds()), pacing.min_interval_wall, 0.001),
                        interval_wall)
     trigger_phase = triggers_only(phase)
     progress = evidence.start_progress(rollout.release.id, phase.name)

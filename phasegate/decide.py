@@ -139,17 +139,19 @@ def approval_answer(phase: Phase, decision: str, approver: str, comment: str, ti
     criteria = {c: bool(t) for c, t in zip(phase.manual_criteria, ticked, strict=False)}
     criteria.update({c: False for c in phase.manual_criteria[len(criteria):]})
     who = " ".join(approver.split())
-    base = {"approver": who, "comment": comment.strip(), "criteria": criteria}
+
+    def refuse(why: str) -> Answer:
+        return Answer(None, who, comment.strip(), criteria, refused=why)
+
     if decision not in (Decision.APPROVE.value, Decision.REJECT.value):
-        return Answer(None, refused=f"no decision given ({decision!r})", **base)
+        return refuse(f"no decision given ({decision!r})")
     if not who:
-        return Answer(None, refused="the approver's name is blank", **base)
+        return refuse("the approver's name is blank")
     if not approver_allowed(phase, who):
-        return Answer(None, refused=f"{who} is not on the approver list", **base)
+        return refuse(f"{who} is not on the approver list")
     if decision == Decision.APPROVE.value and not all(criteria.values()):
-        missing = ", ".join(c for c, v in criteria.items() if not v)
-        return Answer(None, refused=f"approval needs every criterion ticked: {missing}", **base)
-    return Answer(Decision(decision), **base)
+        return refuse("approval needs every criterion ticked: " + ", ".join(c for c, v in criteria.items() if not v))
+    return Answer(Decision(decision), who, comment.strip(), criteria)
 
 
 class Start(enum.Enum):

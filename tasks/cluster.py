@@ -10,9 +10,7 @@ from prefect import get_run_logger, task
 from phasegate import runctx
 from phasegate.errors import ProgressDeadlineExceeded
 from phasegate.ports import TargetRef, TargetState, WorkloadState
-from tasks.common import NO_CACHE, RETRY_DELAYS, retry_if_temporary
-
-RETRYING = {"retries": 3, "retry_delay_seconds": RETRY_DELAYS, "retry_condition_fn": retry_if_temporary, **NO_CACHE}
+from tasks.common import RETRYING
 
 
 @task(name="read_target", **RETRYING)

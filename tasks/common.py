@@ -14,7 +14,7 @@ NO_CACHE: dict[str, Any] = {"cache_policy": NONE, "persist_result": False}
 RETRY_DELAYS = [1, 2, 4]
 
 
-def retry_if_temporary(task, task_run, state) -> bool:
+def retry_if_temporary(task: Any, task_run: Any, state: Any) -> bool:
     """Retry 5xx, timeouts and lost connections; a permanent error fails at once."""
     try:
         state.result()
@@ -23,3 +23,10 @@ def retry_if_temporary(task, task_run, state) -> bool:
     except Exception:
         return False
     return False
+
+
+# One I/O step that may meet a flaky API server: retried on temporary errors only.
+RETRYING: dict[str, Any] = {
+    "retries": len(RETRY_DELAYS), "retry_delay_seconds": RETRY_DELAYS, "retry_condition_fn": retry_if_temporary,
+    **NO_CACHE,
+}

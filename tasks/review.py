@@ -17,12 +17,10 @@ from phasegate import review, runctx
 from phasegate.plan import RolloutPlan
 from phasegate.record import ANN_PROMOTED_AT, ANN_SIGNED_OFF
 from phasegate.render.report import Report, slug, write_review_report
-from tasks.common import NO_CACHE, RETRY_DELAYS, retry_if_temporary
-
-_RETRIES = {"retries": len(RETRY_DELAYS), "retry_delay_seconds": RETRY_DELAYS, "retry_condition_fn": retry_if_temporary}
+from tasks.common import NO_CACHE, RETRYING
 
 
-@task(name="find_releases", **_RETRIES, **NO_CACHE)
+@task(name="find_releases", **RETRYING)
 def find_releases(namespaces: list[str]) -> list[review.Release]:
     """Promoted releases: Deployments carrying a promotion time."""
     cluster = runctx.get().cluster
@@ -36,12 +34,12 @@ def find_releases(namespaces: list[str]) -> list[review.Release]:
     return found
 
 
-@task(name="measure_review", **_RETRIES, **NO_CACHE)
+@task(name="measure_review", **RETRYING)
 def measure_review(plan: RolloutPlan, due: review.DueReview, release: review.Release) -> review.ReviewResult:
     return review.review_due(plan, due, release, runctx.get().metrics)
 
 
-@task(name="measure_signoff", **_RETRIES, **NO_CACHE)
+@task(name="measure_signoff", **RETRYING)
 def measure_signoff(plan: RolloutPlan, release: review.Release) -> review.ReviewResult:
     return review.signoff_review(plan, release, runctx.get().metrics)
 
@@ -65,6 +63,6 @@ def publish_report(report: Report) -> None:
     create_markdown_artifact(markdown=report.markdown, key=slug(report.path.stem)[:100], description=report.title)
 
 
-@task(name="annotate_signed_off", **_RETRIES, **NO_CACHE)
+@task(name="annotate_signed_off", **RETRYING)
 def annotate_signed_off(release: review.Release, value: str) -> None:
     runctx.get().cluster.annotate(release.namespace, release.deployment, {ANN_SIGNED_OFF: value})
