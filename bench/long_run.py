@@ -127,7 +127,7 @@ def main() -> None:
         print(f"outcome: {result.get('outcome', result.get('error'))} after {time.time() - started:.0f} s wall, "
               f"{rounds['n']} rounds ({rounds['full']} judging every gate)")
         for phase in result.get("phases", []):
-            print(f"  {phase['name']}: {phase['outcome']} after {len(phase['rounds'])} rounds — {phase['reason'][:200]}")
+            print(f"  {phase['name']}: {phase['outcome']} after {len(phase['rounds'])} rounds: {phase['reason'][:200]}")
         if len(samples) >= 2:
             first, last = samples[0], samples[-1]
             growth = (last[2] - first[2]) / first[2]
