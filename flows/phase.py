@@ -11,6 +11,11 @@ Design decisions:
   budget, while a criterion judged over 48 hours gains nothing from more rounds.
 * Rounds keep a fixed cadence: the next starts one cadence after this one started, however
   long the queries took, so "every 5m" stays every 5m.
+* A round is not a Prefect task run of its own: a 48 h soak is 577 full rounds and 2,880
+  trigger rounds, and a task run each would swamp the run's page and cost more
+  orchestration than the queries themselves. Each round is recorded as an event, and its
+  evidence is published at most once per ``EVIDENCE_EVERY_WALL`` seconds — at once when a
+  gate did not pass, and always at the end — which at real speed is every round.
 * The flow only orders the steps; every decision is ``decide.after_round``'s.
 """
 
@@ -25,7 +30,7 @@ from prefect import flow, get_run_logger
 
 from flows.context import Rollout
 from phasegate import runctx
-from phasegate.analysis import Measurement
+from phasegate.analysis import Measurement, Outcome
 from phasegate.decide import Action, Step, after_checks, after_deploy_failure, after_round
 from phasegate.notify import Kind
 from phasegate.plan import Environment, Phase, RolloutPlan
@@ -85,6 +90,9 @@ def deploy(rollout: Rollout, phase: Phase) -> str | None:
     return None
 
 
+EVIDENCE_EVERY_WALL = 2.0
+
+
 def triggers_only(phase: Phase) -> Phase:
     return phase.model_copy(update={"success": []})
 
@@ -142,31 +150,45 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
         k.split("/", 1)[1]: v for k, v in release.baselines.items() if k.startswith(phase.name + "/")
     }
     soak_started = release.soak_started or clock.now()
-    soak_end = soak_started + max(phase.soak.total_seconds(), pacing.min_soak_wall * clock.speed)
+    soak_seconds = max(phase.soak.total_seconds(), pacing.min_soak_wall * clock.speed)
+    soak_end = soak_started + soak_seconds
+    # Full rounds are scheduled by number in plan time: round k at soak start + k intervals,
+    # and the soak ends after its last one. A loop that falls behind (a stalled API, a
+    # compressed clock) runs the rounds it owes at once rather than fewer of them; a run
+    # that resumes mid-soak owes none for the time it was dead.
+    interval = max(phase.interval.total_seconds(), clock.speed * pacing.min_interval_wall)
+    full_rounds = int(-(-soak_seconds // interval)) + 1  # the last one at the soak's end
+    full_done = min(int(-(-(clock.now() - soak_started) // interval)), full_rounds - 1) if soaking else 0
     # A floor keeps a mis-set clock from turning the soak into a busy loop against Prometheus.
-    interval_wall = max(clock.to_wall(phase.interval.total_seconds()), pacing.min_interval_wall, 0.001)
-    trigger_wall = min(max(clock.to_wall(phase.trigger_every.total_seconds()), pacing.min_interval_wall, 0.001),
-                       interval_wall)
+    trigger_wall = max(clock.to_wall(phase.trigger_every.total_seconds()), pacing.min_interval_wall, 0.001)
     trigger_phase = triggers_only(phase)
     progress = evidence.start_progress(rollout.release.id, phase.name)
     history: dict[str, list[Measurement]] = defaultdict(list)
-    next_full = time.monotonic()
+    published = 0.0
+
+    def due(k: int) -> float:
+        return min(soak_started + k * interval, soak_end)
+
     while True:
         round_started = time.monotonic()
         now = clock.now()
-        done = now >= soak_end
-        full = round_started >= next_full or done
+        full = now >= due(full_done)
+        done = full and full_done == full_rounds - 1
         if full:
-            next_full = round_started + interval_wall
-        measurements = measure_gates(plan, phase if full else trigger_phase, scope, baselines, now, soak_started)
+            full_done += 1
+        measurements = measure_gates.fn(plan, phase if full else trigger_phase, scope, baselines, now, soak_started)
         result.rounds.append(measurements)
         for m in measurements:
             history[m.gate].append(m)
+        action = after_round(phase, history, soak_done=done)
         if full:
             result.last_round = measurements
+        worth_showing = any(m.outcome is not Outcome.SUCCESSFUL for m in measurements)
+        if full and (worth_showing or action.step is not Step.CONTINUE
+                     or time.monotonic() - published >= EVIDENCE_EVERY_WALL):
+            published = time.monotonic()
             evidence.publish_round(rollout.release.id, phase.name, len(result.rounds), measurements)
             evidence.update_progress(progress, 100.0 * (now - soak_started) / max(phase.soak.total_seconds(), 1e-9))
-        action = after_round(phase, history, soak_done=done)
         rollout.record(
             "round", phase=phase.name, round=len(result.rounds), step=action.step.value, full=full,
             outcomes={m.gate: m.outcome.value for m in measurements}, reason=action.reason,
@@ -176,5 +198,6 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
             evidence.update_progress(progress, 100.0)
             log.info("%s: %s — %s", phase.name, action.step.value, action.reason)
             return finish(action)
-        next_round = trigger_wall - (time.monotonic() - round_started)
-        time.sleep(max(0.0, min(next_round, clock.to_wall(soak_end - clock.now()))))
+        next_full_wall = clock.to_wall(due(full_done) - clock.now())
+        next_round = min(trigger_wall - (time.monotonic() - round_started), next_full_wall)
+        time.sleep(max(0.0, next_round))

@@ -19,6 +19,7 @@ from phasegate.notify import Notifier
 from phasegate.plan import load_plan
 from phasegate.ports import MetricsProvider
 from phasegate.rehearsal.world import DEFAULT_SPEED, Approver, World, timings, world
+from phasegate.runctx import EventObserver, Pacing
 
 
 def rehearse(
@@ -59,20 +60,25 @@ def run_in(
     approve: str | Approver = "auto",
     approval_floor: float | None = None,
     lock_timeout_seconds: float = 30.0,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_event: EventObserver | None = None,
     metrics: MetricsProvider | None = None,
     notifier: Notifier | None = None,
+    pacing: Pacing | None = None,
 ) -> dict[str, Any]:
     """Run the rollout flow once in an already running world (tests inspect the world after).
 
     ``metrics`` and ``notifier`` replace the world's own for this run, e.g. with adapters
-    built from ``PHASEGATE_PROMETHEUS_*`` and ``SLACK_*`` as a production run builds them."""
+    built from ``PHASEGATE_PROMETHEUS_*`` and ``SLACK_*`` as a production run builds them.
+    ``pacing`` replaces the world's floors, e.g. none per round to run a plan's real number
+    of rounds on a fast clock."""
     approver = approve if isinstance(approve, Approver) else Approver(approve)
     # Wall seconds an approval pause lasts at least: long enough for the API approver under
     # load, short enough that a deliberate timeout (or an unanswered hold) ends quickly.
     floor = approval_floor if approval_floor is not None else {"ui": 900.0, "timeout": 5.0}.get(approver.mode, 15.0)
     approver.patience = max(approver.patience, floor)
     ctx = w.run_context(approval_floor=floor, on_pause=approver, on_event=on_event, metrics=metrics, notifier=notifier)
+    if pacing is not None:
+        ctx = ctx.with_(pacing=pacing)
     with runctx.use(ctx):
         checklist = w.plan.checklist
         if checklist is not None and checklist.required and checklist.items:
