@@ -10,9 +10,11 @@ with its own context set.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
-from prefect import flow
+from prefect import Flow, flow
 
 from flows import checklist, review, rollout
 from phasegate import runctx
@@ -30,52 +32,20 @@ def _plan(plan_path: str) -> RolloutPlan:
         ) from None
 
 
-@flow(name="progressive-rollout", flow_run_name=rollout.run_name)
-def progressive_rollout(
-    plan_path: str, image: str, lock_timeout_seconds: float = 30.0, take_over: bool = False
-) -> dict[str, Any]:
-    """Roll ``image`` out through every phase of the plan at ``plan_path`` (see flows/rollout.py)."""
-    with runctx.use(context_from_settings(_plan(plan_path))):
-        return rollout.progressive_rollout.fn(plan_path, image, lock_timeout_seconds, take_over)
+def entry_flow(inner: Flow[..., Any]) -> Flow[..., Any]:
+    """``inner`` as a deployment's entry point: the same name, parameters and run names,
+    with the run context built from settings around its body."""
+
+    @functools.wraps(inner.fn)
+    def body(*args: Any, **kwargs: Any) -> Any:
+        plan_path = inspect.signature(inner.fn).bind(*args, **kwargs).arguments["plan_path"]
+        with runctx.use(context_from_settings(_plan(plan_path))):
+            return inner.fn(*args, **kwargs)
+
+    return flow(body, name=inner.name, flow_run_name=inner.flow_run_name, description=inner.description)
 
 
-@flow(name="review-releases")
-def review_releases(
-    plan_path: str,
-    cadence: str,
-    now: float | None = None,
-    reports_dir: str = "reports",
-    lookback_seconds: float | None = None,
-) -> list[dict[str, Any]]:
-    """Review every promoted release that ``cadence`` owes a review (see flows/review.py)."""
-    with runctx.use(context_from_settings(_plan(plan_path))):
-        return review.review_releases.fn(plan_path, cadence, now, reports_dir, lookback_seconds)
-
-
-@flow(name="sign-off")
-def sign_off(
-    plan_path: str,
-    now: float | None = None,
-    reports_dir: str = "reports",
-    confirm_timeout_seconds: int = 7 * 86400,
-    poll_interval_seconds: int = 10,
-) -> list[dict[str, Any]]:
-    """Sign off every release whose period is over (see flows/review.py)."""
-    with runctx.use(context_from_settings(_plan(plan_path))):
-        return review.sign_off.fn(plan_path, now, reports_dir, confirm_timeout_seconds, poll_interval_seconds)
-
-
-@flow(name="pre-deployment-checklist")
-def pre_deployment_checklist(
-    plan_path: str,
-    image: str | None = None,
-    rules_path: str | None = None,
-    dashboard_path: str | None = None,
-    timeout_seconds: int = 86400,
-    poll_interval_seconds: int = 10,
-) -> bool:
-    """Confirm the plan's pre-deployment checklist for ``image`` (see flows/checklist.py)."""
-    with runctx.use(context_from_settings(_plan(plan_path))):
-        return checklist.pre_deployment_checklist.fn(
-            plan_path, image, rules_path, dashboard_path, timeout_seconds, poll_interval_seconds
-        )
+progressive_rollout = entry_flow(rollout.progressive_rollout)
+review_releases = entry_flow(review.review_releases)
+sign_off = entry_flow(review.sign_off)
+pre_deployment_checklist = entry_flow(checklist.pre_deployment_checklist)
