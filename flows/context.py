@@ -100,11 +100,9 @@ class Rollout:
         wait on a slow or failing chat service); ``flush`` collects the outcome."""
         if key in self.release.notified:
             return
-        notifier = runctx.get().notifier
-        threads = getattr(notifier, "threads", None)
-        if threads is not None and self.release.slack_thread:
-            for rollout, ts in self.release.slack_thread.items():
-                threads.setdefault(rollout, ts)
+        threads = runctx.get().notifier.threads
+        for rollout, ts in self.release.slack_thread.items():
+            threads.setdefault(rollout, ts)
         notification = Notification(
             kind=kind, severity=severity, rollout=self.release.id, text=text, phase=phase, fields=fields or {},
             links=links or [],
@@ -125,8 +123,8 @@ class Rollout:
             phase=notification.phase, text=notification.text, delivered=delivery.ok, error=delivery.error,
         )
         self.release.notified.append(key)
-        threads = getattr(runctx.get().notifier, "threads", None)
-        if threads is not None and self.release.id in threads:
+        threads = runctx.get().notifier.threads
+        if self.release.id in threads:
             self.release.slack_thread = {self.release.id: threads[self.release.id]}
         self.save()
 

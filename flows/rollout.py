@@ -95,17 +95,14 @@ def preflight(plan: RolloutPlan, image: str) -> TargetRef:
         or checklist_confirmed(plan, image, dict(production.stable.annotations))
     )
     slack_problem = None
-    check = getattr(runctx.get().notifier, "check_auth", None)
-    if check is not None:
-        status = check()
-        detail = str(getattr(status, "detail", status))
-        if not getattr(status, "ok", True):
-            # A token Slack refuses means nobody would hear of a rollback: fix it first. An
-            # outage is only an outage: notifications never stop a rollout, so go on.
-            if any(code in detail for code in SLACK_AUTH_ERRORS):
-                slack_problem = detail
-            else:
-                get_run_logger().warning("Slack is unavailable (%s); the rollout goes on without it", detail)
+    status = runctx.get().notifier.check_auth()
+    if not status.ok:
+        # A token Slack refuses means nobody would hear of a rollback: fix it first. An
+        # outage is only an outage: notifications never stop a rollout, so go on.
+        if any(code in status.detail for code in SLACK_AUTH_ERRORS):
+            slack_problem = status.detail
+        else:
+            get_run_logger().warning("Slack is unavailable (%s); the rollout goes on without it", status.detail)
     problems = preflight_problems(
         targets=targets, denied=denied, checklist_required=required, checklist_confirmed=confirmed,
         metric_problems=check_metrics(plan), slack_problem=slack_problem, image=image,

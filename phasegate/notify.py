@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -74,10 +74,29 @@ class Delivery:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class AuthStatus:
+    """Whether a notifier's credentials work (preflight)."""
+
+    ok: bool
+    detail: str  # who the notifier posts as on success, the (scrubbed) reason otherwise
+
+
 @runtime_checkable
 class Notifier(Protocol):
+    """Flagger's notifier: post one message. Everything a flow may ask of a notifier is here."""
+
+    # Rollout id → the thread its messages continue. The flow seeds it from the release
+    # record and writes it back, so a resumed rollout keeps its thread; empty and unused by
+    # notifiers without threads.
+    threads: MutableMapping[str, str]
+
     def post(self, notification: Notification) -> Delivery:
         """Send one notification. Never raises: failures come back as ``Delivery(ok=False)``."""
+        ...
+
+    def check_auth(self) -> AuthStatus:
+        """Can this notifier deliver (a valid token)? Never raises."""
         ...
 
 

@@ -36,9 +36,13 @@ class ConsoleNotifier:
     def __init__(self, console: Console | None = None, *, file: IO[str] | None = None) -> None:
         self.console = console or Console(file=file, highlight=False, soft_wrap=True)
         self.sent: list[notify.Notification] = []
+        self.threads: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"ConsoleNotifier(sent={len(self.sent)})"
+
+    def check_auth(self) -> notify.AuthStatus:
+        return notify.AuthStatus(ok=True, detail="console")
 
     def post(self, notification: notify.Notification) -> notify.Delivery:
         self.sent.append(notification)

@@ -32,7 +32,6 @@ import os
 import random
 import threading
 from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -194,14 +193,6 @@ def load_secret(block_name: str) -> str:
 
 # --- bot -------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class AuthStatus:
-    """Result of a preflight check of the Slack credentials."""
-
-    ok: bool
-    detail: str  # team and bot on success, the (scrubbed) reason otherwise
-
-
 class SlackBotNotifier:
     """Posts through a bot token: one thread per rollout, header kept current."""
 
@@ -260,15 +251,15 @@ class SlackBotNotifier:
             )
         return self._client
 
-    def check_auth(self) -> AuthStatus:
+    def check_auth(self) -> notify.AuthStatus:
         """``auth.test``: is the token valid (preflight)? Never raises."""
         try:
             response = self.client().auth_test()
         except Exception as exc:  # preflight reports, it decides nothing here
             detail = _describe(exc)
             log.warning("Slack auth.test failed: %s", detail)
-            return AuthStatus(ok=False, detail=detail)
-        return AuthStatus(ok=True, detail=f"team {response.get('team')!r}, bot {response.get('user')!r}")
+            return notify.AuthStatus(ok=False, detail=detail)
+        return notify.AuthStatus(ok=True, detail=f"team {response.get('team')!r}, bot {response.get('user')!r}")
 
     def post(self, notification: notify.Notification) -> notify.Delivery:
         try:
@@ -345,8 +336,14 @@ class SlackWebhookNotifier:
             url=url, timeout=timeout, logger=_sdk_log, retry_handlers=retry_handlers(max_retries, retry_backoff)
         )
 
+        self.threads: dict[str, str] = {}  # a webhook posts top-level messages only
+
     def __repr__(self) -> str:
         return "SlackWebhookNotifier(url=[redacted])"
+
+    def check_auth(self) -> notify.AuthStatus:
+        # A webhook cannot be asked without posting: it is tried on the first notification.
+        return notify.AuthStatus(ok=True, detail="incoming webhook (not checked before the first post)")
 
     def post(self, notification: notify.Notification) -> notify.Delivery:
         try:
@@ -400,13 +397,3 @@ def make_notifier(
     if webhook_url := env.get(ENV_WEBHOOK_URL):
         return SlackWebhookNotifier(webhook_url, mention=mention)
     return ConsoleNotifier()
-
-
-def check(notifier: notify.Notifier) -> AuthStatus:
-    """Preflight for any notifier: ``auth.test`` for a bot; others cannot be checked
-    without posting, which a preflight must not do."""
-    if isinstance(notifier, SlackBotNotifier):
-        return notifier.check_auth()
-    kind = "webhook (not verifiable without posting)" if isinstance(notifier, SlackWebhookNotifier) else "console"
-    return AuthStatus(ok=True, detail=kind)
-

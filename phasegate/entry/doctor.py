@@ -41,7 +41,6 @@ from phasegate.adapters.slack import (
     ENV_WEBHOOK_URL,
     SlackBotNotifier,
     SlackWebhookNotifier,
-    check,
 )
 from phasegate.entry import clikit as cli
 from phasegate.entry.settings import PhasegateSettings, context_from_settings
@@ -192,7 +191,7 @@ def _slack_check(settings: PhasegateSettings, plan: RolloutPlan | None, env: Map
         kind = f"incoming webhook ({ENV_WEBHOOK_URL})"
     else:
         kind = "not configured: notifications are printed to the console"
-    status = check(notifier)
+    status = notifier.check_auth()
     return Check("slack", status.ok, f"{kind}: {status.detail}")
 
 

@@ -75,8 +75,8 @@ def test_secret_block_that_cannot_be_loaded_is_a_failed_delivery(monkeypatch: py
 
 
 def test_preflight_check_passes_for_console_and_webhook_without_posting() -> None:
-    assert slack.check(ConsoleNotifier(file=io.StringIO())).ok
-    assert slack.check(SlackWebhookNotifier("https://hooks.example/services/x")).detail.startswith("webhook")
+    assert ConsoleNotifier(file=io.StringIO()).check_auth().ok
+    assert SlackWebhookNotifier("https://hooks.example/services/x").check_auth().detail.startswith("incoming webhook")
 
 
 def test_console_prints_one_compact_line_and_keeps_what_was_sent() -> None:
