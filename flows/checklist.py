@@ -141,7 +141,8 @@ def pre_deployment_checklist(
         name: bool(getattr(answer, name)) and evidence.get(name, (True, ""))[0]
         for name in (field_name(item, i) for i, item in enumerate(plan.checklist.items))
     }
-    result = ["", f"Confirmed by: {answer.confirmed_by}", ""]
+    confirmed_by = str(answer.model_dump()["confirmed_by"])
+    result = ["", f"Confirmed by: {confirmed_by}", ""]
     result += [
         f"- {'✅' if confirmed[field_name(item, i)] else '❌'} {item.item}"
         for i, item in enumerate(plan.checklist.items)
@@ -151,7 +152,7 @@ def pre_deployment_checklist(
     )
     done = all(confirmed.values())
     if done and image:
-        record_checklist(plan, image, str(answer.confirmed_by))
+        record_checklist(plan, image, confirmed_by)
     return done
 
 

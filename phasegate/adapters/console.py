@@ -9,6 +9,7 @@ markup: a notification saying ``[red]`` must not restyle the terminal.
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from typing import IO
 
 from rich.console import Console
@@ -36,7 +37,7 @@ class ConsoleNotifier:
     def __init__(self, console: Console | None = None, *, file: IO[str] | None = None) -> None:
         self.console = console or Console(file=file, highlight=False, soft_wrap=True)
         self.sent: list[notify.Notification] = []
-        self.threads: dict[str, str] = {}
+        self.threads: MutableMapping[str, str] = {}
 
     def __repr__(self) -> str:
         return f"ConsoleNotifier(sent={len(self.sent)})"

@@ -336,7 +336,7 @@ class SlackWebhookNotifier:
             url=url, timeout=timeout, logger=_sdk_log, retry_handlers=retry_handlers(max_retries, retry_backoff)
         )
 
-        self.threads: dict[str, str] = {}  # a webhook posts top-level messages only
+        self.threads: MutableMapping[str, str] = {}  # a webhook posts top-level messages only
 
     def __repr__(self) -> str:
         return "SlackWebhookNotifier(url=[redacted])"

@@ -42,7 +42,9 @@ def entry_flow(inner: Flow[..., Any]) -> Flow[..., Any]:
         with runctx.use(context_from_settings(_plan(plan_path))):
             return inner.fn(*args, **kwargs)
 
-    return flow(body, name=inner.name, flow_run_name=inner.flow_run_name, description=inner.description)
+    decorate = flow(name=inner.name, flow_run_name=inner.flow_run_name, description=inner.description)
+    entry: Flow[..., Any] = decorate(body)
+    return entry
 
 
 progressive_rollout = entry_flow(rollout.progressive_rollout)

@@ -8,7 +8,6 @@ code: the library below it never starts a flow.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ def rehearse(
     report_path: str | Path | None = None,
     approval_floor: float | None = None,
     lock_timeout_seconds: float = 30.0,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_event: EventObserver | None = None,
 ) -> dict[str, Any]:
     """Run the real rollout flow for ``plan_path`` against a fresh loopback world."""
     plan = load_plan(plan_path)

@@ -7,6 +7,7 @@ shows is what the JSON report says.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console, Group
@@ -46,7 +47,7 @@ class LiveView:
         self.live.__exit__(None, None, None)
         self.live.console.print()  # off a non-terminal, the last frame ends without a newline
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: Mapping[str, Any], /) -> None:
         kind, phase = event["event"], event.get("phase")
         row = self.phases.get(phase) if phase else None
         if kind == "deployed" and row is not None:
