@@ -42,7 +42,7 @@ from phasegate.analysis import Measurement
 from phasegate.decide import Action, Decision, Step, after_round, approval_answer
 from phasegate.durations import format_duration
 from phasegate.notify import Kind, Severity, reminder_times
-from phasegate.plan import Phase
+from phasegate.plan import Environment, Phase
 from tasks.metrics import measure_gates, scope_for
 
 WATCHER = "phasegate (trigger watch)"
@@ -128,9 +128,10 @@ def _remind(rollout: Rollout, phase: Phase, started: float, timeout_wall: float,
 class TriggerWatch:
     """Measures a phase's triggers on their cadence until stopped; ends the pause if one fails."""
 
-    def __init__(self, rollout: Rollout, phase: Phase, form_fields: list[str]) -> None:
+    def __init__(self, rollout: Rollout, phase: Phase, resume_with: dict[str, Any]) -> None:
         self.rollout, self.phase = rollout, phase
-        self.form_fields = form_fields
+        # A valid answer to the pause's form: the watcher resumes the run with it.
+        self.resume_with = resume_with
         self.fired: Action | None = None
         self.rounds = 0
         self.stop = threading.Event()
@@ -177,9 +178,7 @@ class TriggerWatch:
         run_id = self.rollout.flow_run_id
         if run_id is None:
             return
-        answer: dict[str, Any] = {"decision": "reject", "approver": WATCHER,
-                                  "comment": self.fired.reason if self.fired else ""}
-        answer.update({f: False for f in self.form_fields if f.startswith("criterion_")})
+        answer = dict(self.resume_with)
         while not self.stop.is_set():
             try:
                 with get_client(sync_client=True) as client:
@@ -194,6 +193,23 @@ class TriggerWatch:
     @property
     def has_fired(self) -> bool:
         return self._fired.is_set()
+
+
+def running_again(flow_run_id: str | None) -> None:
+    """After a pause timed out, Prefect still shows the run Paused while it goes on (into a
+    halt or a rollback), and refuses to pause it again: mark it Running, as it is."""
+    if flow_run_id is None:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+            if state is not None and state.is_paused():
+                client.set_flow_run_state(UUID(flow_run_id), Running(message="the pause timed out"), force=True)
+    except Exception as exc:  # bookkeeping: the rollout goes on either way
+        get_run_logger().warning("could not mark flow run %s running again: %s", flow_run_id, exc)
 
 
 def await_approval(
@@ -225,7 +241,10 @@ def await_approval(
     )
     stop = threading.Event()
     runctx.run_in_thread(_remind, rollout, phase, started, timeout_wall, stop, name="approval-reminders")
-    watch = TriggerWatch(rollout, phase, list(form.model_fields))
+    watch = TriggerWatch(rollout, phase, {
+        "decision": "reject", "approver": WATCHER, "comment": "a trigger fired during the pause",
+        **{f: False for f in form.model_fields if f.startswith("criterion_")},
+    })
     watch.start()
     try:
         while not watch.has_fired:
@@ -241,6 +260,7 @@ def await_approval(
                     poll_interval=rt.pacing.approval_poll_seconds,
                 )
             except FlowPauseTimeout:
+                running_again(rollout.flow_run_id)
                 break
             if watch.has_fired:
                 break
@@ -280,3 +300,54 @@ def await_approval(
         fired=watch.fired.reason if watch.fired else None, watch_rounds=watch.rounds,
     )
     return record
+
+
+class HaltedAnswer(RunInput):
+    """What a person does with a halted rollout whose canary still serves."""
+
+    decision: Literal["rollback", "hand over"] = Field(
+        description="rollback: remove the new version now; hand over: stop watching, a person takes over.")
+    by: str = Field(min_length=1, description="Who decides.")
+
+
+def watch_while_halted(rollout: Rollout, phase: Phase, reason: str) -> Action | None:
+    """A halted rollout with the new version still serving goes on being watched.
+
+    The run pauses for a person (roll back, or hand over and stop watching) for up to the
+    phase's approval timeout, with the triggers measured throughout; a trigger that fails
+    rolls back without waiting. The rollback to do, or None to leave the cluster as it is.
+    """
+    if not phase.triggers or phase.environment is Environment.STAGING:
+        return None
+    log = get_run_logger()
+    rt = runctx.get()
+    timeout_wall = max(rt.clock.to_wall(phase.approval.timeout.total_seconds()), rt.pacing.min_approval_wall, 1.0)
+    watch = TriggerWatch(rollout, phase, {"decision": "rollback", "by": WATCHER})
+    watch.start()
+    description = "\n".join([
+        f"## {phase.name}: halted", reason, "",
+        f"The new version still serves {phase.canary_share:g}% of production. {watch_note(phase)}",
+        f"**rollback** removes it now ({phase.default_rollback.value}); **hand over** stops the watch and "
+        "leaves the cluster to you.",
+    ])
+    answer: HaltedAnswer | None = None
+    try:
+        if rollout.flow_run_id:
+            rt.tell_pause(rollout.flow_run_id, phase.name, list(HaltedAnswer.model_fields), "halted")
+        answer = pause_flow_run(
+            wait_for_input=HaltedAnswer.with_initial_data(description=description),
+            timeout=max(1, math.ceil(timeout_wall)), poll_interval=rt.pacing.approval_poll_seconds,
+        )
+    except FlowPauseTimeout:
+        running_again(rollout.flow_run_id)
+        log.warning("%s: nobody answered the halted rollout; the watch ends, the cluster is left as it is", phase.name)
+    finally:
+        watch.stop.set()
+    rollout.record("halted_watch", phase=phase.name, rounds=watch.rounds,
+                   fired=watch.fired.reason if watch.fired else None,
+                   decision=None if answer is None else answer.decision)
+    if watch.fired is not None:
+        return watch.fired
+    if answer is not None and answer.decision == "rollback":
+        return Action(Step.ROLLBACK, f"rolled back by {answer.by} after the halt: {reason}", phase.default_rollback)
+    return None

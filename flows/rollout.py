@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 
-from flows.approval import ApprovalRecord, await_approval
+from flows.approval import ApprovalRecord, await_approval, watch_while_halted
 from flows.checklist import checklist_confirmed
 from flows.context import Rollout, target_ref
 from flows.phase import PhaseResult, run_phase
@@ -374,6 +374,10 @@ def finish_halt(rollout: Rollout, report: dict[str, Any], phase: Phase, reason: 
     rollout.save()
     rollout.notify(f"{phase.name}:halted", Kind.HALTED, f"Rollout halted in {phase.name}: {reason}",
                    severity=Severity.WARNING, phase=phase.name, links=rollout.ui_link())
+    # Halted is not unwatched: while the new version serves, its triggers are still measured.
+    rollback = watch_while_halted(rollout, phase, reason)
+    if rollback is not None:
+        return finish_rollback(rollout, report, phase, rollback)
     report["halted"] = {"phase": phase.name, "reason": reason}
     evidence.publish_markdown(rollout.release.id, "rollout-summary", _summary_md(report, "halted"), "rollout")
     return _close(rollout, report, HALTED_OUTCOME)

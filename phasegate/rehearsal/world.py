@@ -303,7 +303,8 @@ class Approver:
             where = f"{self.ui_url}/runs/flow-run/{flow_run_id}" if self.ui_url else f"flow run {flow_run_id}"
             self.say(f"waiting for approval of {phase} in the Prefect UI: {where}")
             return
-        if (self.mode == "timeout" and phase == self.phase) or step == "hold":
+        # A held phase and a halted rollout are a person's call: left to time out.
+        if (self.mode == "timeout" and phase == self.phase) or step in ("hold", "halted"):
             return
         if step == "checklist":
             answer: dict[str, Any] = {f: True for f in fields if f not in ("confirmed_by", "metadata")}

@@ -53,3 +53,31 @@ def test_token_not_active_during_the_approval_pause_rolls_the_canary_back_with_n
     texts = [n["text"] for n in result["notifications"]]
     assert any("still measured" in t for t in texts if "waiting for approval" in t)
     assert any("rolling back without waiting for approval" in t for t in texts)
+
+
+def test_a_halted_rollout_whose_canary_still_serves_goes_on_being_watched_and_rolls_back_on_a_trigger():
+    with world(load_plan(TWO_PHASE), speed=SPEED, notifier=ConsoleNotifier(file=open(os.devnull, "w"))) as w:
+        result: dict = {}
+        # Nobody approves canary-10pct: the pause times out and the rollout halts, canary in place.
+        def rollout() -> None:
+            try:
+                result.update(run_in(w, TWO_PHASE, approve="timeout@canary-10pct", approval_floor=20.0))
+            except BaseException as exc:  # named by the assertion below
+                result["error"] = repr(exc)
+
+        runner = threading.Thread(target=rollout)
+        runner.start()
+        deadline = time.time() + 120
+        while state_of(w) != "halted" and time.time() < deadline:
+            time.sleep(0.05)
+        assert state_of(w) == "halted"
+        assert w.emulator.store.find("apps/deployments", "bodhi", "bodhi-server-canary") is not None
+        w.app.scenario = load_scenario("token-not-active")
+        runner.join(timeout=60)
+        assert not runner.is_alive()
+
+    assert result.get("outcome") == "rolled_back", result.get("error") or result.get("halted")
+    rb = result["rollback"]
+    assert (rb["strategy"], rb["gates"], rb["ok"]) == ("canary_only", ["token-not-active"], True)
+    watched = [e for e in result["events"] if e["event"] == "halted_watch"]
+    assert watched and watched[0]["fired"]
