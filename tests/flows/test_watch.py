@@ -81,3 +81,23 @@ def test_a_halted_rollout_whose_canary_still_serves_goes_on_being_watched_and_ro
     assert (rb["strategy"], rb["gates"], rb["ok"]) == ("canary_only", ["token-not-active"], True)
     watched = [e for e in result["events"] if e["event"] == "halted_watch"]
     assert watched and watched[0]["fired"]
+
+
+def test_a_prefect_api_outage_during_lease_renewal_does_not_cancel_the_rollout_or_its_rollback(monkeypatch):
+    """The concurrency lease is renewed in the background; when every renewal fails (the
+    Prefect API is briefly unreachable), the rollout goes on and its rollback completes."""
+    import httpx
+    from prefect.client.orchestration import SyncPrefectClient
+
+    failed: list[float] = []
+
+    def unreachable(self, *args, **kwargs):
+        failed.append(time.time())
+        raise httpx.ConnectError("Prefect API unreachable")
+
+    monkeypatch.setattr(SyncPrefectClient, "renew_concurrency_lease", unreachable)
+    with world(load_plan(TWO_PHASE), scenario="token-not-active", speed=SPEED,
+               notifier=ConsoleNotifier(file=open(os.devnull, "w"))) as w:
+        report = run_in(w, TWO_PHASE)
+    assert len(failed) >= 3  # every attempt of the renewal failed
+    assert report["outcome"] == "rolled_back" and report["rollback"]["ok"]
