@@ -137,7 +137,9 @@ def _full_undo(rollout: Rollout, ref: TargetRef) -> list[str]:
     if state.canary is not None:
         remove_canary(ref, rollout.release.total_replicas if ref == rollout.ref else state.stable.replicas)
     if state.stable.image == rollout.image:
-        undo_rollout(ref)
+        # To the revision that ran the previous image: an env-var rollback tried first made
+        # a revision of the new image, which a plain undo would restore.
+        undo_rollout(ref, rollout.release.previous_image or None)
     problems = _ready_or_why(rollout, ref.namespace, ref.deployment)
     return problems + rollback_problems(Strategy.FULL_UNDO, read_target(ref), Expected(rollout.image))
 

@@ -96,9 +96,11 @@ class Cluster(Protocol):
         reports it, ``TimeoutError`` after ``timeout_seconds``."""
         ...
 
-    def undo(self, ref: TargetRef) -> int:
+    def undo(self, ref: TargetRef, to_image: str | None = None) -> int:
         """``kubectl rollout undo``: the previous ReplicaSet revision's template becomes the
-        Deployment's. Returns the revision rolled back to."""
+        Deployment's — with ``to_image``, the latest revision whose container ran that image
+        (``--to-revision``), so an env-var change on the new version is not what is restored.
+        Returns the revision rolled back to."""
         ...
 
     def set_env(self, ref: TargetRef, name: str, value: str) -> None:

@@ -50,8 +50,8 @@ def remove_canary(ref: TargetRef, total_replicas: int) -> None:
 
 
 @task(name="undo_rollout", **RETRYING)
-def undo_rollout(ref: TargetRef) -> int:
-    revision = runctx.get().cluster.undo(ref)
+def undo_rollout(ref: TargetRef, to_image: str | None = None) -> int:
+    revision = runctx.get().cluster.undo(ref, to_image)
     get_run_logger().info("%s: rolled back to the template of revision %d", ref, revision)
     return revision
 

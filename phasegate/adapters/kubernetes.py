@@ -361,7 +361,7 @@ class KubernetesCluster:
                     f"{state.available_replicas} available, {status.get('replicas', 0)} total")
             time.sleep(self.poll_interval)
 
-    def undo(self, ref: TargetRef) -> int:
+    def undo(self, ref: TargetRef, to_image: str | None = None) -> int:
         def step() -> int:
             d = self._get_deployment(ref.namespace, ref.deployment)
             listing = self._request("GET", "/apis/apps/v1/namespaces/" + ref.namespace + "/replicasets",
@@ -373,6 +373,9 @@ class KubernetesCluster:
             current = _without_hash(d["spec"]["template"])
             current_rs = next((rs for rs in owned if _without_hash(rs["spec"]["template"]) == current), None)
             earlier = [rs for rs in owned if _without_hash(rs["spec"]["template"]) != current]
+            if to_image is not None:
+                earlier = [rs for rs in earlier if _container({"spec": rs["spec"], "metadata": rs["metadata"]},
+                                                              ref.container).get("image") == to_image]
             marker = json.loads((d["metadata"].get("annotations") or {}).get(UNDO_ANNOTATION, "{}"))
             if current_rs is not None and marker:
                 current_hash = current_rs["metadata"].get("labels", {}).get(HASH_LABEL)

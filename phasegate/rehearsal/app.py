@@ -276,8 +276,15 @@ class SyntheticApp:
 
     def effects_for(self, obs: TrackObservation) -> Effects | None:
         """The active faults for ``obs``; ``None`` if it runs the old code path."""
-        if obs.image != self.new_image or not obs.flag_enabled:
+        if obs.image != self.new_image:
             return None
+        if not obs.flag_enabled:
+            # The flag switches the new code path off, but not a fault in the version itself.
+            stubborn = self.scenario is not None and any(f.despite_flag for f in self.scenario.faults)
+            if not stubborn:
+                return None
+            assert self.scenario is not None
+            return self.scenario.effects(self.clock.now(), self.phase_seen, self.origin, flag_enabled=False)
         if self.scenario is None:
             return HEALTHY
         return self.scenario.effects(self.clock.now(), self.phase_seen, self.origin)

@@ -73,6 +73,10 @@ class Fault(_Timed):
     error_rate_add: float = Field(0.0, ge=0, le=1, description="Extra share of requests answered 5xx")
     lock_timeout_ratio: float = Field(0.0, ge=0, le=1, description="Share of lock acquisitions that time out")
     lock_latency_add_ms: float = Field(0.0, ge=0, description="Added to every lock acquisition wait")
+    despite_flag: bool = Field(
+        False, description="The fault is in the new version itself, not behind its feature flag: switching the "
+        "flag off does not cure it",
+    )
 
     @model_validator(mode="after")
     def _changes_something(self) -> Fault:
@@ -118,10 +122,14 @@ class Scenario(BaseModel):
     prometheus_outage: Outage | None = Field(None, description="Stop Prometheus for a while (driver)")
     bad_image: bool = Field(False, description="The new image never becomes ready (cluster emulator)")
 
-    def effects(self, now: float, phase_seen: Mapping[str, float], origin: float) -> Effects:
-        """What the new version does differently at plan time ``now``."""
+    def effects(self, now: float, phase_seen: Mapping[str, float], origin: float, *,
+                flag_enabled: bool = True) -> Effects:
+        """What the new version does differently at plan time ``now`` (with its flag off,
+        only the faults that are not behind the flag)."""
         totals = dict.fromkeys(_EFFECTS, 0.0)
         for fault in self.faults:
+            if not (flag_enabled or fault.despite_flag):
+                continue
             start = fault.starts_at(phase_seen, origin)
             if start is not None and now >= start:
                 for name in _EFFECTS:
