@@ -81,9 +81,14 @@ def rehearse(
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     loaded = load_or_exit(plan)
-    from phasegate.entry.rehearse import rehearse as run_rehearsal
-    from phasegate.rehearsal.scenarios import ScenarioError, load_scenario
-    from phasegate.rehearsal.world import Approver
+    try:
+        from phasegate.entry.rehearse import rehearse as run_rehearsal
+        from phasegate.rehearsal.scenarios import ScenarioError, load_scenario
+        from phasegate.rehearsal.world import Approver
+    except ImportError as exc:  # the flow image ships without the rehearsal world
+        err.print(f"phasegate rehearse needs the rehearsal extra (pip install 'phasegate[rehearsal]'): {exc}",
+                  markup=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
 
     try:
         load_scenario(scenario)
