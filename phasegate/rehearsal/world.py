@@ -34,6 +34,11 @@ from phasegate.rehearsal.scenarios import Scenario, load_scenario
 from phasegate.runctx import EventObserver, Pacing, PauseObserver, RunContext
 
 SCRAPE_SECONDS = 0.5
+# Prometheus' discovery manager hands target changes on at most every 5 s, so a new pod is
+# first scraped up to ~5 s after it appears in file_sd, as in a cluster (where a 5 m gate
+# interval dwarfs it). The soak's warm-up covers it, or a compressed soak would spend its few
+# rounds on a canary Prometheus has not seen yet.
+DISCOVERY_SECONDS = 5.0
 DEFAULT_SPEED = 28800.0  # 8 h of plan time per second: the seed's 7-day rollout in ~25 s
 # A rehearsal's gate windows hold a few seconds of traffic, not five minutes: one stray 5xx
 # in a one-pod canary would already be "an error rate increase > 0.1%". Healthy means no
@@ -148,7 +153,7 @@ class World:
             pacing=Pacing(
                 min_interval_wall=SCRAPE_SECONDS,
                 min_window_wall=4 * SCRAPE_SECONDS,
-                min_warmup_wall=4 * SCRAPE_SECONDS,
+                min_warmup_wall=4 * SCRAPE_SECONDS + DISCOVERY_SECONDS,
                 min_soak_wall=6 * SCRAPE_SECONDS,
                 min_approval_wall=approval_floor,
                 approval_poll_seconds=1,

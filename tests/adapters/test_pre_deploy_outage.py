@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from unittest.mock import MagicMock
 
+from phasegate import runctx
 from phasegate.adapters.prometheus import PrometheusProvider
 from phasegate.analysis import Outcome
+from phasegate.clock import RealClock
 from phasegate.gates import scope_for
 from tasks.metrics import measure_gates, record_pre_deploy_baseline
-from tasks.runtime import Runtime, using
 from tests.core.builders import seed_plan
 from tests.fixtures.common import free_port
 
@@ -31,13 +32,13 @@ def test_an_outage_during_the_pre_deploy_baseline_reads_error_not_no_data() -> N
     plan = seed_plan()
     phase = plan.phase("full")
     dead = PrometheusProvider(f"http://127.0.0.1:{free_port()}", timeout=1)
-    with using(Runtime(cluster=MagicMock(), metrics=dead, notifier=MagicMock())):
+    with runctx.use(runctx.RunContext(cluster=MagicMock(), metrics=dead, notifier=MagicMock(), clock=RealClock())):
         recorded = record_pre_deploy_baseline.fn(plan, phase, scope_for(plan, phase))
     dead.close()
     assert set(recorded) == {"p99-latency-increase", "latency-unchanged"}
     assert all(isinstance(v, str) and "cannot reach Prometheus" in v for v in recorded.values()), recorded
 
-    with using(Runtime(cluster=MagicMock(), metrics=Fixed(), notifier=MagicMock())):
+    with runctx.use(runctx.RunContext(cluster=MagicMock(), metrics=Fixed(), notifier=MagicMock(), clock=RealClock())):
         found = {m.gate: m for m in measure_gates.fn(plan, phase, scope_for(plan, phase), recorded, 0.0)}
     for name in recorded:
         assert found[name].outcome is Outcome.ERROR and "pre-deploy baseline" in found[name].message

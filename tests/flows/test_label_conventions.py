@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from flows.rehearsal import run_in, world
 from flows.rollout import PreflightFailed
 from phasegate.adapters.console import ConsoleNotifier
+from phasegate.entry.rehearse import run_in
 from phasegate.plan import load_plan
+from phasegate.rehearsal.world import world
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACK_PLAN = ROOT / "tests/plans/track-labels.yaml"
