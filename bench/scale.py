@@ -124,19 +124,19 @@ def host_world(paths: list[Path], scrape_wall: float) -> None:
         for i, _ in enumerate(plans):
             seed(emulator, namespaces=(f"team-{i}",), deployment=f"svc-{i}", container="bodhi-server")
         worlds: list[World] = []
-        app = SyntheticApp(lambda: [o for w in worlds for o in w.observe()], image, scenario, clock,
-                           profile=REHEARSAL_TRAFFIC, tick_seconds=0.5)
-        stack.enter_context(app)
-        # The exposition of a hundred targets with both tracks takes the better part of a
-        # second of a busy process: scraped every second it timed out and gates saw no data.
-        # Half a gate interval still puts eight samples in a window of four rounds.
-        prometheus = PrometheusServer(targets=[app.target], scrape_interval=max(SCRAPE_SECONDS, scrape_wall))
+        # The exposition of a hundred targets' pods takes the better part of a second of a
+        # busy process: scraped every second it timed out and gates saw no data. Half a gate
+        # interval still puts eight samples in a window of four rounds.
+        prometheus = PrometheusServer(scrape_interval=max(SCRAPE_SECONDS, scrape_wall))
         stack.callback(prometheus.close)
+        app = SyntheticApp(lambda: [o for w in worlds for o in w.observe()], image, scenario, clock,
+                           profile=REHEARSAL_TRAFFIC, tick_seconds=0.5, on_targets=prometheus.set_target_groups)
+        stack.enter_context(app)
         prometheus.start()
         checks = stack.enter_context(CheckServer())
         notifier = ConsoleNotifier(file=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the world
         worlds.extend(World(p, image, scenario, clock, emulator, app, prometheus, notifier, checks) for p in plans)
-        prometheus.wait_for_data("up", timeout=30)
+        prometheus.wait_for_data("count(up == 1)", timeout=30)
         print(json.dumps({"emulator": emulator.url, "prometheus": prometheus.url, "checks_port": checks.port,
                           "epoch": clock.epoch, "image": image, "prometheus_pid": prometheus.pid}), flush=True)
         sys.stdin.read()  # the bench closes our stdin when it is done

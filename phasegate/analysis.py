@@ -160,13 +160,26 @@ class Assessment:
     errors: int
     consecutive_errors: int
     reason: str
+    # 1-based rounds that came back without data, for the report.
+    no_data_rounds: tuple[int, ...] = ()
+
+    @property
+    def exhausted(self) -> bool:
+        """Past its inconclusive limit: no later round can make the gate pass."""
+        return self.outcome is Outcome.INCONCLUSIVE and self.reason.startswith(_PAST_LIMIT)
 
 
-def assess(gate: Gate, measurements: Sequence[Measurement]) -> Assessment:
+_PAST_LIMIT = "past its limit of rounds without data"
+
+
+def assess(gate: Gate, measurements: Sequence[Measurement], *, rounds: int | None = None) -> Assessment:
     """Argo's assessMetricStatus: failed > failure_limit → Failed; inconclusive >
     inconclusive_limit → Inconclusive; consecutive errors > consecutive_error_limit → Error.
     Otherwise Successful — but only if the latest measurement observed something healthy:
-    a gate never passes on a run of errors or on nothing at all."""
+    a gate never passes on a run of errors or on nothing at all.
+
+    ``rounds``: how many rounds the whole soak has, for a limit given as a share ("2%");
+    default: the measurements so far."""
     failed = sum(m.outcome is Outcome.FAILED for m in measurements)
     inconclusive = sum(m.outcome is Outcome.INCONCLUSIVE for m in measurements)
     errors = sum(m.outcome is Outcome.ERROR for m in measurements)
@@ -178,8 +191,11 @@ def assess(gate: Gate, measurements: Sequence[Measurement]) -> Assessment:
         run = run + 1 if m.outcome is Outcome.ERROR else 0
         consecutive = max(consecutive, run)
 
+    empty = tuple(i for i, m in enumerate(measurements, 1) if m.outcome is Outcome.INCONCLUSIVE)
+
     def verdict(outcome: Outcome, reason: str) -> Assessment:
-        return Assessment(gate.name, outcome, len(measurements), failed, inconclusive, errors, consecutive, reason)
+        return Assessment(gate.name, outcome, len(measurements), failed, inconclusive, errors, consecutive, reason,
+                          empty)
 
     if failed > gate.failure_limit:
         last = next(m for m in reversed(measurements) if m.outcome is Outcome.FAILED)
@@ -188,13 +204,29 @@ def assess(gate: Gate, measurements: Sequence[Measurement]) -> Assessment:
         limit = gate.consecutive_error_limit
         last = next(m for m in reversed(measurements) if m.outcome is Outcome.ERROR)
         return verdict(Outcome.ERROR, f"{consecutive} errors in a row (limit {limit}): {last.message}")
-    if inconclusive > gate.inconclusive_limit:
-        return verdict(Outcome.INCONCLUSIVE, f"{inconclusive} without data (limit {gate.inconclusive_limit})")
+    allowed = gate.inconclusive_allowed(rounds if rounds is not None else len(measurements))
+    if inconclusive > allowed:
+        share = isinstance(gate.inconclusive_limit, str)
+        limit = f"{gate.inconclusive_limit} of {rounds} = {allowed}" if share else str(allowed)
+        last = next(m for m in reversed(measurements) if m.outcome is Outcome.INCONCLUSIVE)
+        return verdict(Outcome.INCONCLUSIVE, f"{_PAST_LIMIT} ({inconclusive} > {limit}): rounds "
+                                             f"{_ranges(empty)} without data — {last.message or 'no data'}")
     if not measurements:
         return verdict(Outcome.INCONCLUSIVE, "not measured")
     if measurements[-1].outcome is not Outcome.SUCCESSFUL:
         return verdict(Outcome.INCONCLUSIVE, f"latest measurement: {measurements[-1].outcome.value}")
     return verdict(Outcome.SUCCESSFUL, "")
+
+
+def _ranges(rounds: Sequence[int]) -> str:
+    """1,2,3,7,9,10 → "1-3, 7, 9-10": which rounds, readably, however long the soak."""
+    runs: list[list[int]] = []
+    for r in rounds:
+        if runs and runs[-1][1] == r - 1:
+            runs[-1][1] = r
+        else:
+            runs.append([r, r])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def evaluate_judge(

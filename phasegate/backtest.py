@@ -1,6 +1,7 @@
 """Backtest: what would a phase's gates have decided over past data, round by round?
 
-Pure core: the provider is the ``ports.MetricsProvider`` Protocol.
+Pure core: the provider is the ``ports.MetricsProvider`` Protocol; queries are planned and
+answers read by ``gates``, as in the live soak.
 
 Design decisions:
 
@@ -21,13 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
-from phasegate import errors, templates
+from phasegate import gates
 from phasegate.analysis import Measurement, Reading, evaluate
 from phasegate.decide import Action, Step, after_round
 from phasegate.durations import format_duration
-from phasegate.plan import Baseline, Gate, GateKind, Phase, RolloutPlan
-from phasegate.ports import STABLE, MetricsProvider
+from phasegate.plan import Gate, GateKind, RolloutPlan
+from phasegate.ports import MetricsProvider
 
 
 @dataclass(frozen=True)
@@ -58,23 +60,9 @@ class BacktestResult:
         return last if last is not None and last.action.step is not Step.CONTINUE else None
 
 
-def _query(plan: RolloutPlan, gate: Gate, phase: Phase, namespace: str, deployment: str, track: str) -> str:
-    window = format_duration(gate.window or phase.interval)
-    values = {"namespace": namespace, "deployment": deployment, "track": track, "window": window}
-    return templates.render(plan.metrics[gate.metric].query, values)
-
-
-def _series(provider: MetricsProvider, promql: str, start: float, end: float, step: float) -> dict[int, Reading]:
-    """Readings by rounded time; an error is recorded for every round of the span."""
-    try:
-        points = provider.query_range(promql, start, end, step)
-    except errors.NoData:
-        return {}
-    except errors.PhasegateError as exc:
-        error = Reading(error=f"{type(exc).__name__}: {exc}")
-        count = int((end - start) // step) + 1
-        return {round(start + i * step): error for i in range(count)}
-    return {round(t): Reading(value=v) for t, v in points}
+def _plan_window(seconds: float) -> str:
+    # Past data at plan time: the window is the plan's own, never scaled.
+    return format_duration(timedelta(seconds=seconds))
 
 
 def backtest(
@@ -98,27 +86,27 @@ def backtest(
     if first > end:
         return BacktestResult(phase.name, start, end, (), skipped)
 
-    subject_track = phase.subject_track
+    scope = gates.Scope(namespace, deployment, phase.subject_track)
     readings: dict[str, tuple[str, dict[int, Reading], dict[int, Reading] | Reading | None]] = {}
-    for gate in judged.gates():
-        promql = _query(plan, gate, phase, namespace, deployment, subject_track)
-        subject = _series(provider, promql, first, end, step)
+    planned = gates.plan_round(plan, judged.gates(), scope, phase=phase, to_promql=_plan_window)
+    for q in planned:
+        subject = gates.read_series(provider, q.subject, first, end, step)
         baseline: dict[int, Reading] | Reading | None = None
-        if gate.compares and gate.baseline is Baseline.STABLE:
-            baseline = _series(provider, _query(plan, gate, phase, namespace, deployment, STABLE), first, end, step)
-        elif gate.compares:
-            baseline = _series(provider, promql, start, start, step).get(round(start), Reading())
-        readings[gate.name] = (promql, subject, baseline)
+        if q.baseline is not None:
+            baseline = gates.read_series(provider, q.baseline, first, end, step)
+        elif q.gate.compares:
+            baseline = gates.read_point(provider, q.subject, start, step)
+        readings[q.gate.name] = (q.subject, subject, baseline)
 
-    gates: Sequence[Gate] = list(judged.gates())
-    history: dict[str, list[Measurement]] = {g.name: [] for g in gates}
+    judged_gates: Sequence[Gate] = list(judged.gates())
+    history: dict[str, list[Measurement]] = {g.name: [] for g in judged_gates}
     rounds: list[Round] = []
     count = int((end - first) // step) + 1
     for i in range(count):
         at = first + i * step
         key = round(at)
         found: dict[str, Measurement] = {}
-        for gate in gates:
+        for gate in judged_gates:
             promql, subject, baseline = readings[gate.name]
             base = baseline.get(key, Reading()) if isinstance(baseline, dict) else baseline
             found[gate.name] = evaluate(gate, subject.get(key, Reading()), base, at=at, query=promql)

@@ -3,7 +3,9 @@
 The flow asks; it never re-implements these rules:
 - after each gate round: roll back at once if a trigger failed (fail fast; the most drastic
   strategy among those that fired wins), act on ``on_error`` if a gate ran out of tolerated
-  errors, hold for a person early if a success criterion can no longer pass, else continue;
+  errors, hold for a person early if a success criterion can no longer pass or any gate has
+  had more rounds without data than its limit (a count, or a share of the soak's rounds),
+  else continue;
 - at the end of the soak: advance only if every trigger and every success criterion is
   Successful; anything else holds for a person (Argo's inconclusive pause) — never an
   automatic advance on missing or marginal evidence;
@@ -46,7 +48,7 @@ class Action:
 
 
 def assess_phase(phase: Phase, history: Mapping[str, Sequence[Measurement]]) -> dict[str, Assessment]:
-    return {gate.name: assess(gate, history.get(gate.name, ())) for gate in phase.gates()}
+    return {gate.name: assess(gate, history.get(gate.name, ()), rounds=phase.rounds) for gate in phase.gates()}
 
 
 def after_round(phase: Phase, history: Mapping[str, Sequence[Measurement]], *, soak_done: bool) -> Action:
@@ -67,6 +69,9 @@ def after_round(phase: Phase, history: Mapping[str, Sequence[Measurement]], *, s
         return Action(Step.HALT, f"metrics unavailable — {reasons}", None, names)
 
     lost = [g for g in phase.success if verdicts[g.name].outcome is Outcome.FAILED]
+    # Past its inconclusive limit a gate can never pass: hold now (Argo pauses on
+    # Inconclusive at once), not after the rest of a 48 h soak. Triggers are gates too.
+    lost += [g for g in phase.gates() if verdicts[g.name].exhausted]
     if lost:
         reasons = "; ".join(f"{g.name}: {verdicts[g.name].reason}" for g in lost)
         return Action(Step.HOLD, f"success criteria can no longer pass — {reasons}", None, tuple(g.name for g in lost))

@@ -2,8 +2,11 @@
 
 Design decisions:
 
-* Queries run concurrently on a thread pool. Each one waits on the network and Prometheus,
-  not on the CPU, so a round of N gates costs about as much as its slowest query.
+* Queries run concurrently on one long-lived thread pool shared by every round (starting
+  a pool's threads each round was a cost per round for nothing). Each query waits on the
+  network and Prometheus, not on the CPU, so a round of N gates costs about as much as its
+  slowest query; the pool is wide enough for a whole round of the seed's plan (30 queries)
+  to be in flight at once.
 * Provider errors become ``Sample`` data, never exceptions (Argo Rollouts stores the
   provider error on the measurement). The caller decides what an error means: a rejected
   query is a plan error (``rejected=True``), an outage is retried, no data is Inconclusive.
@@ -14,6 +17,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +29,18 @@ from phasegate.ports import MetricsProvider
 
 K = TypeVar("K", bound=Hashable)
 
-DEFAULT_MAX_WORKERS = 16
+DEFAULT_MAX_WORKERS = 64
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _shared_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=DEFAULT_MAX_WORKERS, thread_name_prefix="gate-query")
+        return _pool
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,11 @@ def collect(
     workers = max(1, min(max_workers, len(queries)))
     if workers == 1:
         return {key: sample(provider, promql) for key, promql in queries.items()}
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gate-query") as pool:
-        futures = {key: pool.submit(sample, provider, promql) for key, promql in queries.items()}
-        return {key: future.result() for key, future in futures.items()}
+    if max_workers < DEFAULT_MAX_WORKERS:
+        # A caller asking for less concurrency than the shared pool gives gets its own pool.
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gate-query") as pool:
+            futures = {key: pool.submit(sample, provider, promql) for key, promql in queries.items()}
+            return {key: future.result() for key, future in futures.items()}
+    shared = _shared_pool()
+    futures = {key: shared.submit(sample, provider, promql) for key, promql in queries.items()}
+    return {key: future.result() for key, future in futures.items()}

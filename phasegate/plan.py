@@ -41,6 +41,8 @@ def _duration(value: Any) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 K8sName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$", max_length=63)]
+# A share of a soak's rounds: "2%", "0.5%", up to "100%".
+Share = Annotated[str, Field(pattern=r"^(100|[0-9]{1,2})(\.[0-9]+)?%$")]
 
 
 class _Model(BaseModel):
@@ -115,7 +117,11 @@ class FeatureFlag(_Model):
 
 
 class MetricTemplate(_Model):
-    query: str = Field(min_length=1, description="PromQL with {{track}}, {{namespace}}, {{deployment}}, {{window}}.")
+    query: str = Field(
+        min_length=1,
+        description="PromQL with {{pods}}, {{namespace}}, {{window}}, {{workload}}, {{pod_template_hash}}, "
+        "{{selector}}, {{track}}, {{deployment}} (see templates.py).",
+    )
     unit: str = ""
     description: str = ""
 
@@ -126,7 +132,19 @@ class MetricTemplate(_Model):
         return query
 
 
-_SAMPLE_VALUES = {"track": "stable", "namespace": "ns", "deployment": "app", "window": "5m"}
+_SAMPLE_VALUES = {
+    "track": "stable", "namespace": "ns", "deployment": "app", "window": "5m", "pods": "app-[a-z]+-[a-z]{5}",
+    "workload": "app", "pod_template_hash": "abc", "selector": 'pod=~"app-.+"',
+}
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+class TrackLabels(_Model):
+    """A plan's own label convention: the label matchers that select each track's series
+    (``{{selector}}``), e.g. ``{track: canary}`` where a PodMonitor copies the pod label."""
+
+    stable: dict[str, str] = Field(description="Label name → value on every series of the stable track.")
+    canary: dict[str, str] = Field(description="Label name → value on every series of the canary track.")
 
 
 class JudgeConfig(_Model):
@@ -148,7 +166,12 @@ class Gate(_Model):
     baseline: Baseline = Field(Baseline.STABLE, description="What delta/ratio/judge gates compare against.")
     window: Duration | None = Field(None, description="Range of {{window}}; default: the phase's gate interval.")
     failure_limit: int = Field(0, ge=0, description="Failed measurements tolerated (Argo default 0).")
-    inconclusive_limit: int = Field(0, ge=0, description="Measurements without data tolerated before holding.")
+    inconclusive_limit: int | Share = Field(
+        "1%",
+        description="Rounds without data tolerated before holding: a count, or a share of the soak's rounds "
+        "such as '2%' (577 rounds of a 48h soak at 5m: 11 rounds). Past it the gate cannot pass: held at once. "
+        "Default 1% (5 rounds of 577): Argo's 0 suits analyses of minutes, not a soak of days.",
+    )
     consecutive_error_limit: int = Field(4, ge=0, description="Provider errors in a row tolerated (Argo default 4).")
     judge: JudgeConfig | None = None
     description: str = ""
@@ -159,6 +182,20 @@ class Gate(_Model):
         if not math.isfinite(v):
             raise ValueError("threshold must be a finite number")
         return v
+
+    @field_validator("inconclusive_limit")
+    @classmethod
+    def _count(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("a count of rounds cannot be negative")
+        return v
+
+    def inconclusive_allowed(self, rounds: int) -> int:
+        """Rounds without data tolerated in a soak of ``rounds`` rounds."""
+        limit = self.inconclusive_limit
+        if isinstance(limit, int):
+            return limit
+        return math.floor(float(limit.rstrip("%")) / 100 * rounds)
 
     @property
     def bound(self) -> str:
@@ -274,6 +311,11 @@ class Phase(_Model):
         yield from self.triggers
         yield from self.success
 
+    @property
+    def rounds(self) -> int:
+        """Gate rounds in a full soak: one at the start of each interval and one at its end."""
+        return int(self.soak.total_seconds() // max(self.interval.total_seconds(), 1e-9)) + 1
+
 
 class SlackSettings(_Model):
     channel: str = Field(pattern=r"^[#@]?[-_a-z0-9.]+$")
@@ -352,6 +394,9 @@ class RolloutPlan(_Model):
     target: Target
     feature_flag: FeatureFlag | None = None
     metrics: dict[str, MetricTemplate]
+    labels: TrackLabels | None = Field(
+        None, description="How series tell canary from stable, if not by pod name ({{selector}})."
+    )
     phases: list[Phase] = Field(min_length=1)
     notifications: Notifications = Field(default_factory=Notifications)
     reviews: Reviews | None = None
@@ -477,7 +522,40 @@ def semantic_problems(plan: RolloutPlan) -> list[Problem]:
     for name in plan.metrics:
         if not re.match(r"^[a-z][a-z0-9_]*$", name):
             problems.append((("metrics", name), "metric names are lower_snake_case"))
+    problems.extend(_label_problems(plan))
     return problems
+
+
+def _label_problems(plan: RolloutPlan) -> Iterator[Problem]:
+    """The plan's label convention must name valid labels and tell the tracks apart; pod
+    names must keep their structure for ``{{pods}}`` to select them."""
+    used = {v for m in plan.metrics.values() for v in templates.placeholders(m.query)}
+    if "pods" in used or ("selector" in used and plan.labels is None):
+        # The apiserver cuts a pod's generateName base to 58 characters, which would cut
+        # into the pod-template-hash of a long canary name.
+        longest = len(plan.target.deployment) + len("-canary") + 1 + 10 + 1
+        if longest > 58:
+            yield ("target", "deployment"), (
+                f"{plan.target.deployment!r} is too long for {{{{pods}}}}: canary pod names would be truncated "
+                f"({longest} > 58 characters before the random suffix); select by a label (labels:) instead"
+            )
+    if plan.labels is None:
+        return
+    for track in ("stable", "canary"):
+        matchers: dict[str, str] = getattr(plan.labels, track)
+        if not matchers:
+            yield ("labels", track), "name at least one label: an empty selector matches every series"
+        for name, value in matchers.items():
+            if not _LABEL_NAME.match(name) or name.startswith("__"):
+                yield ("labels", track, name), "not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, no __ prefix)"
+            elif not value:
+                yield ("labels", track, name), "an empty value matches series without the label: give a value"
+    stable, canary = plan.labels.stable, plan.labels.canary
+    if stable and canary and not any(k in canary and canary[k] != v for k, v in stable.items()):
+        yield ("labels",), (
+            "the stable and canary matchers do not disagree on any label, so a series could match both: "
+            "name one label with a different value per track (e.g. track: stable / track: canary)"
+        )
 
 
 # --- loading ---------------------------------------------------------------------------

@@ -119,6 +119,11 @@ class Cluster(Protocol):
         """Deployments in ``namespaces`` that carry annotation ``key``."""
         ...
 
+    def pod_template_hash(self, namespace: str, deployment: str) -> str | None:
+        """The ``pod-template-hash`` label of the ReplicaSet running the Deployment's current
+        template (what ``{{pod_template_hash}}`` selects); None if there is none."""
+        ...
+
     def missing_permissions(self, namespace: str) -> list[str]:
         """The ``verb resource`` pairs the rollout needs that RBAC denies (empty: all allowed)."""
         ...
@@ -140,3 +145,17 @@ class MetricsProvider(Protocol):
         ...
 
     def is_online(self) -> bool: ...
+
+
+@runtime_checkable
+class SeriesFinder(Protocol):
+    """What a Prometheus can say about its series (``/api/v1/series``, label values): how
+    preflight and doctor name the matcher that makes a gate query read no data."""
+
+    def series(self, match: str) -> list[Mapping[str, str]]:
+        """Label sets of the series matching selector ``match`` (the last hour)."""
+        ...
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        """Values of ``label`` on the series matching ``match`` (the last hour)."""
+        ...

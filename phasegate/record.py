@@ -115,7 +115,8 @@ class Release:
     phase: str | None = None
     state: PhaseState | None = None
     soak_started: float | None = None
-    baselines: dict[str, float | None] = field(default_factory=dict)
+    # A pre-deploy value per gate; a string is the provider error met reading it (gates.recorded_value).
+    baselines: dict[str, float | str | None] = field(default_factory=dict)
     notified: list[str] = field(default_factory=list)
     slack_thread: dict[str, str] = field(default_factory=dict)
     flow_run: str | None = None

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from phasegate import errors, templates
+from phasegate import gates
 from phasegate.analysis import Assessment, Measurement, Outcome, Reading, assess, evaluate, worst
 from phasegate.durations import format_duration
 from phasegate.plan import Baseline, Cadence, Gate, GateKind, Reviews, RolloutPlan, SignOff
@@ -178,41 +178,26 @@ def signoff_due(signoff: SignOff, release: Release, now: float) -> bool:
 
 
 def gate_query(plan: RolloutPlan, gate: Gate, release: Release, seconds: float) -> str:
-    values = {
-        "namespace": release.namespace,
-        "deployment": release.deployment,
-        "track": STABLE,
-        "window": format_duration(timedelta(seconds=seconds)),
-    }
-    return templates.render(plan.metrics[gate.metric].query, values)
+    """After promotion every pod runs the new version on the stable Deployment; the range is
+    the review's own window, whatever the gate's rollout window was."""
+    scope = gates.Scope(release.namespace, release.deployment, STABLE)
+    return gates.query(plan, gate, scope, STABLE, _window(seconds))
+
+
+def _window(seconds: float) -> str:
+    return format_duration(timedelta(seconds=seconds))
 
 
 def read_at(provider: MetricsProvider, promql: str, at: float) -> Reading:
-    """The query's value at ``at``; a provider error is data, as in ``measure.sample``."""
-    try:
-        points = provider.query_range(promql, at, at, _POINT_STEP)
-    except errors.NoData:
-        return Reading()
-    except errors.PhasegateError as exc:
-        return Reading(error=f"{type(exc).__name__}: {exc}")
-    return Reading(value=points[-1][1]) if points else Reading()
+    """The query's value at ``at``."""
+    return gates.read_point(provider, promql, at, _POINT_STEP)
 
 
 def read_tiles(provider: MetricsProvider, promql: str, tiles: Sequence[Window]) -> list[Reading]:
     """One reading per tile from a single range query (step = tile size)."""
-    step = tiles[0].seconds
-    try:
-        points = provider.query_range(promql, tiles[0].end, tiles[-1].end, step)
-    except errors.NoData:
-        return [Reading() for _ in tiles]
-    except errors.PhasegateError as exc:
-        return [Reading(error=f"{type(exc).__name__}: {exc}") for _ in tiles]
-    by_time = {round(t): v for t, v in points}
+    by_time = gates.read_series(provider, promql, tiles[0].end, tiles[-1].end, tiles[0].seconds)
     # A shortened last tile falls between steps: read it on its own.
-    return [
-        Reading(value=by_time[round(t.end)]) if round(t.end) in by_time else read_at(provider, promql, t.end)
-        for t in tiles
-    ]
+    return [by_time[round(t.end)] if round(t.end) in by_time else read_at(provider, promql, t.end) for t in tiles]
 
 
 @dataclass(frozen=True)

@@ -1,67 +1,61 @@
-"""Gate rounds: render the phase's queries, run them at once, judge each gate.
+"""Gate rounds: the planner and reader of ``phasegate.gates``, behind Prefect tasks.
 
-The pure pieces (rendering, evaluation, judging) come from the core; this module only adds
-the Prefect task boundary and the mapping from plan time to what Prometheus sees: a
-{{window}} of "5m" in plan time is rendered as the scaled wall duration in a rehearsal,
-never shorter than the run context's pacing floor (rate() needs at least two scrapes).
+What each gate queries and what its answer means is the core's (``gates``); this module only
+adds the task boundary, the cluster look-up some templates need (each track's
+pod-template-hash) and the mapping from plan time to what Prometheus sees: a {{window}} of
+"5m" in plan time is rendered as the scaled wall duration in a rehearsal, never shorter than
+the run context's pacing floor (rate() needs at least two scrapes).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 
 from prefect import task
 
-from phasegate import runctx, templates
-from phasegate.analysis import Measurement, Outcome, Reading, evaluate, evaluate_judge
+from phasegate import gates, runctx, selectors
+from phasegate.analysis import Measurement, Outcome, Reading, evaluate_judge
 from phasegate.durations import promql_duration
 from phasegate.errors import PhasegateError
-from phasegate.measure import Sample, collect
-from phasegate.plan import Baseline, Gate, GateKind, Phase, RolloutPlan
-from phasegate.ports import MetricsProvider
+from phasegate.gates import Scope
+from phasegate.measure import collect
+from phasegate.plan import Gate, GateKind, Phase, RolloutPlan
+from phasegate.ports import MetricsProvider, SeriesFinder
 from tasks.common import NO_CACHE
 
 
-@dataclass(frozen=True)
-class Scope:
-    """Where a phase's gates look: namespace, deployment, and which track is which."""
-
-    namespace: str
-    deployment: str
-    subject_track: str
-    baseline_track: str = "stable"
-
-
 def scope_for(plan: RolloutPlan, phase: Phase) -> Scope:
-    return Scope(plan.namespace(phase), plan.target.deployment, phase.subject_track)
+    return gates.scope_for(plan, phase)
+
+
+def to_promql(seconds: float) -> str:
+    """A plan-time range as the wall duration Prometheus sees, never below the floor."""
+    rt = runctx.get()
+    return promql_duration(max(rt.clock.to_wall(seconds), rt.pacing.min_window_wall))
 
 
 def window_for(gate: Gate, phase: Phase | None, default_seconds: float | None = None) -> str:
-    rt = runctx.get()
-    plan_seconds = (
-        gate.window.total_seconds()
-        if gate.window is not None
-        else phase.interval.total_seconds()
-        if phase is not None
-        else float(default_seconds or 300)
-    )
-    return promql_duration(max(rt.clock.to_wall(plan_seconds), rt.pacing.min_window_wall))
+    return to_promql(gates.window_seconds(gate, phase, default_seconds))
 
 
-def query_for(plan: RolloutPlan, gate: Gate, scope: Scope, track: str, window: str) -> str:
-    return templates.render(
-        plan.metrics[gate.metric].query,
-        {"track": track, "namespace": scope.namespace, "deployment": scope.deployment, "window": window},
-    )
+def with_hashes(plan: RolloutPlan, scope: Scope) -> Scope:
+    """The scope with each track's current pod-template-hash, if the plan's queries use it."""
+    if not gates.uses_pod_template_hash(plan):
+        return scope
+    cluster = runctx.get().cluster
+    hashes = {}
+    for track in {scope.subject_track, scope.baseline_track}:
+        found = cluster.pod_template_hash(scope.namespace, gates.workload(scope.deployment, track))
+        if found:
+            hashes[track] = found
+    return replace(scope, hashes=tuple(sorted(hashes.items())))
 
 
-def reading(sample: Sample) -> Reading:
-    """No data is not an error: it makes the gate Inconclusive, never Error."""
-    if sample.no_data:
-        return Reading(None, None)
-    return Reading(sample.value, sample.error)
+def _requery_pause() -> None:
+    # One scrape's worth: an empty answer is asked again once the next sample can have landed.
+    time.sleep(max(runctx.get().pacing.min_interval_wall, 0.05))
 
 
 @task(name="measure_gates", **NO_CACHE)
@@ -69,41 +63,19 @@ def measure_gates(
     plan: RolloutPlan,
     phase: Phase,
     scope: Scope,
-    pre_deploy: Mapping[str, float | None],
+    pre_deploy: Mapping[str, float | str | None],
     at: float,
     judge_since: float | None = None,
 ) -> list[Measurement]:
-    """One concurrent round of every gate of ``phase``."""
+    """One concurrent round of every gate of ``phase``, planned and read by ``gates``."""
     rt = runctx.get()
-    queries: dict[str, str] = {}
-    plan_for: dict[str, tuple[str, str | None]] = {}
-    for gate in phase.gates():
-        if gate.kind is GateKind.JUDGE:
-            continue
-        window = window_for(gate, phase)
-        subject = query_for(plan, gate, scope, scope.subject_track, window)
-        queries[subject] = subject
-        baseline = None
-        if gate.compares and gate.baseline is Baseline.STABLE:
-            baseline = query_for(plan, gate, scope, scope.baseline_track, window)
-            queries[baseline] = baseline
-        plan_for[gate.name] = (subject, baseline)
-    samples = collect(rt.metrics, queries)
-    out: list[Measurement] = []
-    for gate in phase.gates():
-        if gate.kind is GateKind.JUDGE:
-            out.append(judge_gate(plan, gate, scope, at=at, since=judge_since))
-            continue
-        subject_q, baseline_q = plan_for[gate.name]
-        subject = reading(samples[subject_q])
-        base: Reading | None = None
-        if baseline_q is not None:
-            base = reading(samples[baseline_q])
-        elif gate.compares:
-            recorded = pre_deploy.get(gate.name)
-            base = Reading(recorded, None)
-        out.append(evaluate(gate, subject, base, at=at, query=subject_q))
-    return out
+    scope = with_hashes(plan, scope)
+    planned = gates.plan_round(plan, phase.gates(), scope, phase=phase, to_promql=to_promql, pre_deploy=pre_deploy)
+    by_gate = {m.gate: m for m in gates.run_round(rt.metrics, planned, at=at, pause=_requery_pause)}
+    return [
+        judge_gate(plan, g, scope, at=at, since=judge_since) if g.kind is GateKind.JUDGE else by_gate[g.name]
+        for g in phase.gates()
+    ]
 
 
 def judge_gate(plan: RolloutPlan, gate: Gate, scope: Scope, *, at: float, since: float | None) -> Measurement:
@@ -116,46 +88,67 @@ def judge_gate(plan: RolloutPlan, gate: Gate, scope: Scope, *, at: float, since:
     window = promql_duration(max(step_wall, rt.pacing.min_window_wall))
     now_wall = time.time()
     start_wall = now_wall - max(rt.clock.to_wall((at - since) if since is not None else 3600.0), step_wall)
-    subject_q = query_for(plan, gate, scope, scope.subject_track, window)
-    baseline_q = query_for(plan, gate, scope, scope.baseline_track, window)
-    try:
-        canary = [v for _, v in rt.metrics.query_range(subject_q, start_wall, now_wall, step_wall)]
-        baseline = [v for _, v in rt.metrics.query_range(baseline_q, start_wall, now_wall, step_wall)]
-    except Exception as exc:  # provider errors are data (Argo), never raised through the soak
-        return Measurement(gate.name, Outcome.ERROR, at, bound=gate.bound, query=subject_q, message=str(exc))
-    return evaluate_judge(gate, canary, baseline, at=at, query=subject_q)
+    subject_q, baseline_q = gates.plan_judge(plan, gate, scope, window)
+    canary = gates.read_values(rt.metrics, subject_q, start_wall, now_wall, step_wall)
+    baseline = gates.read_values(rt.metrics, baseline_q, start_wall, now_wall, step_wall)
+    for failed in (canary, baseline):
+        # No data in a range is the judge's NoData (Inconclusive); an error is Error.
+        if isinstance(failed, Reading) and failed.error:
+            return Measurement(gate.name, Outcome.ERROR, at, bound=gate.bound, query=subject_q, message=failed.error)
+    return evaluate_judge(gate, _values(canary), _values(baseline), at=at, query=subject_q)
+
+
+def _values(series: list[float] | Reading) -> list[float]:
+    return [] if isinstance(series, Reading) else series
 
 
 @task(name="record_pre_deploy_baseline", **NO_CACHE)
-def record_pre_deploy_baseline(plan: RolloutPlan, phase: Phase, scope: Scope) -> dict[str, float | None]:
+def record_pre_deploy_baseline(plan: RolloutPlan, phase: Phase, scope: Scope) -> dict[str, float | str | None]:
     """Before the deploy, the same track's value over each pre_deploy gate's window: what
-    "no degradation" is measured against where no stable track runs beside the new version."""
-    gates = [
-        g for g in phase.gates() if g.compares and g.baseline is Baseline.PRE_DEPLOY and g.kind is not GateKind.JUDGE
-    ]
-    queries = {g.name: query_for(plan, g, scope, "stable", window_for(g, phase)) for g in gates}
-    samples = collect(runctx.get().metrics, queries)
-    return {name: s.value for name, s in samples.items()}
+    "no degradation" is measured against where no stable track runs beside the new version.
+    A provider error is recorded as its message, so the gate reads Error, not "no data"."""
+    queries = gates.plan_pre_deploy(plan, phase, with_hashes(plan, scope), to_promql=to_promql)
+    readings = gates.read_round(runctx.get().metrics, queries, pause=_requery_pause)
+    return {name: gates.recorded_value(r) for name, r in readings.items()}
 
 
 @task(name="check_metrics", **NO_CACHE)
 def check_metrics(plan: RolloutPlan) -> list[str]:
-    """Preflight: Prometheus is up, every gate query parses, and the stable track has data.
-    Every problem is listed at once."""
+    """Preflight: Prometheus is up, every gate query parses, and every trigger and success
+    criterion selects series of the stable track (which a ``pre_deploy`` baseline reads too).
+
+    A query with no data is refused when one of its selectors matches no series by the
+    labels that say whose series it is — a label convention the cluster does not have —
+    naming the matcher (``selectors.diagnose``) and the rendered query. A counter child not
+    born yet (no 5xx, no error of a type) is no mismatch. A query whose selectors all match
+    series but whose value is empty (a ratio of events the old version never has, such as
+    lock timeouts over lock attempts) is not a plan error: its series exist, and the soak
+    counts rounds without data against the gate's limits. Every problem is listed at once."""
     rt = runctx.get()
     if not rt.metrics.is_online():
         return [f"Prometheus is not usable: {offline_reason(rt.metrics)}"]
     queries: dict[tuple[str, str], str] = {}
     for phase in plan.phases:
-        scope = Scope(plan.namespace(phase), plan.target.deployment, "stable")
+        scope = with_hashes(plan, Scope(plan.namespace(phase), plan.target.deployment, "stable"))
         for gate in phase.gates():
-            queries[(phase.name, gate.name)] = query_for(plan, gate, scope, "stable", window_for(gate, phase))
+            queries[(phase.name, gate.name)] = gates.query(plan, gate, scope, "stable", window_for(gate, phase))
+    samples = collect(rt.metrics, queries)
+    convention = set(plan.labels.stable) | set(plan.labels.canary) if plan.labels is not None else set()
+    identity = selectors.IDENTITY | convention
     problems = []
-    for (phase_name, gate_name), s in collect(rt.metrics, queries).items():
+    for (phase_name, gate_name), s in samples.items():
+        where = f"phases[{phase_name}].{gate_name}"
         if s.rejected:
-            problems.append(f"phases[{phase_name}].{gate_name}: Prometheus rejected the query: {s.error}")
+            problems.append(f"{where}: Prometheus rejected the query: {s.error}")
         elif s.error and not s.no_data:
-            problems.append(f"phases[{phase_name}].{gate_name}: {s.error}")
+            problems.append(f"{where}: {s.error}")
+        elif s.no_data:
+            query = queries[(phase_name, gate_name)]
+            if not isinstance(rt.metrics, SeriesFinder):
+                problems.append(f"{where}: no data for the stable track: {query}")
+                continue
+            for why in selectors.diagnose_query(rt.metrics, query, identity):
+                problems.append(f"{where}: no data for the stable track — {why} — query: {query}")
     return problems
 
 

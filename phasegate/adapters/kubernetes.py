@@ -361,6 +361,23 @@ class KubernetesCluster:
                     f"{state.available_replicas} available, {status.get('replicas', 0)} total")
             time.sleep(self.poll_interval)
 
+    def pod_template_hash(self, namespace: str, deployment: str) -> str | None:
+        """The ``pod-template-hash`` of the ReplicaSet running the Deployment's current template
+        (Argo's podTemplateHashValue); None if the Deployment or that ReplicaSet is missing."""
+        d = self._find_deployment(namespace, deployment)
+        if d is None:
+            return None
+        listing = self._request("GET", "/apis/apps/v1/namespaces/" + namespace + "/replicasets",
+                                query={"labelSelector": _selector_string(d["spec"]["selector"])})
+        uid, current = d["metadata"]["uid"], _without_hash(d["spec"]["template"])
+        for rs in listing.get("items") or []:
+            refs = rs["metadata"].get("ownerReferences") or []
+            owned = any(o.get("uid") == uid and o.get("controller") for o in refs)
+            if owned and _without_hash(rs["spec"]["template"]) == current:
+                found = (rs["metadata"].get("labels") or {}).get(HASH_LABEL)
+                return str(found) if found else None
+        return None
+
     def undo(self, ref: TargetRef, to_image: str | None = None) -> int:
         def step() -> int:
             d = self._get_deployment(ref.namespace, ref.deployment)

@@ -13,6 +13,18 @@ Design decisions:
   fast and says why.
 * One session is shared by the worker threads of ``measure.collect``; its connection pool
   is sized so a concurrent round of gates does not open and discard connections.
+* Client CPU per query is what limits a round on a fast network (queries overlap only while
+  they wait, and the parsing holds the GIL): the proxy and CA-bundle environment is read
+  once, here, instead of on every request (``requests`` scans the whole environment twice
+  per call when ``trust_env`` is on), and fixed headers live on the session. Instant
+  queries — every gate round — go straight to the session's own urllib3 connection pool
+  (the one ``requests`` would pick, with its TLS settings: ``get_connection_with_tls_context``,
+  the hook ``HTTPAdapter`` offers subclasses) instead of through ``Session.request``, which
+  spends ~0.7 ms of CPU per call merging settings, hooks and cookies nobody here uses
+  (measured: 1.06 → 0.39 ms per query). Range queries and a proxied Prometheus keep the
+  ``prometheus-api-client`` path; both paths classify status codes in one function.
+* Extra request headers (``headers``: ``X-Scope-OrgID`` for multi-tenant Mimir, Cortex or
+  Thanos) go with every request; their values are treated as secrets, like credentials.
 * Secrets (bearer token, basic-auth password) never reach a message or a ``repr``: errors
   are rebuilt from the status and reason, raised ``from None`` (a ``requests`` exception
   holds the request and its ``Authorization`` header), and scrubbed as a last line.
@@ -23,11 +35,17 @@ Design decisions:
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
+import urllib3
 from prometheus_api_client import PrometheusConnect
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +55,7 @@ from urllib3.util.retry import Retry
 from phasegate import errors
 
 _REJECTED_STATUS = {400, 422}
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _MAX_MESSAGE = 500
 
 
@@ -52,6 +71,16 @@ class PrometheusSettings(BaseSettings):
     password: SecretStr | None = Field(None, description="Basic-auth password")
     ca_file: str | None = Field(None, description="PEM bundle to verify a private CA's certificate")
     verify_tls: bool = Field(True, description="False disables certificate checks (never in production)")
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Extra headers on every request, e.g. {\"X-Scope-OrgID\": \"tenant\"} for Mimir/Cortex/Thanos "
+        "(PHASEGATE_PROMETHEUS_HEADERS as JSON); values are kept out of logs like credentials",
+    )
+
+
+def _env_ca_bundle() -> str | None:
+    # What requests itself would read with trust_env on.
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
 
 
 def _series_labels(series: dict[str, Any]) -> str:
@@ -81,7 +110,8 @@ class PrometheusProvider:
         basic_auth: tuple[str, str] | None = None,
         ca_file: str | None = None,
         verify_tls: bool = True,
-        max_connections: int = 32,
+        headers: Mapping[str, str] | None = None,
+        max_connections: int = 64,
     ) -> None:
         parsed = requests.utils.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -92,20 +122,40 @@ class PrometheusProvider:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._auth_kind = "bearer" if bearer_token else "basic" if basic_auth else "none"
-        self._secrets = [s for s in (bearer_token, basic_auth[1] if basic_auth else None) if s]
+        extra = dict(headers or {})
+        for name in extra:
+            if not _HEADER_NAME.match(name) or name.lower() in ("authorization", "host", "content-length"):
+                raise ValueError(f"header {name!r} cannot be set here (credentials go in bearer_token / basic_auth)")
+        self.header_names = sorted(extra)
+        self._secrets = [s for s in (bearer_token, basic_auth[1] if basic_auth else None, *extra.values()) if s]
 
         session = requests.Session()
-        session.verify = ca_file if ca_file else verify_tls
+        # The environment is read once here, not on every request (see the module docstring).
+        session.trust_env = False
+        session.proxies = requests.utils.get_environ_proxies(self.url)
+        session.verify = ca_file if ca_file else (_env_ca_bundle() or True) if verify_tls else False
         session.hooks["response"].append(self._raise_for_status)
-        headers = {"Authorization": f"Bearer {bearer_token}"} if bearer_token else None
+        session.headers.update(extra)
+        if bearer_token:
+            session.headers["Authorization"] = f"Bearer {bearer_token}"
+        if basic_auth is not None:
+            session.auth = basic_auth
         # read=False: a read timeout surfaces as requests.ReadTimeout, not a ConnectionError.
         retry = Retry(total=0, read=False, raise_on_status=False)
-        self._client = PrometheusConnect(
-            url=self.url, headers=headers, auth=basic_auth, session=session, timeout=timeout, retry=retry
-        )
+        self._client = PrometheusConnect(url=self.url, session=session, timeout=timeout, retry=retry)
         # Re-mount after PrometheusConnect's own adapter to size the pool for concurrent rounds.
-        session.mount(self.url, HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=max_connections))
+        adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=max_connections)
+        session.mount(self.url, adapter)
         self._session = session
+        self._query_path = (parsed.path.rstrip("/") or "") + "/api/v1/query"
+        self._pool = None
+        if not session.proxies:
+            prepared = requests.Request("GET", self.url + "/api/v1/query").prepare()
+            self._pool = adapter.get_connection_with_tls_context(prepared, session.verify, None, None)
+        self._pool_headers = dict(session.headers)
+        if basic_auth is not None:
+            self._pool_headers["Authorization"] = requests.auth._basic_auth_str(*basic_auth)
+        self._pool_timeout = urllib3.Timeout(connect=timeout, read=timeout)
 
     @classmethod
     def from_settings(cls, settings: PrometheusSettings) -> PrometheusProvider:
@@ -119,18 +169,25 @@ class PrometheusProvider:
             basic_auth=basic,
             ca_file=settings.ca_file,
             verify_tls=settings.verify_tls,
+            headers={k: v.get_secret_value() for k, v in settings.headers.items()},
         )
 
     def __repr__(self) -> str:
-        return f"PrometheusProvider(url={self.url!r}, timeout={self.timeout}, auth={self._auth_kind})"
+        headers = f", headers={self.header_names}" if self.header_names else ""
+        return f"PrometheusProvider(url={self.url!r}, timeout={self.timeout}, auth={self._auth_kind}{headers})"
 
     def close(self) -> None:
         self._session.close()
+        if self._pool is not None:
+            self._pool.close()
 
     # --- MetricsProvider -------------------------------------------------------------
 
     def query(self, promql: str) -> float:
-        result = self._call(self._client.custom_query, promql, params=self._params())
+        if self._pool is not None:
+            result = self._pooled_query(promql)
+        else:
+            result = self._call(self._client.custom_query, promql, params=self._params())
         if not isinstance(result, list):
             raise errors.ProviderUnavailable(f"unexpected response from Prometheus at {self.url}")
         if len(result) == 2 and not isinstance(result[0], dict):
@@ -167,6 +224,27 @@ class PrometheusProvider:
             if math.isfinite(value):
                 points.append((float(t), value))
         return points
+
+    # --- SeriesFinder (preflight and doctor diagnostics) -------------------------------
+
+    def series(self, match: str) -> list[Mapping[str, str]]:
+        found = self._get("/api/v1/series", match, {"match[]": match, **self._recent()})
+        return [dict(s) for s in found or []]
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        params = {"match[]": match, **self._recent()}
+        return sorted(str(v) for v in self._get(f"/api/v1/label/{label}/values", match, params) or [])
+
+    def _recent(self) -> dict[str, str]:
+        now = datetime.now(UTC).timestamp()
+        return {"start": f"{now - 3600:.0f}", "end": f"{now:.0f}"}
+
+    def _get(self, path: str, what: str, params: dict[str, str]) -> Any:
+        def call(_: str) -> Any:
+            response = self._session.get(self.url + path, params=params, timeout=self.timeout)
+            return response.json()["data"]
+
+        return self._call(call, what)
 
     def is_online(self) -> bool:
         """Flagger's check: ``vector(1)`` evaluates to 1."""
@@ -214,23 +292,51 @@ class PrometheusProvider:
                 f"unexpected response from Prometheus at {self.url}: {type(exc).__name__}"
             ) from None
 
+    def _pooled_query(self, promql: str) -> Any:
+        path = self._query_path + "?" + urlencode({"query": promql, **self._params()})
+        try:
+            response = self._pool.urlopen(  # type: ignore[union-attr]
+                "GET", path, headers=self._pool_headers, retries=False, redirect=False, timeout=self._pool_timeout,
+            )
+        except urllib3.exceptions.NewConnectionError as exc:
+            raise errors.ProviderUnavailable(f"cannot reach Prometheus at {self.url}: {self._reason(exc)}") from None
+        except urllib3.exceptions.TimeoutError:
+            raise errors.ProviderUnavailable(f"Prometheus at {self.url} timed out after {self.timeout:g}s") from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise errors.ProviderUnavailable(
+                f"cannot reach Prometheus at {self.url}: {type(exc).__name__}"
+            ) from None
+        try:
+            self._classify(response.status, response.reason or "", response.data)
+            return json.loads(response.data)["data"]["result"]
+        except errors.PhasegateError as exc:
+            raise type(exc)(self._scrub(f"{exc}: {promql}")) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            # A 200 that is not Prometheus JSON (a login page, a proxy).
+            raise errors.ProviderUnavailable(
+                f"unexpected response from Prometheus at {self.url}: {type(exc).__name__}"
+            ) from None
+
     def _raise_for_status(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        if response.status_code < 400:
+        self._classify(response.status_code, response.reason or "", response.content)
+
+    def _classify(self, status: int, reason_phrase: str, content: bytes) -> None:
+        """The core's error for an HTTP status (see the module docstring); nothing below 400."""
+        if status < 400:
             return
         message = ""
         try:
-            body = response.json()
+            body = json.loads(content)
             if isinstance(body, dict):
                 message = str(body.get("error", ""))
         except ValueError:
-            message = response.text[:200]
-        status = response.status_code
+            message = content[:200].decode(errors="replace")
         if status in _REJECTED_STATUS:
             raise errors.QueryRejected(self._scrub(f"Prometheus rejected the query (HTTP {status}): {message}"))
         if status in (401, 403):
             reason = f"Prometheus at {self.url} refused the credentials (HTTP {status}, auth={self._auth_kind})"
         else:
-            reason = f"Prometheus at {self.url} answered HTTP {status} {response.reason}"
+            reason = f"Prometheus at {self.url} answered HTTP {status} {reason_phrase}"
             if message:
                 reason += f": {message}"
         raise errors.ProviderUnavailable(self._scrub(reason))

@@ -33,7 +33,7 @@ from pathlib import Path
 import typer
 
 # A module, not names: cli.py imports this module to register its commands.
-from phasegate import runctx
+from phasegate import gates, runctx, selectors
 from phasegate.adapters.kubernetes import REQUIRED_PERMISSIONS, KubernetesCluster
 from phasegate.adapters.prometheus import PrometheusProvider
 from phasegate.adapters.slack import (
@@ -65,7 +65,10 @@ class Check:
 def doctor(settings: PhasegateSettings, plan: RolloutPlan | None = None,
            env: Mapping[str, str] = os.environ) -> list[Check]:
     """Every check, in order: cluster, RBAC per namespace, targets (with a plan), Prometheus, Slack."""
-    checks = [*_cluster_checks(settings, plan), _prometheus_check(settings), _slack_check(settings, plan, env)]
+    checks = [*_cluster_checks(settings, plan), _prometheus_check(settings)]
+    if plan is not None and checks[-1].ok:
+        checks.extend(_series_checks(settings, plan))
+    checks.append(_slack_check(settings, plan, env))
     secrets = _secrets(settings, env)
     return [replace(c, detail=_scrub(c.detail, secrets)) for c in checks]
 
@@ -159,6 +162,8 @@ def _prometheus_check(settings: PhasegateSettings) -> Check:
     auth = "basic auth" if prom.username else "bearer token" if prom.bearer_token else "no auth"
     if settings.prometheus_secret_block:
         auth += f" (secret block {settings.prometheus_secret_block!r})"
+    if prom.headers:
+        auth += f", headers {', '.join(sorted(prom.headers))}"  # names only: values are secrets
     where = f"{prom.url} ({auth})"
     try:
         provider = PrometheusProvider.from_settings(settings.prometheus_settings())
@@ -173,6 +178,31 @@ def _prometheus_check(settings: PhasegateSettings) -> Check:
     if value != 1.0:
         return Check("prometheus", False, f"{where}: vector(1) evaluated to {value}")
     return Check("prometheus", True, f"{where}: online")
+
+
+def _series_checks(settings: PhasegateSettings, plan: RolloutPlan) -> list[Check]:
+    """Per metric the plan reads: the labels its series carry, and any selector of the
+    stable track's query that matches no series by whose-series labels (as preflight refuses)."""
+    provider = PrometheusProvider.from_settings(settings.prometheus_settings())
+    identity = selectors.IDENTITY | (set(plan.labels.stable) | set(plan.labels.canary) if plan.labels else set())
+    phase = next((p for p in plan.phases if p.has_canary), plan.phases[0])
+    scope = gates.Scope(plan.namespace(phase), plan.target.deployment, "stable")
+    out = []
+    try:
+        for name, metric in plan.metrics.items():
+            query = gates.render_metric(plan, metric.query, scope, "stable", "5m")
+            try:
+                carried = dict(selectors.labels_by_metric(provider, [query]))
+                problems = selectors.diagnose_query(provider, query, frozenset(identity))
+            except Exception as exc:
+                out.append(Check(f"metric {name}", False, f"{exc}"))
+                continue
+            labels = "; ".join(f"{m}: {', '.join(ls) or 'no series'}" for m, ls in carried.items())
+            detail = labels + ("" if not problems else " — " + " — ".join(problems))
+            out.append(Check(f"metric {name}", not problems, detail))
+    finally:
+        provider.close()
+    return out
 
 
 def _slack_check(settings: PhasegateSettings, plan: RolloutPlan | None, env: Mapping[str, str]) -> Check:

@@ -1,54 +1,69 @@
-"""The synthetic application: an exporter that behaves like the seed's service under load.
+"""The synthetic application: one exporter per pod, behaving like the seed's service under load.
 
 Design decisions:
 
 * It exports the seed's metrics in Prometheus naming (``token_refresh.lock.timeouts`` →
   ``token_refresh_lock_timeouts_total``; ``*_duration_ms`` → histograms with millisecond
-  buckets), per track, labelled ``namespace``, ``deployment`` (the target Deployment's
-  name on both tracks, so one template serves both) and ``track``.
-* Every label combination is initialised at 0 when a track first appears, so "zero
-  errors" reads 0, not "no data". A track that disappears (canary removed) has its series
-  removed, as a deleted pod's series go stale.
-* Traffic is proportional to a track's ready replicas: Poisson request counts and
-  log-normal latencies per tick (every ~0.2 s wall). A healthy canary and stable are then
-  statistically alike, and a canary with no ready pod has no traffic, so its traffic gates
-  read NoData rather than a reassuring zero.
-* The app sees the world only through ``observe() -> list[TrackObservation]``; the
-  rehearsal builds that from the cluster emulator (image, ready replicas, feature flag,
-  current phase). It does not import the emulator.
+  buckets), one registry and one ``/pods/<namespace>/<pod>/metrics`` path **per pod**, as
+  every replica of a real service serves its own ``/metrics``. No series carries
+  ``namespace``, ``deployment`` or ``track``: who a series belongs to is said by the target
+  labels Prometheus attaches on discovery (``target_groups``: what prometheus-operator's
+  ServiceMonitor gives — ``namespace``, ``pod``, ``container``, ``service``, ``endpoint``,
+  ``job``, ``instance`` — and pod labels only where ``pod_target_labels`` copies them).
+* As with ``prometheus_client`` in a real process: an unlabelled metric is exported at 0
+  from the pod's start; a labelled child (an error ``type``, a status ``code``) appears on
+  its first increment, already at 1 or more. "Zero errors" is then no series at all, and
+  the first error of a pod is a new series — which a gate must not miss.
+* A deleted pod's registry is dropped and it leaves discovery, so its series go stale as
+  in a cluster; a replacement pod starts from nothing under its own name.
+* Traffic goes to ready pods only: Poisson request counts and log-normal latencies per
+  tick (every ~0.2 s wall). A healthy canary and stable are then statistically alike, and a
+  canary with no ready pod has no traffic, so its traffic gates read NoData rather than a
+  reassuring zero.
+* The app sees the world only through ``observe() -> list[PodObservation]``; the rehearsal
+  builds that from the cluster emulator's pods (name, labels, image, readiness, feature
+  flag, current phase). It does not import the emulator.
 * The old version has no lock: each request that finds an expired token refreshes it
   itself, so ``refreshes per expiration`` is above 1 and the lock series stay at 0. The new
   version (image ``new_image`` with its feature flag on) refreshes once per expiration
   under a lock; concurrent waiters find the fresh token on the double check.
-* Faults (``scenarios.Scenario``) apply to whichever track runs ``new_image``, only while
-  its flag is on, from a phase and plan-time offset measured with the given ``Clock`` from
-  when the app first observes that phase.
+* Faults (``scenarios.Scenario``) apply to pods running ``new_image``, only while the flag
+  is on, from a phase and plan-time offset measured with the given ``Clock`` from when the
+  app first observes that phase. A fault's rate (errors per second) is the service's, split
+  across the pods running the new version.
 
-``GATE_QUERIES`` below are the PromQL for the seed's gates, as ``templates.render`` input.
+``GATE_QUERIES`` below are the PromQL for the seed's gates, as ``templates.render`` input,
+selecting pods by name (``{{pods}}``) as on a stock kube-prometheus.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from wsgiref.simple_server import WSGIServer, make_server
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 from phasegate.clock import Clock, RealClock
+from phasegate.gates import K8S_ALPHABET
 from phasegate.rehearsal.scenarios import HEALTHY, Effects, Scenario
 
 OLD_IMAGE = "registry.example/bodhi-server:1.4.2"
 NEW_IMAGE = "registry.example/bodhi-server:1.5.0"
 
-_SEL = 'namespace="{{namespace}}",deployment="{{deployment}}",track="{{track}}"'
-_CANARY = 'namespace="{{namespace}}",deployment="{{deployment}}",track="canary"'
-_STABLE = 'namespace="{{namespace}}",deployment="{{deployment}}",track="stable"'
+_SEL = 'namespace="{{namespace}}",pod=~"{{pods}}"'
+# Both tracks in one query: the canary's pods and the stable's, named out (gates.pods_regex).
+_POD = f"[{K8S_ALPHABET}]{{1,10}}-[{K8S_ALPHABET}]{{5}}"
+_CANARY = f'namespace="{{{{namespace}}}}",pod=~"{{{{deployment}}}}-canary-{_POD}"'
+_STABLE = f'namespace="{{{{namespace}}}}",pod=~"{{{{deployment}}}}-{_POD}"'
 
 
 def _p99(metric: str, sel: str) -> str:
@@ -60,9 +75,27 @@ def _incr(metric: str, sel: str = _SEL, extra: str = "") -> str:
 
 
 def _error_rate(sel: str) -> str:
+    # No 5xx series until the first 5xx: none is a rate of 0, provided there is traffic.
     return (
-        f'sum(rate(http_requests_total{{code=~"5..",{sel}}}[{{{{window}}}}]))'
+        f'(sum(rate(http_requests_total{{code=~"5..",{sel}}}[{{{{window}}}}])) or on() vector(0))'
         f" / sum(rate(http_requests_total{{{sel}}}[{{{{window}}}}]))"
+    )
+
+
+def _new_errors(metric: str, sel: str, extra: str = "") -> str:
+    """Errors counted by a labelled counter over the window, the first one included.
+
+    The child appears on its first increment, already at 1: ``increase()`` needs two samples
+    and reads nothing, then 0, for it. So the count is ``increase()`` of the series that
+    existed before the window plus the first value of those born inside it (present now,
+    absent one window ago); neither part existing is 0 — as long as the pods are seen at
+    all (``and on()`` their request counter), so a selector matching nothing stays no data.
+    """
+    s = f"{metric}{{{extra}{sel}}}"
+    return (
+        f"((sum(increase({s}[{{{{window}}}}])) or on() vector(0))"
+        f" + (sum(min_over_time({s}[{{{{window}}}}]) unless {s} offset {{{{window}}}}) or on() vector(0)))"
+        f" and on() sum(rate(http_requests_total{{{sel}}}[{{{{window}}}}]))"
     )
 
 
@@ -80,7 +113,7 @@ _LOCK_TIMEOUT_RATIO = f"{_incr('token_refresh_lock_timeouts_total')} / clamp_min
 # provider reports NoData and a canary with no traffic is never judged healthy.
 GATE_QUERIES: dict[str, str] = {
     # "Any 'Token is not active' errors" / "Should be ZERO" (critical alert: increase > 0)
-    "token_not_active_errors": _incr("token_refresh_errors_total", extra='type="token_not_active",'),
+    "token_not_active_errors": _new_errors("token_refresh_errors_total", _SEL, extra='type="token_not_active",'),
     # "Lock timeout rate > 1%" (rollback trigger): timeouts / acquisition attempts
     "lock_timeout_ratio": _LOCK_TIMEOUT_RATIO,
     # alert TokenRefreshLockTimeout: rate(token_refresh.lock.timeouts[5m]) > 0.01 (per second)
@@ -123,8 +156,27 @@ STATUS_CODES = ("200", "401", "500", "503")
 
 
 @dataclass(frozen=True)
+class PodObservation:
+    """What the app needs to know about one pod right now."""
+
+    namespace: str
+    name: str
+    image: str
+    ready: bool
+    flag_enabled: bool
+    phase: str | None
+    ip: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    container: str = "app"
+    service: str = "app"
+    port_name: str = "http"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
 class TrackObservation:
-    """What the app needs to know about one track of one Deployment right now."""
+    """A track of ``replicas`` ready pods, for worlds without a cluster (fixtures, benches):
+    ``pods()`` names them as a ReplicaSet would."""
 
     namespace: str
     deployment: str
@@ -133,6 +185,26 @@ class TrackObservation:
     ready_replicas: int
     flag_enabled: bool
     phase: str | None
+
+    def pods(self) -> list[PodObservation]:
+        workload = self.deployment + ("-canary" if self.track == "canary" else "")
+        digest = hashlib.sha256(f"{self.namespace}/{workload}/{self.image}".encode()).digest()
+        pod_hash = "".join(K8S_ALPHABET[b % len(K8S_ALPHABET)] for b in digest[:10])
+        out = []
+        for i in range(self.ready_replicas):
+            d = hashlib.sha256(f"{pod_hash}/{i}".encode()).digest()
+            suffix = "".join(K8S_ALPHABET[b % len(K8S_ALPHABET)] for b in d[:5])
+            out.append(PodObservation(
+                self.namespace, f"{workload}-{pod_hash}-{suffix}", self.image, True, self.flag_enabled, self.phase,
+                ip=f"10.{len(self.namespace) % 250}.{d[5]}.{d[6] % 250 + 2}",
+                labels=(("app", self.deployment), ("pod-template-hash", pod_hash)),
+                container=self.deployment, service=self.deployment,
+            ))
+        return out
+
+
+def pods_of(tracks: Iterable[TrackObservation]) -> list[PodObservation]:
+    return [p for t in tracks for p in t.pods()]
 
 
 @dataclass(frozen=True)
@@ -153,11 +225,46 @@ class TrafficProfile:
     lock_uncontended_median_ms: float = 1.5
 
 
-Observe = Callable[[], list[TrackObservation]]
+Observe = Callable[[], list[PodObservation]]
+TargetGroups = list[dict[str, Any]]
+
+
+class _Pod:
+    """One pod's registry: what its /metrics would serve."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.errors = Counter("token_refresh_errors", "Token refresh errors by type", ("type",), registry=r)
+        self.lock_timeouts = Counter("token_refresh_lock_timeouts", "Lock acquisition timeouts", registry=r)
+        self.lock_wait = Histogram(
+            "token_refresh_lock_acquisition_duration_ms", "Wait to acquire the refresh lock (ms)",
+            buckets=LOCK_BUCKETS_MS, registry=r,
+        )
+        self.with_lock = Histogram(
+            "token_refresh_with_lock_duration_ms", "Refresh duration with the lock held (ms)",
+            buckets=LATENCY_BUCKETS_MS, registry=r,
+        )
+        self.api_latency = Histogram("api_response_time_ms", "API response time (ms)", buckets=LATENCY_BUCKETS_MS,
+                                     registry=r)
+        self.auth_failures = Counter("auth_failures", "Authentication failures", registry=r)
+        self.locks_active = Gauge("concurrency_locks_active", "Refresh locks held now", registry=r)
+        self.lock_acquisitions = Counter("concurrency_lock_acquisitions", "Successful lock acquisitions", registry=r)
+        self.double_check_hits = Counter(
+            "token_refresh_double_check_hits", "Refreshes avoided by the double check", registry=r
+        )
+        self.refresh_calls = Counter("token_refresh_calls", "Refresh-token calls to Keycloak", registry=r)
+        self.expirations = Counter("token_expirations", "Access tokens found expired", registry=r)
+        self.requests = Counter("http_requests", "HTTP requests by status code", ("code",), registry=r)
+
+
+def _inc(counter: Any, amount: int, *labels: str) -> None:
+    """Increment only if something happened: a labelled child must not appear at 0."""
+    if amount > 0:
+        (counter.labels(*labels) if labels else counter).inc(amount)
 
 
 class SyntheticApp:
-    """A Prometheus exporter on 127.0.0.1 simulating the seed's service for each observed track."""
+    """Prometheus exporters on 127.0.0.1 (one path per pod) simulating the seed's service."""
 
     def __init__(
         self,
@@ -170,7 +277,12 @@ class SyntheticApp:
         requests_per_replica_per_s: float | None = None,
         tick_seconds: float = 0.2,
         seed: int | None = None,
+        pod_target_labels: Sequence[str] = (),
+        on_targets: Callable[[TargetGroups], None] | None = None,
     ) -> None:
+        """``pod_target_labels``: pod labels copied onto every series (a PodMonitor's or
+        ServiceMonitor's ``podTargetLabels``); none by default, as on a stock install.
+        ``on_targets``: told the file_sd target groups whenever the set of pods changes."""
         self.observe = observe
         self.new_image = new_image
         self.scenario = scenario
@@ -180,66 +292,39 @@ class SyntheticApp:
             profile = TrafficProfile(**{**profile.__dict__, "requests_per_replica_per_s": requests_per_replica_per_s})
         self.profile = profile
         self.tick_seconds = tick_seconds
+        self.pod_target_labels = tuple(pod_target_labels)
+        self.on_targets = on_targets
         self.origin = self.clock.now()
         # Plan time each phase was first observed; faults count their offset from it.
         self.phase_seen: dict[str, float] = {}
         self.port = 0
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
-        self._known: set[tuple[str, str, str]] = set()
+        self._pods: dict[tuple[str, str], _Pod] = {}
+        self._groups: TargetGroups = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._server: WSGIServer | None = None
-        self.registry = CollectorRegistry()
-        self._define_metrics()
-
-    def _define_metrics(self) -> None:
-        labels = ("namespace", "deployment", "track")
-        r = self.registry
-        self.errors = Counter("token_refresh_errors", "Token refresh errors by type", (*labels, "type"), registry=r)
-        self.lock_timeouts = Counter("token_refresh_lock_timeouts", "Lock acquisition timeouts", labels, registry=r)
-        self.lock_wait = Histogram(
-            "token_refresh_lock_acquisition_duration_ms", "Wait to acquire the refresh lock (ms)", labels,
-            buckets=LOCK_BUCKETS_MS, registry=r,
-        )
-        self.with_lock = Histogram(
-            "token_refresh_with_lock_duration_ms", "Refresh duration with the lock held (ms)", labels,
-            buckets=LATENCY_BUCKETS_MS, registry=r,
-        )
-        self.api_latency = Histogram(
-            "api_response_time_ms", "API response time (ms)", labels, buckets=LATENCY_BUCKETS_MS, registry=r
-        )
-        self.auth_failures = Counter("auth_failures", "Authentication failures", labels, registry=r)
-        self.locks_active = Gauge("concurrency_locks_active", "Refresh locks held now", labels, registry=r)
-        self.lock_acquisitions = Counter(
-            "concurrency_lock_acquisitions", "Successful lock acquisitions", labels, registry=r
-        )
-        self.double_check_hits = Counter(
-            "token_refresh_double_check_hits", "Refreshes avoided by the double check", labels, registry=r
-        )
-        self.refresh_calls = Counter("token_refresh_calls", "Refresh-token calls to Keycloak", labels, registry=r)
-        self.expirations = Counter("token_expirations", "Access tokens found expired", labels, registry=r)
-        self.requests = Counter("http_requests", "HTTP requests by status code", (*labels, "code"), registry=r)
-        self._per_track = (
-            self.lock_timeouts, self.lock_wait, self.with_lock, self.api_latency, self.auth_failures,
-            self.locks_active, self.lock_acquisitions, self.double_check_hits, self.refresh_calls, self.expirations,
-        )
 
     # --- lifecycle -------------------------------------------------------------------
 
     @property
-    def target(self) -> str:
-        """``host:port`` for a Prometheus scrape config."""
+    def address(self) -> str:
+        """``host:port`` every pod's path is served on."""
         return f"127.0.0.1:{self.port}"
+
+    def target_groups(self) -> TargetGroups:
+        """file_sd groups, one per pod, labelled as prometheus-operator labels its targets."""
+        with self._lock:
+            return list(self._groups)
 
     def start(self) -> SyntheticApp:
         if self._thread is not None:
             return self
         # Port 0: the OS picks a free port at bind time, so there is no race with other servers.
-        # What start_http_server does, minus gzip: on loopback compressing every scrape of a
-        # hundred targets was a fifth of the world's CPU and saves nothing.
-        server = make_server("127.0.0.1", 0, make_wsgi_app(self.registry, disable_compression=True),
-                             ThreadingWSGIServer, handler_class=_SilentHandler)
+        # No gzip: on loopback compressing every scrape of a hundred targets was a fifth of
+        # the world's CPU and saves nothing.
+        server = make_server("127.0.0.1", 0, self._wsgi, ThreadingWSGIServer, handler_class=_SilentHandler)
         threading.Thread(target=server.serve_forever, name="synthetic-app-http", daemon=True).start()
         self._server = server
         self.port = int(server.server_port)
@@ -272,9 +357,29 @@ class SyntheticApp:
             self.tick(now - last)
             last = now
 
+    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        parts = environ.get("PATH_INFO", "").strip("/").split("/")
+        pod = None
+        if len(parts) == 4 and parts[0] == "pods" and parts[3] == "metrics":
+            with self._lock:
+                pod = self._pods.get((parts[1], parts[2]))
+        if pod is None:
+            # A deleted pod's address answers nothing, as in a cluster.
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"no such pod\n"]
+        body = generate_latest(pod.registry)
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def registry(self, namespace: str, pod: str) -> CollectorRegistry | None:
+        """A pod's registry (tests read values from it)."""
+        with self._lock:
+            found = self._pods.get((namespace, pod))
+            return found.registry if found is not None else None
+
     # --- behaviour -------------------------------------------------------------------
 
-    def effects_for(self, obs: TrackObservation) -> Effects | None:
+    def effects_for(self, obs: PodObservation) -> Effects | None:
         """The active faults for ``obs``; ``None`` if it runs the old code path."""
         if obs.image != self.new_image:
             return None
@@ -289,72 +394,73 @@ class SyntheticApp:
             return HEALTHY
         return self.scenario.effects(self.clock.now(), self.phase_seen, self.origin)
 
+    def _group(self, obs: PodObservation) -> dict[str, Any]:
+        labels = {
+            "__metrics_path__": f"/pods/{obs.namespace}/{obs.name}/metrics",
+            "namespace": obs.namespace, "pod": obs.name, "container": obs.container, "service": obs.service,
+            "endpoint": obs.port_name, "job": obs.service, "instance": f"{obs.ip or obs.name}:{obs.port}",
+        }
+        for name, value in obs.labels:
+            if name in self.pod_target_labels:
+                labels[_label_name(name)] = value
+        return {"targets": [self.address], "labels": labels}
+
     def tick(self, dt: float) -> None:
-        """Advance every observed track by ``dt`` wall seconds of traffic."""
+        """Advance every observed pod by ``dt`` wall seconds of traffic."""
         observations = self.observe()
         now = self.clock.now()
         with self._lock:
             for obs in observations:
                 if obs.phase is not None:
                     self.phase_seen.setdefault(obs.phase, now)
-            current = {(o.namespace, o.deployment, o.track) for o in observations}
-            for key in self._known - current:
-                self._forget(key)
-            for obs in observations:
-                key = (obs.namespace, obs.deployment, obs.track)
-                if key not in self._known:
-                    self._initialise(key)
-                    self._known.add(key)
-                if dt > 0:
-                    self._simulate(key, obs, dt)
+            current = {(o.namespace, o.name): o for o in observations}
+            for key in set(self._pods) - set(current):
+                del self._pods[key]
+            for key in current:
+                if key not in self._pods:
+                    self._pods[key] = _Pod()
+            groups = [self._group(o) for o in current.values()]
+            changed = groups != self._groups
+            self._groups = groups
+            new_code = sum(1 for o in observations if o.ready and self.effects_for(o) is not None)
+            if dt > 0:
+                for key, obs in current.items():
+                    if obs.ready:
+                        self._simulate(self._pods[key], obs, dt, max(new_code, 1))
+        if changed and self.on_targets is not None:
+            self.on_targets(self.target_groups())
 
-    def _initialise(self, key: tuple[str, str, str]) -> None:
-        for kind in ERROR_TYPES:
-            self.errors.labels(*key, kind)
-        for code in STATUS_CODES:
-            self.requests.labels(*key, code)
-        for metric in self._per_track:
-            metric.labels(*key)
-
-    def _forget(self, key: tuple[str, str, str]) -> None:
-        self._known.discard(key)
-        for kind in ERROR_TYPES:
-            self.errors.remove(*key, kind)
-        for code in STATUS_CODES:
-            self.requests.remove(*key, code)
-        for metric in self._per_track:
-            metric.remove(*key)
-
-    def _simulate(self, key: tuple[str, str, str], obs: TrackObservation, dt: float) -> None:
+    def _simulate(self, pod: _Pod, obs: PodObservation, dt: float, new_code_pods: int) -> None:
         p, rng = self.profile, self._rng
         effects = self.effects_for(obs)
         new_code = effects is not None
         fx = effects or HEALTHY
-        n = int(rng.poisson(p.requests_per_replica_per_s * max(0, obs.ready_replicas) * dt))
+        n = int(rng.poisson(p.requests_per_replica_per_s * dt))
         if n == 0:
-            self.locks_active.labels(*key).set(0)
+            pod.locks_active.set(0)
             return
 
         latencies = rng.lognormal(math.log(p.latency_median_ms), p.latency_sigma, n) + fx.latency_add_ms
-        _observe_many(self.api_latency.labels(*key), latencies)
+        _observe_many(pod.api_latency, latencies)
 
-        not_active = int(rng.poisson(fx.token_not_active_per_s * dt))
+        # A fault's error rate is the service's: split across the pods running the new code.
+        not_active = int(rng.poisson(fx.token_not_active_per_s * dt / new_code_pods))
         server_errors = int(rng.binomial(n, min(1.0, p.error_ratio + fx.error_rate_add)))
         auth_failed = min(n - server_errors, int(rng.binomial(n, p.auth_failure_ratio)) + not_active)
-        self.requests.labels(*key, "500").inc(server_errors)
-        self.requests.labels(*key, "401").inc(auth_failed)
-        self.requests.labels(*key, "200").inc(n - server_errors - auth_failed)
-        self.auth_failures.labels(*key).inc(auth_failed)
-        self.errors.labels(*key, "token_not_active").inc(not_active)
+        _inc(pod.requests, server_errors, "500")
+        _inc(pod.requests, auth_failed, "401")
+        _inc(pod.requests, n - server_errors - auth_failed, "200")
+        _inc(pod.auth_failures, auth_failed)
+        _inc(pod.errors, not_active, "token_not_active")
 
         expired = int(rng.binomial(n, p.expiry_ratio))
         waiters = int(rng.poisson(p.waiters_per_expiry * expired))
-        self.expirations.labels(*key).inc(expired)
+        _inc(pod.expirations, expired)
         refresh_ms = rng.lognormal(math.log(p.refresh_median_ms), p.refresh_sigma, expired)
         if not new_code:
             # No lock: every request holding the expired token refreshes it itself.
-            self.refresh_calls.labels(*key).inc(expired + waiters)
-            self.locks_active.labels(*key).set(0)
+            _inc(pod.refresh_calls, expired + waiters)
+            pod.locks_active.set(0)
             return
 
         attempts = expired + waiters
@@ -362,21 +468,26 @@ class SyntheticApp:
         waiter_timeouts = min(waiters, timeouts)
         owner_timeouts = timeouts - waiter_timeouts
         refreshes = expired - owner_timeouts
-        self.refresh_calls.labels(*key).inc(refreshes)
-        self.lock_timeouts.labels(*key).inc(timeouts)
-        self.errors.labels(*key, "lock_timeout").inc(timeouts)
-        self.lock_acquisitions.labels(*key).inc(attempts - timeouts)
-        self.double_check_hits.labels(*key).inc(waiters - waiter_timeouts)
+        _inc(pod.refresh_calls, refreshes)
+        _inc(pod.lock_timeouts, timeouts)
+        _inc(pod.errors, timeouts, "lock_timeout")
+        _inc(pod.lock_acquisitions, attempts - timeouts)
+        _inc(pod.double_check_hits, waiters - waiter_timeouts)
 
-        _observe_many(self.with_lock.labels(*key), refresh_ms[:refreshes])
+        _observe_many(pod.with_lock, refresh_ms[:refreshes])
         # The lock owner barely waits; a waiter waits for part of the owner's refresh.
         owner_waits = rng.lognormal(math.log(p.lock_uncontended_median_ms), 0.5, refreshes)
         typical_refresh = float(np.median(refresh_ms)) if expired else p.refresh_median_ms
         waiter_waits = rng.uniform(0, 1, waiters - waiter_timeouts) * typical_refresh
-        _observe_many(self.lock_wait.labels(*key), np.concatenate([owner_waits, waiter_waits]) + fx.lock_latency_add_ms)
+        _observe_many(pod.lock_wait, np.concatenate([owner_waits, waiter_waits]) + fx.lock_latency_add_ms)
         # Little's law: locks held at once = refreshes per second × time each is held.
         held = (refreshes / dt) * (p.refresh_median_ms / 1000) if dt else 0.0
-        self.locks_active.labels(*key).set(int(rng.poisson(held)))
+        pod.locks_active.set(int(rng.poisson(held)))
+
+
+def _label_name(pod_label: str) -> str:
+    # Prometheus' labelmap turns a pod label's invalid characters into underscores.
+    return re.sub(r"[^a-zA-Z0-9_]", "_", pod_label)
 
 
 def _observe_many(histogram: Histogram, values: np.ndarray) -> None:

@@ -185,7 +185,8 @@ class ClusterEmulator:
 
 
 def _deployment(name: str, container: str, image: str, replicas: int, env_flag: str, configmap: str) -> Obj:
-    labels = {"app": name, "track": "stable"}
+    # No track label: a stock Deployment has none, and phasegate never restarts stable pods to add one.
+    labels = {"app": name}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "labels": {"app": name},

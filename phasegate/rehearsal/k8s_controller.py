@@ -27,8 +27,6 @@ import hashlib
 import json
 import logging
 import math
-import random
-import string
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -256,9 +254,9 @@ class Controller:
         want = rs["spec"]["replicas"]
         template = rs["spec"]["template"]
         for _ in range(want - len(pods)):
-            suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+            # generateName, as the ReplicaSet controller does: the apiserver adds the suffix.
             pod = self.store.create("pods", ns, {
-                "metadata": {"name": f"{rs['metadata']['name']}-{suffix}",
+                "metadata": {"generateName": f"{rs['metadata']['name']}-",
                              "labels": dict(template["metadata"].get("labels") or {}),
                              "annotations": dict(template["metadata"].get("annotations") or {}),
                              "ownerReferences": [owner_ref(rs)]},

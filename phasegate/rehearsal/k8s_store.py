@@ -17,6 +17,7 @@ import builtins
 import copy
 import itertools
 import re
+import secrets
 import threading
 import uuid
 from collections import deque
@@ -24,6 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+# k8s.io/apimachinery/pkg/util/rand's alphabet and the apiserver's generateName base limit.
+NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+MAX_GENERATE_BASE = 58
 
 Obj = dict[str, Any]
 
@@ -372,7 +377,10 @@ class Store:
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            # The apiserver's SimpleNameGenerator: base cut to 58 characters, then five random
+            # ones from Kubernetes' vowel-free alphabet (what {{pods}} regexes rely on).
+            meta["name"] = meta["generateName"][:MAX_GENERATE_BASE] + "".join(
+                secrets.choice(NAME_ALPHABET) for _ in range(5))
         name = meta.get("name")
         if not name:
             raise invalid(rt, "", "metadata.name: Required value: name or generateName is required")

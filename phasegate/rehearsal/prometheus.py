@@ -5,9 +5,11 @@ Design decisions:
 * It runs Debian's ``prometheus`` binary, not a fake: gate queries, ``histogram_quantile``
   and HTTP errors then behave exactly as in production.
 * Scrape targets come from a ``file_sd`` JSON file rather than ``static_configs``.
-  Prometheus watches that file, so ``set_targets`` adds or removes an exporter on a running
-  server without a reload; one server can then serve a whole test session while the apps
-  it scrapes come and go.
+  Prometheus watches that file, so ``set_targets`` / ``set_target_groups`` add or remove
+  exporters on a running server without a reload; one server can then serve a whole test
+  session while the apps it scrapes come and go. ``set_target_groups`` takes groups with
+  labels — the synthetic app's pods, labelled as prometheus-operator labels targets — and
+  ``honor_labels`` is off as there: a series cannot claim a namespace or pod of its own.
 * ``backfill`` writes TSDB blocks with ``promtool tsdb create-blocks-from openmetrics``.
   A running 2.42 only picks up new blocks on its next periodic reload (about a minute),
   so a backfill into a running server restarts it; overlapping blocks are accepted by
@@ -33,13 +35,15 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from phasegate import errors
 from phasegate.adapters.prometheus import PrometheusProvider
@@ -117,6 +121,9 @@ class PrometheusServer:
         self.web_config_path = self.root / "web.yml"
         self.basic_auth = basic_auth
         self.port = 0
+        self._targets_lock = threading.Lock()
+        self._targets: list[str] = []
+        self._groups: list[dict[str, Any]] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: object | None = None
         self._write_config()
@@ -136,8 +143,8 @@ class PrometheusServer:
                     "job_name": "app",
                     "scrape_interval": interval,
                     "scrape_timeout": interval,
-                    # Exporters set namespace/deployment/track themselves; keep them.
-                    "honor_labels": True,
+                    # As a ServiceMonitor without honorLabels: target labels win over the exporter's.
+                    "honor_labels": False,
                     "file_sd_configs": [{"files": [str(self.targets_path)], "refresh_interval": "1s"}],
                 }
             ],
@@ -161,12 +168,21 @@ class PrometheusServer:
 
     def set_targets(self, targets: Sequence[str]) -> None:
         """Replace the scraped ``host:port`` list; a running server notices within ~1 s."""
-        payload = json.dumps([{"targets": list(targets), "labels": {}}] if targets else [])
-        tmp = self.targets_path.with_suffix(".tmp")
-        tmp.write_text(payload)
-        # Atomic rename: Prometheus must never read a half-written file.
-        os.replace(tmp, self.targets_path)
-        self._targets = list(targets)
+        self.set_target_groups([{"targets": list(targets), "labels": {}}] if targets else [])
+
+    def set_target_groups(self, groups: Sequence[Mapping[str, Any]]) -> None:
+        """Replace the file_sd groups (``{"targets": [...], "labels": {...}}``)."""
+        with self._targets_lock:
+            tmp = self.targets_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(list(groups)))
+            # Atomic rename: Prometheus must never read a half-written file.
+            os.replace(tmp, self.targets_path)
+            self._targets = [t for g in groups for t in g["targets"]]
+            self._groups = [dict(g) for g in groups]
+
+    @property
+    def target_groups(self) -> list[dict[str, Any]]:
+        return list(self._groups)
 
     @property
     def targets(self) -> list[str]:

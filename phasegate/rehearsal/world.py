@@ -27,13 +27,18 @@ from phasegate.notify import Notifier
 from phasegate.plan import RolloutPlan
 from phasegate.ports import MetricsProvider
 from phasegate.record import ANN_PHASE
-from phasegate.rehearsal.app import SyntheticApp, TrackObservation, TrafficProfile
+from phasegate.rehearsal.app import PodObservation, SyntheticApp, TrafficProfile
 from phasegate.rehearsal.cluster import SEED_IMAGE_REPO, ClusterEmulator, seed
 from phasegate.rehearsal.prometheus import PrometheusServer
 from phasegate.rehearsal.scenarios import Scenario, load_scenario
 from phasegate.runctx import EventObserver, Pacing, PauseObserver, RunContext
 
 SCRAPE_SECONDS = 0.5
+# Prometheus' discovery manager hands target changes on at most every 5 s, so a new pod is
+# first scraped up to ~5 s after it appears in file_sd, as in a cluster (where a 5 m gate
+# interval dwarfs it). The soak's warm-up covers it, or a compressed soak would spend its few
+# rounds on a canary Prometheus has not seen yet.
+DISCOVERY_SECONDS = 5.0
 DEFAULT_SPEED = 28800.0  # 8 h of plan time per second: the seed's 7-day rollout in ~25 s
 # A rehearsal's gate windows hold a few seconds of traffic, not five minutes: one stray 5xx
 # in a one-pod canary would already be "an error rate increase > 0.1%". Healthy means no
@@ -66,31 +71,36 @@ class World:
     outage_log: list[tuple[str, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def observe(self) -> list[TrackObservation]:
-        """What runs where, read straight from the emulator's store."""
+    def observe(self) -> list[PodObservation]:
+        """What runs where: the emulator's pods of the target's Deployments, as they are."""
         plan, store = self.plan, self.emulator.store
         production = store.peek("apps/deployments", plan.target.namespaces.production, plan.target.deployment)
         phase = ((production or {}).get("metadata", {}).get("annotations") or {}).get(ANN_PHASE)
-        namespaces = {plan.namespace(p) for p in plan.phases}
+        workloads = {plan.target.deployment, plan.target.deployment + "-canary"}
+        service = plan.target.service or plan.target.deployment
+        flag = self.plan.feature_flag
         out = []
-        for ns in sorted(namespaces):
+        for ns in sorted({plan.namespace(p) for p in plan.phases}):
             flag_cm = self._configmap_flag(ns)
-            for track, name in (("stable", plan.target.deployment), ("canary", plan.target.deployment + "-canary")):
-                d = store.peek("apps/deployments", ns, name)
-                if d is None:
+            for pod in store.list("pods", ns):
+                if _owning_deployment(store, ns, pod) not in workloads:
                     continue
-                container = next(
-                    (c for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == plan.target.container), None
-                )
-                if container is None:
+                container = next((c for c in pod["spec"].get("containers") or [] if c["name"] == plan.target.container),
+                                 None)
+                status = pod.get("status") or {}
+                # Discovered once it has an address (the process runs and serves /metrics);
+                # traffic only once Ready, as a Service sends it.
+                if container is None or not status.get("podIP"):
                     continue
                 env = {e["name"]: e.get("value") for e in container.get("env", [])}
-                flag = self.plan.feature_flag
                 env_on = flag is None or flag.env is None or env.get(flag.env) != flag.off_value
-                out.append(TrackObservation(
-                    namespace=ns, deployment=plan.target.deployment, track=track, image=container["image"],
-                    ready_replicas=int(d.get("status", {}).get("readyReplicas") or 0),
-                    flag_enabled=env_on and flag_cm, phase=phase,
+                conditions = status.get("conditions") or []
+                ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+                out.append(PodObservation(
+                    namespace=ns, name=pod["metadata"]["name"], image=container["image"], ready=ready,
+                    flag_enabled=env_on and flag_cm, phase=phase, ip=status["podIP"],
+                    labels=tuple(sorted((pod["metadata"].get("labels") or {}).items())),
+                    container=plan.target.container, service=service,
                 ))
         return out
 
@@ -143,7 +153,7 @@ class World:
             pacing=Pacing(
                 min_interval_wall=SCRAPE_SECONDS,
                 min_window_wall=4 * SCRAPE_SECONDS,
-                min_warmup_wall=4 * SCRAPE_SECONDS,
+                min_warmup_wall=4 * SCRAPE_SECONDS + DISCOVERY_SECONDS,
                 min_soak_wall=6 * SCRAPE_SECONDS,
                 min_approval_wall=approval_floor,
                 approval_poll_seconds=1,
@@ -203,6 +213,17 @@ class CheckServer:
         self.server.server_close()
 
 
+def _owning_deployment(store: Any, namespace: str, pod: dict[str, Any]) -> str | None:
+    """Pod → its ReplicaSet → that ReplicaSet's Deployment, by controller references."""
+    def controller(obj: dict[str, Any], kind: str) -> str | None:
+        refs = obj["metadata"].get("ownerReferences") or []
+        return next((r["name"] for r in refs if r.get("controller") and r.get("kind") == kind), None)
+
+    rs_name = controller(pod, "ReplicaSet")
+    rs = store.peek("apps/replicasets", namespace, rs_name) if rs_name else None
+    return controller(rs, "Deployment") if rs is not None else None
+
+
 def _loopback(url: str, port: int) -> str:
     """Checks in the plan address the cluster's Service; here the synthetic app answers them."""
     from urllib.parse import urlsplit, urlunsplit
@@ -255,18 +276,22 @@ def world(
             **({"replicas": {plan.target.namespaces.production: plan.target.replicas}} if plan.target.replicas else {}),
         )
         holder: dict[str, World] = {}
+        prometheus = PrometheusServer(scrape_interval=SCRAPE_SECONDS, basic_auth=prometheus_auth)
+        stack.callback(prometheus.close)
+        # Prometheus discovers the pods as prometheus-operator would (file_sd from the
+        # emulator's pods): a deleted pod leaves discovery and its series go stale.
         app = SyntheticApp(
             lambda: holder["world"].observe() if "world" in holder else [], new_image, scn, clock,
-            profile=REHEARSAL_TRAFFIC, tick_seconds=0.1,
+            profile=REHEARSAL_TRAFFIC, tick_seconds=0.1, on_targets=prometheus.set_target_groups,
         )
         stack.enter_context(app)
-        prometheus = PrometheusServer(targets=[app.target], scrape_interval=SCRAPE_SECONDS, basic_auth=prometheus_auth)
-        stack.callback(prometheus.close)
         prometheus.start()
         checks = stack.enter_context(CheckServer())
         w = World(plan, new_image, scn, clock, emulator, app, prometheus, notifier or notifier_for(plan), checks)
         holder["world"] = w
-        prometheus.wait_for_data("up", timeout=30)
+        # Enough samples of every seeded pod for a {{window}} of rate() before preflight reads it.
+        prometheus.wait_for_data(f"min(count_over_time(api_response_time_ms_count[{4 * SCRAPE_SECONDS:g}s])) >= 4",
+                                 timeout=30)
         outage = threading.Thread(target=w._act_out_outage, name="outage", daemon=True)
         outage.start()
         stack.callback(w._stop.set)

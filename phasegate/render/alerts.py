@@ -43,7 +43,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from phasegate import templates
+from phasegate import gates, templates
 from phasegate.durations import format_duration
 from phasegate.plan import Baseline, GateKind, Phase, RolloutPlan, Trigger
 
@@ -53,11 +53,9 @@ TRACKS = ("canary", "stable")
 _BREACH = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!="}
 
 
-def _values(plan: RolloutPlan, window: str, track: str | None = None) -> dict[str, str]:
-    values = {"namespace": plan.target.namespaces.production, "deployment": plan.target.deployment, "window": window}
-    if track is not None:
-        values["track"] = track
-    return values
+def _render(plan: RolloutPlan, trigger: Trigger, track: str, window: str) -> str:
+    scope = gates.Scope(plan.target.namespaces.production, plan.target.deployment, track)
+    return gates.query(plan, trigger, scope, track, window)
 
 
 def _camel(slug: str) -> str:
@@ -65,7 +63,7 @@ def _camel(slug: str) -> str:
 
 
 def _gate_window(trigger: Trigger, phase: Phase) -> str:
-    return format_duration(trigger.window or phase.interval)
+    return format_duration(timedelta(seconds=gates.window_seconds(trigger, phase)))
 
 
 def _threshold(value: float) -> str:
@@ -74,14 +72,13 @@ def _threshold(value: float) -> str:
 
 def trigger_expr(plan: RolloutPlan, trigger: Trigger, phase: Phase) -> str:
     """The PromQL that is true (non-empty) exactly when ``trigger`` would fail."""
-    template = plan.metrics[trigger.metric].query
     window = _gate_window(trigger, phase)
     if trigger.kind is GateKind.JUDGE:
         raise ValueError(f"judge trigger {trigger.name!r} has no PromQL form")
     if trigger.kind in (GateKind.ABSOLUTE, GateKind.ZERO):
         breach = "> 0" if trigger.kind is GateKind.ZERO else f"{_BREACH[trigger.op]} {_threshold(trigger.threshold)}"
         parts = [
-            f'label_replace(({templates.render(template, _values(plan, window, track))}), "track", "{track}", "", "")'
+            f'label_replace(({_render(plan, trigger, track, window)}), "track", "{track}", "", "")'
             f" {breach}"
             for track in TRACKS
         ]
@@ -89,10 +86,10 @@ def trigger_expr(plan: RolloutPlan, trigger: Trigger, phase: Phase) -> str:
     op = "-" if trigger.kind is GateKind.DELTA else "/"
     breach = f"{_BREACH[trigger.op]} {_threshold(trigger.threshold)}"
     if trigger.baseline is Baseline.STABLE:
-        subject = templates.render(template, _values(plan, window, "canary"))
-        base = templates.render(template, _values(plan, window, "stable"))
+        subject = _render(plan, trigger, "canary", window)
+        base = _render(plan, trigger, "stable", window)
         return f"({subject}) {op} ({base}) {breach}"
-    subject = templates.render(template, _values(plan, window, phase.subject_track))
+    subject = _render(plan, trigger, phase.subject_track, window)
     soak = format_duration(phase.soak)
     base = f"last_over_time(({subject})[{window}:1m] offset {soak})"
     return f"({subject}) {op} {base} {breach}"
@@ -145,7 +142,7 @@ def render_alerts(plan: RolloutPlan) -> dict[str, Any]:
     for alert in plan.alerts:
         rule: dict[str, Any] = {
             "alert": alert.name,
-            "expr": templates.render(alert.expr, _values(plan, ALERT_WINDOW)),
+            "expr": templates.render(alert.expr, gates.alert_variables(plan, ALERT_WINDOW)),
         }
         if alert.for_:
             rule["for"] = format_duration(alert.for_)

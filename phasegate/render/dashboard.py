@@ -26,7 +26,7 @@ import json
 import re
 from typing import Any
 
-from phasegate import templates
+from phasegate import gates, templates
 from phasegate.plan import Panel, PanelQuery, RolloutPlan
 
 SCHEMA_VERSION = 39
@@ -39,12 +39,14 @@ _WINDOW_PLACEHOLDER = re.compile(r"\{\{\s*window\s*\}\}")
 _GRAFANA_UNITS = {"ms": "ms", "s": "s", "ratio": "percentunit", "errors": "short", "locks": "short"}
 
 
-def grafana_expr(template: str, deployment: str, track: str | None = None) -> str:
-    """Render a plan template with Grafana variables in place of the namespace and window."""
+def grafana_expr(plan: RolloutPlan, template: str, track: str | None = None) -> str:
+    """Render a plan template with Grafana variables in place of the namespace and window;
+    without a track, ``{{pods}}`` selects both tracks' pods (as the plan's alerts do)."""
     # templates.render only accepts a PromQL duration for {{window}}; a Grafana variable goes in first.
-    values = {"namespace": "$namespace", "deployment": deployment}
-    if track is not None:
-        values["track"] = track
+    values = gates.alert_variables(plan, "5m") if track is None else gates.variables(
+        plan, gates.Scope("$namespace", plan.target.deployment, track), track, "5m"
+    )
+    values["namespace"] = "$namespace"
     return templates.render(_WINDOW_PLACEHOLDER.sub(RATE_INTERVAL, template), values)
 
 
@@ -58,13 +60,12 @@ def _ref_id(n: int) -> str:
 
 
 def _targets(plan: RolloutPlan, query: PanelQuery) -> list[tuple[str, str]]:
-    deployment = plan.target.deployment
     if query.metric is not None:
         template = plan.metrics[query.metric].query
         legend = query.legend or query.metric
-        return [(grafana_expr(template, deployment, track), f"{legend} ({track})") for track in TRACKS]
+        return [(grafana_expr(plan, template, track), f"{legend} ({track})") for track in TRACKS]
     assert query.expr is not None
-    return [(grafana_expr(query.expr, deployment), query.legend)]
+    return [(grafana_expr(plan, query.expr), query.legend)]
 
 
 def _unit(plan: RolloutPlan, panel: Panel) -> str:

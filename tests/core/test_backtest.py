@@ -29,8 +29,10 @@ CLEAN_FROM = 22  # hours after the start: 48 clean hours follow
 def _history(start: float) -> list[BackfillSample]:
     samples: list[BackfillSample] = []
     steps = int(72 * HOUR / STEP)  # three days
-    for track in ("canary", "stable"):
-        base = (("namespace", "bodhi"), ("deployment", "bodhi-server"), ("track", track))
+    # Labelled as a ServiceMonitor labels a scraped pod: no deployment or track label.
+    for track, pod in (("canary", "bodhi-server-canary-7d9c5b8f4-x2kqz"), ("stable", "bodhi-server-5f6d8b9c7d-4xj2p")):
+        base = (("namespace", "bodhi"), ("pod", pod), ("container", "bodhi-server"), ("service", "bodhi-server"),
+                ("job", "bodhi-server"))
 
         def counter(
             metric: str,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from phasegate.analysis import Outcome
 from phasegate.decide import Decision, Step, after_approval, after_round, approver_allowed
 from phasegate.plan import Strategy
-from tests.core.builders import m, phase, seed_plan, trigger
+from tests.core.builders import gate, m, phase, seed_plan, trigger
 
 PLAN = seed_plan()
 CANARY = PLAN.phase("canary-10pct")
@@ -68,6 +70,35 @@ def test_no_data_at_the_end_of_the_soak_holds_never_advances():
     assert after_round(CANARY, history, soak_done=False).step is Step.CONTINUE
     action = after_round(CANARY, history, soak_done=True)
     assert action.step is Step.HOLD
+
+
+def test_a_gate_past_its_inconclusive_limit_holds_at_once_not_at_the_end_of_the_soak():
+    phase = CANARY.model_copy(update={"success": [g.model_copy(update={"inconclusive_limit": 1})
+                                                  if g.name == "lock-success" else g for g in CANARY.success]})
+    history = healthy(phase)
+    history["lock-success"] = [m(S, "lock-success"), m(I, "lock-success")]
+    assert after_round(phase, history, soak_done=False).step is Step.CONTINUE
+    history["lock-success"] = [m(S, "lock-success"), m(I, "lock-success"), m(S, "lock-success"), m(I, "lock-success")]
+    action = after_round(phase, history, soak_done=False)
+    assert action.step is Step.HOLD and action.gates == ("lock-success",)
+    assert "rounds 2, 4 without data" in action.reason
+
+
+def test_a_trigger_past_its_inconclusive_limit_holds_too():
+    history = healthy(CANARY)
+    history["token-not-active"] = [m(I, "token-not-active")] * 6  # 1% of 577 rounds is 5
+    action = after_round(CANARY, history, soak_done=False)
+    assert action.step is Step.HOLD and "token-not-active" in action.gates
+
+
+@pytest.mark.parametrize(("limit", "rounds", "allowed"), [(0, 577, 0), (3, 577, 3), ("1%", 577, 5), ("2%", 577, 11),
+                                                          ("0.5%", 100, 0), ("100%", 10, 10)])
+def test_a_limit_is_a_count_or_a_share_of_the_soaks_rounds(limit, rounds, allowed):
+    assert gate(inconclusive_limit=limit).inconclusive_allowed(rounds) == allowed
+
+
+def test_the_seeds_48h_soak_at_5m_has_577_rounds():
+    assert CANARY.rounds == 577
 
 
 def test_metrics_outage_past_the_error_limit_rolls_back_by_default():

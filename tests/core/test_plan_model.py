@@ -72,13 +72,16 @@ def test_seed_plan_encodes_every_seed_threshold():
     assert {s for p in plan.phases for t in p.triggers for s in [t.rollback]} == set(Strategy)
 
 
-def test_every_seed_template_renders_for_both_tracks():
+def test_every_seed_template_selects_each_tracks_pods_by_name():
+    from phasegate import gates
+
     plan = seed_plan()
     for metric in plan.metrics.values():
         for track in ("canary", "stable"):
-            q = templates.render(metric.query, {"track": track, "namespace": "bodhi", "deployment": "bodhi-server",
-                                                "window": "5m"})
-            assert "{{" not in q and f'track="{track}"' in q
+            q = templates.render(metric.query, gates.variables(plan, gates.Scope("bodhi", "bodhi-server", track), track,
+                                                               "5m"))
+            assert "{{" not in q and f'pod=~"{gates.pods_regex(gates.workload("bodhi-server", track))}"' in q
+            assert "track=" not in q and "deployment=" not in q
 
 
 def test_every_structural_problem_is_reported_at_once():

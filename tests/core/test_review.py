@@ -138,7 +138,7 @@ def test_a_review_gate_is_measured_on_the_stable_track_over_the_review_window(pl
     result = review_due(plan, due, _release(), provider)
     assert result.passed
     zero = next(c for c in provider.calls if "token_not_active" in c[0])
-    assert 'track="stable"' in zero[0] and "[1d]" in zero[0]
+    assert 'pod=~"bodhi-server-[' in zero[0] and "bodhi-server-canary" not in zero[0] and "[1d]" in zero[0]
     assert zero[1] == zero[2] == P + 2 * DAY
 
 

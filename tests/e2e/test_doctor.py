@@ -14,17 +14,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from phasegate.clock import RealClock
+from phasegate.plan import load_plan
+from phasegate.rehearsal.app import NEW_IMAGE, SyntheticApp
 from phasegate.rehearsal.cluster import ClusterEmulator
 from phasegate.rehearsal.prometheus import PrometheusServer
 from phasegate.rehearsal.slack_server import SlackServer
 from tests.fixtures.common import free_port
+from tests.fixtures.prometheus import canary_world
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_PLAN = ROOT / "deployments/plans/token-refresh-locking.yaml"
+TRACK_PLAN = ROOT / "tests/plans/track-labels.yaml"
 DOCTOR = ("import typer; from phasegate.entry.doctor import doctor_command; "
           "app = typer.Typer(add_completion=False); app.command('doctor')(doctor_command); app()")
 PROMETHEUS_TOKEN = "prom-bearer-doctor-0123456789"
@@ -66,10 +72,36 @@ def test_doctor_reports_each_check_and_exits_0_when_all_pass(env: dict[str, str]
 def test_doctor_with_a_plan_checks_every_namespace_target_and_the_plans_channel(env: dict[str, str]) -> None:
     result = doctor(env, "--plan", str(SEED_PLAN))
     assert result.returncode == 0, result.stdout + result.stderr
+    metrics = {f"metric {name}": "ok" for name in load_plan(SEED_PLAN).metrics}
     assert lines(result) == {
         "cluster": "ok", "rbac bodhi": "ok", "rbac bodhi-staging": "ok", "target bodhi/bodhi-server": "ok",
-        "target bodhi-staging/bodhi-server": "ok", "prometheus": "ok", "slack": "ok"}
+        "target bodhi-staging/bodhi-server": "ok", "prometheus": "ok", **metrics, "slack": "ok"}
     assert "channel #engineering" in result.stdout
+
+
+@pytest.fixture
+def scraped(disposable_prometheus: PrometheusServer) -> Iterator[PrometheusServer]:
+    """The disposable Prometheus scraping synthetic pods as prometheus-operator labels them."""
+    with SyntheticApp(canary_world("bodhi"), NEW_IMAGE, None, RealClock(), seed=3) as app:
+        disposable_prometheus.set_target_groups(app.target_groups())
+        disposable_prometheus.wait_for_data("min(count_over_time(api_response_time_ms_count[5s])) >= 2", timeout=60)
+        yield disposable_prometheus
+
+
+def test_doctor_with_a_plan_prints_the_labels_each_metrics_series_carry(env: dict[str, str], scraped) -> None:
+    result = doctor(env, "--plan", str(SEED_PLAN))
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(x for x in result.stdout.splitlines() if "metric api_latency_p99_ms" in x)
+    assert "api_response_time_ms_bucket: container, endpoint, instance, job, le, namespace, pod, service" in line
+
+
+def test_doctor_refuses_a_plan_whose_selectors_match_no_series_naming_the_matcher(env: dict[str, str],
+                                                                                  scraped) -> None:
+    result = doctor(env, "--plan", str(TRACK_PLAN))
+    assert result.returncode == 2
+    line = next(x for x in result.stdout.splitlines() if "metric api_latency_p99_ms" in x)
+    assert line.startswith("FAIL")
+    assert "deployment exists on no series of api_response_time_ms_bucket" in line and "{{pods}}" in line
 
 
 def test_wrong_prometheus_url_exits_2_naming_prometheus(env: dict[str, str]) -> None:

@@ -19,7 +19,7 @@ from phasegate.adapters.console import ConsoleNotifier
 from phasegate.adapters.kubernetes import KubernetesCluster
 from phasegate.adapters.prometheus import PrometheusProvider
 from phasegate.clock import ScaledClock
-from phasegate.rehearsal.world import SCRAPE_SECONDS, Approver, _loopback
+from phasegate.rehearsal.world import DISCOVERY_SECONDS, SCRAPE_SECONDS, Approver, _loopback
 from phasegate.runctx import Pacing, RunContext, use
 
 
@@ -55,7 +55,7 @@ def main() -> None:
         pacing=Pacing(
             min_interval_wall=SCRAPE_SECONDS,
             min_window_wall=4 * SCRAPE_SECONDS,
-            min_warmup_wall=4 * SCRAPE_SECONDS,
+            min_warmup_wall=4 * SCRAPE_SECONDS + DISCOVERY_SECONDS,
             min_soak_wall=6 * SCRAPE_SECONDS,
             min_approval_wall=args.approval_floor,
             approval_poll_seconds=1,

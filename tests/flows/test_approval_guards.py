@@ -130,15 +130,16 @@ def shared_world(paths: list[Path]) -> Iterator[list[World]]:
         for plan in plans:
             seed(emulator, namespaces=(plan.target.namespaces.production,), deployment=plan.target.deployment,
                  container=plan.target.container)
-        app = stack.enter_context(SyntheticApp(lambda: [o for w in worlds for o in w.observe()], image, scenario,
-                                               clock, profile=REHEARSAL_TRAFFIC, tick_seconds=0.1))
-        prometheus = PrometheusServer(targets=[app.target], scrape_interval=SCRAPE_SECONDS)
+        prometheus = PrometheusServer(scrape_interval=SCRAPE_SECONDS)
         stack.callback(prometheus.close)
+        app = stack.enter_context(SyntheticApp(lambda: [o for w in worlds for o in w.observe()], image, scenario,
+                                               clock, profile=REHEARSAL_TRAFFIC, tick_seconds=0.1,
+                                               on_targets=prometheus.set_target_groups))
         prometheus.start()
         checks = stack.enter_context(CheckServer())
         notifier = ConsoleNotifier(file=stack.enter_context(open(os.devnull, "w")))
         worlds.extend(World(p, image, scenario, clock, emulator, app, prometheus, notifier, checks) for p in plans)
-        prometheus.wait_for_data("up", timeout=30)
+        prometheus.wait_for_data("count(up == 1)", timeout=30)
         yield worlds
 
 

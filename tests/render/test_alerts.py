@@ -15,7 +15,10 @@ from tests.fixtures.common import require_binary
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "deployments/plans/token-refresh-locking.yaml"
 CHECKED_IN = ROOT / "deployments/rules/token-refresh-locking.rules.yaml"
-PROD = 'namespace="bodhi",deployment="bodhi-server"'
+PROD = 'namespace="bodhi",pod=~"bodhi-server(-canary)?-'  # a standing alert selects both tracks' pods
+# Series as a ServiceMonitor labels them: by namespace and pod, no deployment or track label.
+STABLE_POD = 'namespace="bodhi",pod="bodhi-server-5f6d8b9c7d-4xj2p"'
+CANARY_POD = 'namespace="bodhi",pod="bodhi-server-canary-7d9c5b8f4-x2kqz"'
 SEED_LABELS = {"plan": "token-refresh-locking"}
 
 
@@ -79,7 +82,7 @@ def test_a_trigger_shared_by_four_phases_is_one_alert_listing_each_rollback(plan
 
 def test_delta_trigger_against_stable_compares_canary_with_stable_in_promql(plan: RolloutPlan) -> None:
     expr = _rules(plan)["RollbackErrorRateIncrease"]["expr"]
-    assert 'track="canary"' in expr and 'track="stable"' in expr and expr.endswith("> 0.001")
+    assert 'pod=~"bodhi-server-canary-' in expr and 'pod=~"bodhi-server-[' in expr and expr.endswith("> 0.001")
 
 
 def _series(name: str, labels: str, values: str) -> dict[str, str]:
@@ -99,33 +102,39 @@ def _buckets(counts_per_minute: dict[str, int]) -> list[dict[str, str]]:
     # Cumulative histogram buckets; each grows by its count every minute.
     name = "token_refresh_lock_acquisition_duration_ms_bucket"
     return [
-        _series(name, f'{PROD},track="stable",le="{le}"', f"0+{n}x15") for le, n in counts_per_minute.items()
+        _series(name, f'{STABLE_POD},le="{le}"', f"0+{n}x15") for le, n in counts_per_minute.items()
     ]
 
 
 TIMEOUT_SERIES = "token_refresh_lock_timeouts_total"
 ERROR_SERIES = "token_refresh_errors_total"
-NOT_ACTIVE = f'{PROD},track="canary",type="token_not_active"'
+NOT_ACTIVE = f'{CANARY_POD},type="token_not_active"'
 
 SEED_CASES = {
     # rate > 0.01/s: 6 timeouts a minute is 0.1/s; one every 10 minutes is ~0.0017/s.
     "lock_timeouts_fire_TokenRefreshLockTimeout": (
-        "TokenRefreshLockTimeout", [_series(TIMEOUT_SERIES, f'{PROD},track="stable"', "0+6x15")], True,
+        "TokenRefreshLockTimeout", [_series(TIMEOUT_SERIES, STABLE_POD, "0+6x15")], True,
         "warning", "Lock acquisition timeouts detected",
     ),
     "rare_lock_timeouts_keep_TokenRefreshLockTimeout_quiet": (
-        "TokenRefreshLockTimeout", [_series(TIMEOUT_SERIES, f'{PROD},track="stable"', "0 0 0 0 0 0 0 0 1 1 1 1")],
+        "TokenRefreshLockTimeout", [_series(TIMEOUT_SERIES, STABLE_POD, "0 0 0 0 0 0 0 0 1 1 1 1")],
         False, "warning", "Lock acquisition timeouts detected",
     ),
     "one_token_not_active_error_fires_TokenNotActiveError": (
         "TokenNotActiveError", [_series(ERROR_SERIES, NOT_ACTIVE, "0 0 0 0 0 0 0 0 1 1 1 1")], True,
         "critical", "Token not active error detected - ROLLBACK CANDIDATE",
     ),
+    # The counter child is created on the first error, already at 1 (client libraries do):
+    # increase() alone never sees it.
+    "a_first_error_that_creates_its_series_fires_TokenNotActiveError": (
+        "TokenNotActiveError", [_series(ERROR_SERIES, NOT_ACTIVE, "_ _ _ _ _ _ _ _ 1 1 1 1")], True,
+        "critical", "Token not active error detected - ROLLBACK CANDIDATE",
+    ),
     "other_error_types_keep_TokenNotActiveError_quiet": (
         "TokenNotActiveError",
         [
             _series(ERROR_SERIES, NOT_ACTIVE, "0x15"),
-            _series(ERROR_SERIES, f'{PROD},track="canary",type="network"', "0+5x15"),
+            _series(ERROR_SERIES, f'{CANARY_POD},type="network"', "0+5x15"),
         ],
         False, "critical", "Token not active error detected - ROLLBACK CANDIDATE",
     ),
@@ -139,7 +148,7 @@ SEED_CASES = {
     ),
     "an_alert_from_another_namespace_is_not_ours": (
         "TokenNotActiveError",
-        [_series(ERROR_SERIES, 'namespace="other",deployment="bodhi-server",track="canary",type="token_not_active"',
+        [_series(ERROR_SERIES, 'namespace="other",pod="bodhi-server-canary-7d9c5b8f4-x2kqz",type="token_not_active"',
                  "0+1x15")],
         False, "critical", "Token not active error detected - ROLLBACK CANDIDATE",
     ),
@@ -156,10 +165,10 @@ def test_seed_alert_fires_only_on_its_condition(case: str, rules_file: Path, tmp
 def test_canary_error_rate_above_stable_fires_the_rollback_alert(rules_file: Path, tmp_path: Path) -> None:
     requests = "http_requests_total"
     series = [
-        _series(requests, f'{PROD},track="stable",code="200"', "0+6000x15"),
-        _series(requests, f'{PROD},track="stable",code="500"', "0+1x15"),
-        _series(requests, f'{PROD},track="canary",code="200"', "0+600x15"),
-        _series(requests, f'{PROD},track="canary",code="500"', "0+6x15"),
+        _series(requests, f'{STABLE_POD},code="200"', "0+6000x15"),
+        _series(requests, f'{STABLE_POD},code="500"', "0+1x15"),
+        _series(requests, f'{CANARY_POD},code="200"', "0+600x15"),
+        _series(requests, f'{CANARY_POD},code="500"', "0+6x15"),
     ]
     expected = {
         "exp_labels": {"severity": "critical", "track": "canary", **SEED_LABELS},
@@ -185,7 +194,7 @@ def test_stable_latency_up_on_the_day_before_fires_the_pre_deploy_alert(rules_fi
     before = minutes_per_day + 5
 
     def bucket(le: str, old: int, new: int) -> dict[str, str]:
-        return _series(name, f'{PROD},track="stable",le="{le}"', f"0+{old}x{before} {old * before}+{new}x20")
+        return _series(name, f'{STABLE_POD},le="{le}"', f"0+{old}x{before} {old * before}+{new}x20")
 
     series = [bucket("50", 100, 0), bucket("250", 100, 100), bucket("+Inf", 100, 100)]
     case = {

@@ -68,7 +68,8 @@ def test_a_catalogue_metric_is_drawn_for_canary_and_stable(dashboard: dict) -> N
     latency = next(p for p in dashboard["panels"] if p["title"] == "Latency")
     legends = [t["legendFormat"] for t in latency["targets"]]
     assert legends[:2] == ["lock acquisition p99 (canary)", "lock acquisition p99 (stable)"]
-    assert 'track="canary"' in latency["targets"][0]["expr"]
+    assert 'pod=~"bodhi-server-canary-' in latency["targets"][0]["expr"]
+    assert 'pod=~"bodhi-server-[' in latency["targets"][1]["expr"]
     assert latency["fieldConfig"]["defaults"]["unit"] == "ms"
 
 
@@ -78,7 +79,7 @@ def test_queries_use_grafana_variables_and_keep_legend_label_syntax(dashboard: d
         assert "{{" not in target["expr"]
     errors = dashboard["panels"][0]["targets"][0]
     assert "[$__rate_interval]" in errors["expr"]
-    assert errors["legendFormat"] == "{{type}} ({{track}})"
+    assert errors["legendFormat"] == "{{type}} ({{pod}})"
 
 
 def test_every_target_expression_parses_on_a_real_prometheus(
