@@ -257,12 +257,14 @@ def to_blocks(notification: Notification, *, mention: str | None = None) -> tupl
     fallback_where = f" / {escape(n.phase)}" if n.phase else ""
     text = clip(f"{ping}{title(n)}: {escape(n.rollout)}{fallback_where}: {body}", MAX_FALLBACK_TEXT)
     main = _section(f"{ping}{headline}\n{body}")
-    blocks = _cap([main], _field_sections(n.fields), _link_context(n.links), "field sections")
+    buttons: list[dict[str, object]] = []
     if n.actions:
-        blocks.append({"type": "actions", "elements": [
+        # In the tail with the links: the field sections give way first under MAX_BLOCKS.
+        buttons.append({"type": "actions", "elements": [
             {"type": "button", "action_id": action_id, "text": {"type": "plain_text", "text": clip(label, 75)},
              "value": value, **({"style": "primary"} if i == 0 else {})}
             for i, (action_id, label, value) in enumerate(n.actions[:5])]})
+    blocks = _cap([main], _field_sections(n.fields), _link_context(n.links) + buttons, "field sections")
     return text, blocks
 
 

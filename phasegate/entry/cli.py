@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -219,6 +220,9 @@ def slack_receiver(
 
     from phasegate.adapters.slack_receiver import Receiver
 
-    receiver = Receiver(loaded, secret, lambda run_id, data: resume_flow_run(UUID(run_id), run_input=data))
+    def resume(run_id: str, data: dict[str, Any]) -> None:
+        resume_flow_run(UUID(run_id), run_input=data)
+
+    receiver = Receiver(loaded, secret, resume)
     out.print(f"Slack actions for {loaded.name} at http://{host}:{port}/slack/actions", highlight=False)
     uvicorn.run(receiver.app(), host=host, port=port, log_level="warning", access_log=False)
