@@ -37,7 +37,7 @@ from prefect.input import RunInput
 from pydantic import Field, create_model
 
 from flows.context import Rollout
-from phasegate import runctx
+from phasegate import runctx, slack_approval
 from phasegate.analysis import Measurement
 from phasegate.decide import Action, Decision, Step, after_round, approval_answer
 from phasegate.durations import format_duration
@@ -60,6 +60,7 @@ class ApprovalRecord:
     # A trigger that failed while the run waited: the rollback to do instead of any answer.
     fired: Action | None = None
     watch_rounds: int = 0
+    sender: str = ""  # the Prefect account that sent the answer, where the server records one
 
 
 def criterion_field(index: int) -> str:
@@ -111,6 +112,16 @@ def describe(rollout: Rollout, phase: Phase, next_phase: Phase | None, action: A
         "### Gate evidence (last round)",
         evidence_md,
     ])
+
+
+def slack_buttons(rollout: Rollout, phase: Phase) -> list[tuple[str, str, str]]:
+    """Approve/Reject buttons for plans that map Slack users to approvers (slack_approval.py)."""
+    slack = rollout.plan.notifications.slack
+    if slack is None or not slack.approvers or not rollout.flow_run_id:
+        return []
+    value = slack_approval.button_value(rollout.flow_run_id, phase.name)
+    attest = " (attests every criterion above)" if phase.manual_criteria else ""
+    return [(slack_approval.APPROVE, f"Approve{attest}", value), (slack_approval.REJECT, "Reject", value)]
 
 
 def _remind(rollout: Rollout, phase: Phase, started: float, timeout_wall: float, stop: threading.Event) -> None:
@@ -236,8 +247,9 @@ def await_approval(
         key, Kind.APPROVAL_NEEDED,
         f"{phase.name} is waiting for approval{where}: {action.reason}" + (f"\n{watching}" if watching else ""),
         phase=phase.name,
-        fields={"next": next_phase.name if next_phase else "promotion", "timeout": f"{timeout_wall:.0f}s"},
-        links=rollout.ui_link(),
+        fields={"next": next_phase.name if next_phase else "promotion", "timeout": f"{timeout_wall:.0f}s",
+                **({"criteria": "; ".join(phase.manual_criteria)} if phase.manual_criteria else {})},
+        links=rollout.ui_link(), actions=slack_buttons(rollout, phase),
     )
     stop = threading.Event()
     runctx.run_in_thread(_remind, rollout, phase, started, timeout_wall, stop, name="approval-reminders")
@@ -283,6 +295,9 @@ def await_approval(
                 continue
             record.decision = checked.decision
             record.approver, record.comment, record.criteria = checked.approver, checked.comment, checked.criteria
+            # Self-hosted Prefect stores no identity with a resume; a sender, where the server
+            # records one, is the only account behind the typed name.
+            record.sender = answer.metadata.sender or ""
             break
     finally:
         stop.set()
@@ -296,7 +311,7 @@ def await_approval(
                        severity=Severity.CRITICAL, phase=phase.name, links=rollout.ui_link())
     rollout.record(
         "approval", phase=phase.name, decision=record.decision.value, approver=record.approver,
-        comment=record.comment, criteria=record.criteria, refused=record.refused,
+        comment=record.comment, criteria=record.criteria, refused=record.refused, sender=record.sender,
         fired=watch.fired.reason if watch.fired else None, watch_rounds=watch.rounds,
     )
     return record

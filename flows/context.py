@@ -95,6 +95,7 @@ class Rollout:
         fields: dict[str, str] | None = None,
         links: list[tuple[str, str]] | None = None,
         background: bool = False,
+        actions: list[tuple[str, str, str]] | None = None,
     ) -> None:
         """Post once per ``key``. ``background``: do not wait for Slack (a rollback must not
         wait on a slow or failing chat service); ``flush`` collects the outcome."""
@@ -105,7 +106,7 @@ class Rollout:
             threads.setdefault(rollout, ts)
         notification = Notification(
             kind=kind, severity=severity, rollout=self.release.id, text=text, phase=phase, fields=fields or {},
-            links=links or [],
+            links=links or [], actions=actions or [],
         )
         if background:
             self._pending.append((key, notification, post_notification.submit(notification)))

@@ -32,12 +32,13 @@ from flows.context import Rollout
 from phasegate import runctx
 from phasegate.analysis import Measurement, Outcome
 from phasegate.decide import Action, Step, after_checks, after_deploy_failure, after_round
+from phasegate.drift import observed_total
 from phasegate.notify import Kind
 from phasegate.plan import Environment, Phase, RolloutPlan
 from phasegate.record import PhaseState
 from tasks import evidence
 from tasks.checks import CheckResult, run_phase_checks
-from tasks.cluster import deploy_canary, deploy_image, remove_canary, wait_until_ready
+from tasks.cluster import deploy_canary, deploy_image, read_target, remove_canary, wait_until_ready
 from tasks.metrics import measure_gates, record_pre_deploy_baseline, scope_for
 
 
@@ -68,6 +69,12 @@ def deploy(rollout: Rollout, phase: Phase) -> str | None:
     """Put the phase's share of the new version in place; the reason it failed, or None."""
     ref = rollout.ref_for(phase)
     total = rollout.release.total_replicas
+    if phase.environment is Environment.PRODUCTION:
+        # Once a canary runs, the count to split is what serves now: a person's kubectl scale
+        # mid-rollout is kept, not undone (drift.py judges whether the split still holds).
+        state = read_target(ref)
+        if state.canary is not None:
+            total = rollout.release.total_replicas = observed_total(state)
     deadline = rollout.plan.target.progress_deadline.total_seconds()
     # The progress deadline is the cluster's (progressDeadlineSeconds); this is only a
     # backstop so a silent API cannot hang the flow.
@@ -76,7 +83,7 @@ def deploy(rollout: Rollout, phase: Phase) -> str | None:
         deploy_image(ref, rollout.image)
         waits = [ref.deployment]
     elif phase.has_canary:
-        deploy_canary(ref, rollout.image, phase.canary_share, total)
+        deploy_canary(ref, rollout.image, phase.canary_share, total, backstop)
         waits = [ref.canary, ref.deployment]
     else:
         deploy_image(ref, rollout.image, total)

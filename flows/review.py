@@ -11,6 +11,9 @@ Design decisions:
   span simply reviews nothing.
 * Adapters come from the run context (``phasegate.runctx.get()``): flow parameters stay JSON for deployments,
   and tests install the loopback ones.
+* Before any measurement, the running image is compared with the release record
+  (``review.running_mismatch``): a review or sign-off of an image that no longer runs is
+  refused with a critical notification, since its verdict would describe something else.
 * Sign-off refuses without asking anyone when any criterion failed, was inconclusive or
   errored on any day: a person cannot confirm evidence that is not there. Only a clean record
   pauses for a person (``SignOffInput``: the decision has no default, so the form cannot be
@@ -43,6 +46,7 @@ from tasks.review import (
     measure_review,
     measure_signoff,
     publish_report,
+    running_image,
     write_report,
 )
 
@@ -60,6 +64,18 @@ class SignOffInput(RunInput):
 def _releases(plan: RolloutPlan) -> list[review.Release]:
     found = find_releases([plan.target.namespaces.production])
     return [r for r in found if r.deployment == plan.target.deployment and r.plan in ("", plan.name)]
+
+
+def _refused_for_drift(plan: RolloutPlan, release: review.Release, what: str) -> dict[str, Any] | None:
+    """The refusal, notified, when the Deployment no longer runs the released image."""
+    problem = review.running_mismatch(release, running_image(release, plan.target.container))
+    if problem is None:
+        return None
+    get_run_logger().error("%s of %s refused: %s", what, release, problem)
+    post_notification(Notification(kind=Kind.DRIFT, severity=Severity.CRITICAL,
+                                   rollout=record.rollout_id(plan.name, release.image),
+                                   text=f"{what} of {release} refused: {problem}"))
+    return {"release": str(release), "refused": problem}
 
 
 def _now(now: float | None) -> float:
@@ -88,6 +104,9 @@ def review_releases(
         if release.signed_off:
             continue
         owed = review.due_reviews(plan.reviews, release.promoted_at, at, cadence=cadence, lookback=lookback_seconds)
+        if owed and (refused := _refused_for_drift(plan, release, owed[0].title)) is not None:
+            done.append({**refused, "review": owed[0].title, "outcome": "refused"})
+            continue
         for due in owed:
             result = measure_review(plan, due, release)
             report = write_report(plan, result, reports_dir)
@@ -136,6 +155,9 @@ def sign_off(
     done: list[dict[str, Any]] = []
     for release in _releases(plan):
         if not review.signoff_due(signoff, release, at):
+            continue
+        if (refused := _refused_for_drift(plan, release, "Sign-off")) is not None:
+            done.append({**refused, "signed_off": False, "problems": [refused["refused"]]})
             continue
         result = measure_signoff(plan, release)
         report = write_report(plan, result, reports_dir)

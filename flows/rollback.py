@@ -32,6 +32,7 @@ from flows.context import Rollout
 from phasegate import runctx
 from phasegate.analysis import Outcome
 from phasegate.decide import Expected, escalation, rollback_problems
+from phasegate.drift import observed_total
 from phasegate.notify import Kind, Severity
 from phasegate.plan import GateKind, Phase, RolloutPlan, Strategy
 from phasegate.ports import TargetRef
@@ -125,11 +126,15 @@ def _flag_env(rollout: Rollout, ref: TargetRef) -> list[str]:
 
 
 def _canary_only(rollout: Rollout, ref: TargetRef) -> list[str]:
-    total = rollout.release.total_replicas
+    # What serves now, not the count at the start: a manual scale since is kept.
+    before = read_target(ref)
+    total = observed_total(before) if before.canary is not None else rollout.release.total_replicas
     remove_canary(ref, total)
     problems = _ready_or_why(rollout, ref.namespace, ref.deployment)
-    expected = Expected(rollout.image, stable_replicas=total)
-    return problems + rollback_problems(Strategy.CANARY_ONLY, read_target(ref), expected)
+    state = read_target(ref)
+    # An autoscaler owns the count: rollback_problems checks it is back as it was instead.
+    expected = Expected(rollout.image, stable_replicas=None if state.autoscaler else total)
+    return problems + rollback_problems(Strategy.CANARY_ONLY, state, expected)
 
 
 def _full_undo(rollout: Rollout, ref: TargetRef) -> list[str]:

@@ -28,7 +28,7 @@ from flows.checklist import checklist_confirmed
 from flows.context import Rollout, target_ref
 from flows.phase import PhaseResult, run_phase
 from flows.rollback import RollbackResult, run_rollback
-from phasegate import runctx
+from phasegate import capacity, drift, runctx
 from phasegate.decide import Action, Decision, Start, Step, after_approval, preflight_problems, resume_point
 from phasegate.errors import PermanentError, PlanError, TargetNotFound
 from phasegate.notify import Kind, Severity
@@ -79,14 +79,17 @@ def preflight(plan: RolloutPlan, image: str) -> TargetRef:
     denied: dict[str, list[str]] = {}
     for r in {(r.namespace, r.deployment): r for r in refs}.values():
         try:
-            targets[str(r)] = read_target(r)
+            targets[str(r)] = state = read_target(r)
         except TargetNotFound as exc:
             targets[str(r)] = str(exc)
         except Exception as exc:
             targets[str(r)] = f"cluster unreachable: {type(exc).__name__}: {exc}"
             break
         else:
-            denied[r.namespace] = check_permissions(r.namespace)
+            flag = plan.feature_flag.configmap if plan.feature_flag else None
+            runs_canary = any(p.has_canary and plan.namespace(p) == r.namespace for p in plan.phases)
+            hpa = state.autoscaler.name if state.autoscaler else None
+            denied[r.namespace] = check_permissions(r, flag.name if flag else None, runs_canary, hpa)
     required = plan.checklist is not None and plan.checklist.required and bool(plan.checklist.items)
     production = targets.get(str(ref))
     confirmed = (
@@ -107,9 +110,28 @@ def preflight(plan: RolloutPlan, image: str) -> TargetRef:
         targets=targets, denied=denied, checklist_required=required, checklist_confirmed=confirmed,
         metric_problems=check_metrics(plan), slack_problem=slack_problem, image=image,
     )
+    if isinstance(production, TargetState) and production.stable.replicas > 0:
+        problems += share_problems(plan, production)
     if problems:
         raise PreflightFailed("preflight failed, nothing was deployed:\n- " + "\n- ".join(problems))
     return ref
+
+
+def share_problems(plan: RolloutPlan, state: TargetState) -> list[str]:
+    """Each canary phase's real share at the live replica count, logged; those too far off
+    the plan, as problems."""
+    total = plan.target.replicas or drift.observed_total(state)
+    if state.autoscaler is not None:
+        a = state.autoscaler
+        get_run_logger().info(
+            "HPA %s scales %s (%d–%d replicas): each canary phase narrows it to stable's share and mirrors it "
+            "for the canary, and restores it when the canary goes", a.name, state.stable.name,
+            *(a.original_bounds or (a.min_replicas, a.max_replicas)))
+    shares = plan.shares(total)
+    for share in shares:
+        get_run_logger().info("at %d replica(s) %s", total, share.describe())
+    return [f"at {total} replica(s) {message}"
+            for _, message in capacity.share_problems(shares, plan.target.share_tolerance)]
 
 
 def run_name() -> str:

@@ -241,7 +241,6 @@ def evaluate_judge(
         raise ValueError(f"gate {gate.name!r} has no judge settings")
     metric = judge.MetricConfig(
         name=gate.name, direction=judge.Direction(config.direction), tolerance=config.tolerance,
-        critical=config.critical,
     )
     result = judge.classify(canary, baseline, metric, confidence=config.confidence)
     outcome = {

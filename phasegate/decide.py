@@ -2,10 +2,11 @@
 
 The flow asks; it never re-implements these rules:
 - after each gate round: roll back at once if a trigger failed (fail fast; the most drastic
-  strategy among those that fired wins), act on ``on_error`` if a gate ran out of tolerated
-  errors, hold for a person early if a success criterion can no longer pass or any gate has
-  had more rounds without data than its limit (a count, or a share of the soak's rounds),
-  else continue;
+  strategy among those that fired wins) or a success criterion judged with ``critical: true``
+  failed (Kayenta fails the whole run on a critical metric; here with the phase's
+  rollback), act on ``on_error`` if a gate ran out of tolerated errors, hold for a person
+  early if a success criterion can no longer pass or any gate has had more rounds without
+  data than its limit (a count, or a share of the soak's rounds), else continue;
 - at the end of the soak: advance only if every trigger and every success criterion is
   Successful; anything else holds for a person (Argo's inconclusive pause) — never an
   automatic advance on missing or marginal evidence;
@@ -14,7 +15,10 @@ The flow asks; it never re-implements these rules:
   criterion) is refused with the reason, and the pause goes on;
 - where a rerun picks up a rollout (``resume_point``), from the record on the cluster;
 - whether a rollback left the cluster as it should (``rollback_problems``);
-- what keeps a rollout from starting (``preflight_problems``).
+- what keeps a rollout from starting (``preflight_problems``);
+- when a round finds the cluster changed under the rollout (``drift.find_drift``): halt for
+  a person by default — the writer may be a GitOps controller that will do it again, or a
+  person mid-incident whose change a rollback would undo — or roll back if the plan says.
 
 Every rule is a function of values, table-tested in milliseconds; flows ask, never decide.
 """
@@ -26,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from phasegate.analysis import Assessment, Measurement, Outcome, assess
+from phasegate.drift import Drift
 from phasegate.plan import Phase, RolloutPlan, Strategy
 from phasegate.ports import TargetState
 from phasegate.record import PhaseState, Release
@@ -59,6 +64,13 @@ def after_round(phase: Phase, history: Mapping[str, Sequence[Measurement]], *, s
         strategy = max((t.rollback for t in fired), key=lambda s: s.rank)
         reasons = "; ".join(f"{t.name}: {verdicts[t.name].reason}" for t in fired)
         return Action(Step.ROLLBACK, f"trigger fired — {reasons}", strategy, tuple(t.name for t in fired))
+
+    critical = [g for g in phase.success if g.judge is not None and g.judge.critical
+                and verdicts[g.name].outcome is Outcome.FAILED]
+    if critical:
+        reasons = "; ".join(f"{g.name}: {verdicts[g.name].reason}" for g in critical)
+        return Action(Step.ROLLBACK, f"critical judge failed — {reasons}", phase.default_rollback,
+                      tuple(g.name for g in critical))
 
     errored = [g for g in phase.gates() if verdicts[g.name].outcome is Outcome.ERROR]
     if errored:
@@ -94,6 +106,16 @@ def after_checks(phase: Phase, failures: Sequence[str]) -> Action:
     if failures:
         return Action(Step.ROLLBACK, "phase checks failed — " + "; ".join(failures), phase.default_rollback)
     return Action(Step.CONTINUE)
+
+
+def after_drift(phase: Phase, drifts: Sequence[Drift]) -> Action:
+    """CONTINUE when nothing changed; else what ``phase.on_drift`` says, naming every change."""
+    if not drifts:
+        return Action(Step.CONTINUE)
+    reason = "the cluster changed under the rollout — " + "; ".join(str(d) for d in drifts)
+    if phase.on_drift == "rollback":
+        return Action(Step.ROLLBACK, reason, phase.default_rollback)
+    return Action(Step.HALT, reason)
 
 
 class Decision(enum.Enum):
@@ -230,6 +252,8 @@ def rollback_problems(strategy: Strategy, state: TargetState, expected: Expected
         problems.append(f"{state.canary.name} still exists")
     if state.stable.image == expected.new_image:
         problems.append(f"{state.stable.name} still runs the new image {expected.new_image}")
+    if state.autoscaler is not None and not state.autoscaler.restored:
+        problems.append(f"HPA {state.autoscaler.name} is not restored to its own bounds")
     if expected.stable_replicas is not None and state.stable.replicas != expected.stable_replicas:
         problems.append(
             f"{state.stable.name} has {state.stable.replicas} replicas, expected {expected.stable_replicas}"

@@ -6,7 +6,12 @@ Design decisions:
   assumption: latencies and error counts are skewed). Significance is ``p < 1 - confidence``
   (confidence 0.98, Kayenta's default).
 * The size of the change is the Hodges-Lehmann estimate (median of all pairwise
-  differences canary - baseline) with its distribution-free confidence interval. With
+  differences canary - baseline) with its distribution-free confidence interval, computed
+  as R's ``wilcox.test(conf.int=TRUE)`` does (Kayenta ports the same code): the exact
+  Wilcoxon quantile for untied samples under 50 each, else the normal approximation with
+  tie and continuity corrections, solved for the shift at which the rank statistic crosses
+  the quantile (Brent's method, R's tolerance 1e-4). The normal index ``floor(nm/2 - z·sd)``
+  used before put each bound one order statistic too far in on small samples. With
   heavily tied data (error counts that are mostly zero) that median can be exactly 0 while
   the test is significant; the difference of means then gives the size and sign instead,
   so "three errors where there were none" is not read as no change.
@@ -15,10 +20,11 @@ Design decisions:
   and identical constant samples pass without running the test at all.
 * ``direction`` says which change is bad: with ``increase`` a significant decrease is
   reported (``shift="decrease"``) but classified Pass, as Kayenta does.
-* Scoring: per group, the share of metrics that pass among those with data; groups
-  weighted; a failing critical metric, a must-have-data metric without data, or 50% or
-  more NoData metrics make the score 0. The verdict strings match the core's Outcome
-  names (Successful / Inconclusive / Failed) so the caller can map them one to one.
+* One gate is one metric: the classification maps to the gate's outcome (``analysis.
+  evaluate_judge``). Kayenta's weighted group score is not ported — a plan combines gates
+  with triggers and success criteria instead — and a ``critical`` judge is the plan's
+  business (``decide.after_round`` rolls back on it, as Kayenta fails a run on a critical
+  metric).
 * Pure: numpy and scipy only; deterministic (large samples are thinned by quantiles, not
   at random).
 """
@@ -26,17 +32,16 @@ Design decisions:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
-from scipy import stats  # type: ignore[import-untyped]
+from scipy import optimize, stats  # type: ignore[import-untyped]
 
 DEFAULT_CONFIDENCE = 0.98
-DEFAULT_PASS_SCORE = 95.0
-DEFAULT_MARGINAL_SCORE = 75.0
-NODATA_SCORE_LIMIT = 0.5
+# R's wilcox.test switches to the normal approximation at 50 samples per side (or ties).
+EXACT_LIMIT = 50
 # Pairwise differences grow as n*m; beyond this many samples per side, use quantiles.
 DEFAULT_MAX_SAMPLES = 2000
 
@@ -59,14 +64,6 @@ class Classification(StrEnum):
     NODATA = "NoData"
 
 
-class Verdict(StrEnum):
-    """Values are the core's Outcome names."""
-
-    SUCCESSFUL = "Successful"
-    INCONCLUSIVE = "Inconclusive"
-    FAILED = "Failed"
-
-
 @dataclass(frozen=True)
 class MetricConfig:
     """How one metric is judged."""
@@ -75,20 +72,7 @@ class MetricConfig:
     group: str = "default"
     direction: Direction = Direction.EITHER
     tolerance: float = 0.0  # allowed |effect| / |baseline centre|; 0.05 allows a 5% change
-    critical: bool = False  # failing it fails the whole judgement
-    must_have_data: bool = False  # NoData on it fails the whole judgement
     nan_strategy: NanStrategy = NanStrategy.REMOVE
-
-
-@dataclass(frozen=True)
-class JudgeConfig:
-    """Score thresholds and group weights (an absent group weighs 1)."""
-
-    confidence: float = DEFAULT_CONFIDENCE
-    pass_score: float = DEFAULT_PASS_SCORE
-    marginal_score: float = DEFAULT_MARGINAL_SCORE
-    group_weights: Mapping[str, float] = field(default_factory=dict)
-    max_samples: int = DEFAULT_MAX_SAMPLES
 
 
 @dataclass(frozen=True)
@@ -99,8 +83,6 @@ class MetricResult:
     group: str
     classification: Classification
     reason: str
-    critical: bool = False
-    must_have_data: bool = False
     shift: str = "none"  # "increase" / "decrease" / "none": what was detected, before direction
     p_value: float | None = None
     effect: float | None = None
@@ -117,17 +99,6 @@ class MetricResult:
         return self.classification in (Classification.HIGH, Classification.LOW)
 
 
-@dataclass(frozen=True)
-class JudgeResult:
-    """The score 0-100, its verdict, and every metric's result."""
-
-    score: float
-    verdict: Verdict
-    reason: str
-    metrics: tuple[MetricResult, ...]
-    group_scores: Mapping[str, float]
-
-
 def _clean(values: Sequence[float], strategy: NanStrategy) -> np.ndarray:
     data = np.asarray(values, dtype=float).ravel()
     bad = ~np.isfinite(data)
@@ -142,14 +113,59 @@ def _thin(data: np.ndarray, limit: int) -> np.ndarray:
     return np.quantile(data, np.linspace(0, 1, limit))
 
 
-def _hodges_lehmann(canary: np.ndarray, baseline: np.ndarray, confidence: float) -> tuple[float, float, float]:
-    """Estimate and confidence interval of the shift canary - baseline (Bauer 1972)."""
-    diffs = np.sort(np.subtract.outer(canary, baseline).ravel())
+def wilcoxon_quantile(n: int, m: int, alpha: float) -> int:
+    """R's ``qwilcox(alpha, n, m)``: the smallest u with P(U <= u) >= alpha under no shift.
+
+    Counts arrangements: with i canary and j baseline values, the largest is either a
+    canary value (it beats all j baseline values) or a baseline value (it beats none).
+    """
+    row = [np.ones(1) for _ in range(m + 1)]  # i = 0: one arrangement, U = 0
+    for i in range(1, n + 1):
+        new = [np.ones(1)]
+        for j in range(1, m + 1):
+            ways = np.zeros(i * j + 1)
+            ways[j : j + row[j].size] += row[j]
+            ways[: new[j - 1].size] += new[j - 1]
+            new.append(ways)
+        row = new
+    cdf = np.cumsum(row[m]) / row[m].sum()
+    return int(np.searchsorted(cdf, alpha - 1e-12))
+
+
+def _rank_statistic(canary: np.ndarray, baseline: np.ndarray, shift: float, zq: float) -> float:
+    """R's ``wdiff``: the continuity- and tie-corrected normal score of the rank sum of
+    ``canary - shift`` against ``baseline``, minus the quantile ``zq``."""
     n, m = canary.size, baseline.size
-    z = float(stats.norm.ppf(1 - (1 - confidence) / 2))
-    k = math.floor(n * m / 2 - z * math.sqrt(n * m * (n + m + 1) / 12))
-    k = min(max(k, 0), diffs.size - 1)
-    return float(np.median(diffs)), float(diffs[k]), float(diffs[diffs.size - 1 - k])
+    ranks = stats.rankdata(np.concatenate([canary - shift, baseline]))
+    dz = float(ranks[:n].sum()) - n * (n + 1) / 2 - n * m / 2
+    _, ties = np.unique(ranks, return_counts=True)
+    sigma = math.sqrt(n * m / 12 * ((n + m + 1) - float((ties**3 - ties).sum()) / ((n + m) * (n + m - 1))))
+    return (dz - math.copysign(0.5, dz) * (dz != 0)) / sigma - zq
+
+
+def hodges_lehmann(canary: np.ndarray, baseline: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """Estimate and confidence interval of the shift canary - baseline, as R computes them."""
+    diffs = np.sort(np.subtract.outer(canary, baseline).ravel())
+    estimate = float(np.median(diffs))
+    n, m = canary.size, baseline.size
+    alpha = 1 - confidence
+    tied = np.unique(np.concatenate([canary, baseline])).size < n + m
+    if n < EXACT_LIMIT and m < EXACT_LIMIT and not tied:
+        qu = max(wilcoxon_quantile(n, m, alpha / 2), 1)
+        return estimate, float(diffs[qu - 1]), float(diffs[n * m - qu])
+    low, high = float(diffs[0]), float(diffs[-1])
+    if low == high:
+        return estimate, low, high
+
+    def root(zq: float) -> float:
+        if _rank_statistic(canary, baseline, low, zq) <= 0:
+            return low
+        if _rank_statistic(canary, baseline, high, zq) >= 0:
+            return high
+        return float(optimize.brentq(lambda d: _rank_statistic(canary, baseline, d, zq), low, high, xtol=1e-4))
+
+    z = float(stats.norm.ppf(1 - alpha / 2))
+    return estimate, root(z), root(-z)
 
 
 def classify(
@@ -164,7 +180,7 @@ def classify(
     b = _clean(baseline, metric.nan_strategy)
     r = MetricResult(
         name=metric.name, group=metric.group, classification=Classification.NODATA, reason="",
-        critical=metric.critical, must_have_data=metric.must_have_data, canary_n=int(c.size), baseline_n=int(b.size),
+        canary_n=int(c.size), baseline_n=int(b.size),
     )
     if c.size == 0 or b.size == 0:
         return replace(r, reason=f"no {'canary' if c.size == 0 else 'baseline'} data")
@@ -178,7 +194,7 @@ def classify(
         )
 
     p_value = float(stats.mannwhitneyu(c, b, alternative="two-sided").pvalue)
-    estimate, lower, upper = _hodges_lehmann(_thin(c, max_samples), _thin(b, max_samples), confidence)
+    estimate, lower, upper = hodges_lehmann(_thin(c, max_samples), _thin(b, max_samples), confidence)
     effect = estimate if estimate != 0 else float(np.mean(c) - np.mean(b))
     scale = max(abs(b_med), abs(float(np.mean(b))))
     if effect == 0:
@@ -207,57 +223,3 @@ def classify(
         r, classification=Classification.HIGH if shift == "increase" else Classification.LOW,
         reason=f"significant {shift} {size} (p={p_value:.3g}, tolerance {metric.tolerance:.2%})",
     )
-
-
-def score(results: Sequence[MetricResult], config: JudgeConfig = JudgeConfig()) -> JudgeResult:
-    """Kayenta's weighted group score and its verdict."""
-    if not results:
-        raise ValueError("nothing to judge: no metrics")
-    groups: dict[str, list[MetricResult]] = {}
-    for r in results:
-        groups.setdefault(r.group, []).append(r)
-    group_scores = {
-        g: 100.0 * sum(not r.failed for r in with_data) / len(with_data)
-        for g, rs in groups.items()
-        if (with_data := [r for r in rs if r.classification is not Classification.NODATA])
-    }
-
-    nodata = sum(r.classification is Classification.NODATA for r in results)
-    critical = [r.name for r in results if r.critical and r.failed]
-    missing = [r.name for r in results if r.must_have_data and r.classification is Classification.NODATA]
-    if critical:
-        value, reason = 0.0, f"critical metric failed: {', '.join(critical)}"
-    elif missing:
-        value, reason = 0.0, f"no data for required metric: {', '.join(missing)}"
-    elif nodata / len(results) >= NODATA_SCORE_LIMIT:
-        value, reason = 0.0, f"{nodata} of {len(results)} metrics have no data"
-    else:
-        weights = {g: float(config.group_weights.get(g, 1.0)) for g in group_scores}
-        total = sum(weights.values())
-        value = sum(weights[g] * s for g, s in group_scores.items()) / total if total > 0 else 0.0
-        failed = [r.name for r in results if r.failed]
-        reason = f"failed: {', '.join(failed)}" if failed else "all metrics pass"
-
-    if value >= config.pass_score:
-        verdict = Verdict.SUCCESSFUL
-    elif value >= config.marginal_score:
-        verdict = Verdict.INCONCLUSIVE
-    else:
-        verdict = Verdict.FAILED
-    return JudgeResult(round(value, 2), verdict, reason, tuple(results), group_scores)
-
-
-def judge(
-    samples: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-    metrics: Sequence[MetricConfig],
-    config: JudgeConfig = JudgeConfig(),
-) -> JudgeResult:
-    """Classify each metric from ``samples[name] = (canary, baseline)`` and score the lot.
-
-    A metric without an entry in ``samples`` is NoData.
-    """
-    results = [
-        classify(*samples.get(m.name, ((), ())), m, confidence=config.confidence, max_samples=config.max_samples)
-        for m in metrics
-    ]
-    return score(results, config)

@@ -47,6 +47,7 @@ class Kind(enum.Enum):
     ROLLBACK_FAILED = "rollback_failed"
     PROMOTED = "promoted"
     HALTED = "halted"
+    DRIFT = "drift"  # the cluster no longer shows what the rollout left
     REVIEW = "review"
     SIGNED_OFF = "signed_off"
 
@@ -62,6 +63,8 @@ class Notification:
     phase: str | None = None
     fields: Mapping[str, str] = field(default_factory=dict)
     links: Sequence[tuple[str, str]] = ()  # (label, url)
+    # Buttons (action_id, label, value): Slack posts a press to the app's interactivity URL.
+    actions: Sequence[tuple[str, str, str]] = ()
 
 
 @dataclass(frozen=True)
@@ -135,12 +138,14 @@ TITLES: Mapping[Kind, str] = {
     Kind.ROLLBACK_FAILED: "Rollback FAILED",
     Kind.PROMOTED: "Promoted",
     Kind.HALTED: "Halted",
+    Kind.DRIFT: "Cluster changed under the rollout",
     Kind.REVIEW: "Review",
     Kind.SIGNED_OFF: "Signed off",
 }
 
-# A rollback is worth a page even if a caller forgot to mark it critical.
-_ALWAYS_CRITICAL = frozenset({Kind.ROLLBACK_STARTED, Kind.ROLLBACK_FAILED})
+# A rollback, or a cluster that changed under a rollout, is worth a page even if a caller
+# forgot to mark it critical.
+_ALWAYS_CRITICAL = frozenset({Kind.ROLLBACK_STARTED, Kind.ROLLBACK_FAILED, Kind.DRIFT})
 
 _PARTIAL_ENTITY = re.compile(r"&[a-z]{0,3}$")
 _SLACK_ID = re.compile(r"^[UWS][A-Z0-9]{6,}$")
@@ -252,7 +257,14 @@ def to_blocks(notification: Notification, *, mention: str | None = None) -> tupl
     fallback_where = f" / {escape(n.phase)}" if n.phase else ""
     text = clip(f"{ping}{title(n)}: {escape(n.rollout)}{fallback_where}: {body}", MAX_FALLBACK_TEXT)
     main = _section(f"{ping}{headline}\n{body}")
-    blocks = _cap([main], _field_sections(n.fields), _link_context(n.links), "field sections")
+    buttons: list[dict[str, object]] = []
+    if n.actions:
+        # In the tail with the links: the field sections give way first under MAX_BLOCKS.
+        buttons.append({"type": "actions", "elements": [
+            {"type": "button", "action_id": action_id, "text": {"type": "plain_text", "text": clip(label, 75)},
+             "value": value, **({"style": "primary"} if i == 0 else {})}
+            for i, (action_id, label, value) in enumerate(n.actions[:5])]})
+    blocks = _cap([main], _field_sections(n.fields), _link_context(n.links) + buttons, "field sections")
     return text, blocks
 
 

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from phasegate import templates
+from phasegate import capacity, templates
 from phasegate.durations import parse_duration
 from phasegate.errors import PlanError
 from phasegate.yamlsource import Source, SourceError, load_file, load_text
@@ -99,6 +99,11 @@ class Target(_Model):
     progress_deadline: Duration = Field(
         timedelta(minutes=10), description="How long a deploy may take to become ready before it counts as failed."
     )
+    share_tolerance: float = Field(
+        10.0, ge=0, le=100,
+        description="Percentage points a phase's real share (whole pods) may differ from canary_share; "
+        "checked at the live replica count before anything changes.",
+    )
 
 
 class ConfigMapFlag(_Model):
@@ -154,7 +159,9 @@ class JudgeConfig(_Model):
     confidence: float = Field(0.98, gt=0.5, lt=1)
     tolerance: float = Field(0.05, ge=0, description="Relative effect tolerated before a difference counts.")
     step: Duration = Field(timedelta(minutes=1), description="Resolution of the sample series compared.")
-    critical: bool = False
+    critical: bool = Field(
+        False, description="A failed judgement rolls back at once (the phase's rollback) instead of holding."
+    )
 
 
 class Gate(_Model):
@@ -277,6 +284,10 @@ class Phase(_Model):
         "success criteria are judged every `interval`; default: the smaller of `interval` and 1m "
         "(two scrapes at kube-prometheus' 30s).",
     )
+    on_drift: Literal["halt", "rollback"] = Field(
+        "halt", description="When the cluster no longer shows what the rollout left (another writer changed "
+        "an image, the split, the canary or a flag): halt for a person, or roll back with the phase's rollback.",
+    )
     description: str = ""
 
     @property
@@ -321,6 +332,11 @@ class SlackSettings(_Model):
     channel: str = Field(pattern=r"^[#@]?[-_a-z0-9.]+$")
     mention_on_critical: str | None = Field(None, description="Handle mentioned on critical events, e.g. @oncall.")
     token_secret_block: str | None = Field(None, description="Prefect Secret block holding the bot token.")
+    approvers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Slack user ID → approver name, for approving with the message's buttons "
+        "(`phasegate slack-receiver`); a name must also be on the phase's approver list.",
+    )
 
 
 class Notifications(_Model):
@@ -411,6 +427,11 @@ class RolloutPlan(_Model):
                 return p
         raise KeyError(name)
 
+    def shares(self, total_replicas: int) -> list[capacity.PhaseShare]:
+        """Each production canary phase's real split at ``total_replicas``."""
+        return capacity.phase_shares(
+            ((i, p.name, p.canary_share) for i, p in enumerate(self.phases) if p.has_canary), total_replicas)
+
     def namespace(self, phase: Phase) -> str:
         if phase.environment is Environment.STAGING:
             assert self.target.namespaces.staging is not None
@@ -443,8 +464,14 @@ def _check_gate(plan: RolloutPlan, gate: Gate, path: tuple[str | int, ...], phas
             yield (*path, "window"), "window is shorter than the phase interval: some time would go unwatched"
 
 
-def semantic_problems(plan: RolloutPlan) -> list[Problem]:
+def semantic_problems(plan: RolloutPlan, replicas: int | None = None) -> list[Problem]:
+    """Every problem of meaning; ``replicas`` (else ``target.replicas``) also checks each
+    phase's real share against ``target.share_tolerance``."""
     problems: list[Problem] = []
+    total = replicas or plan.target.replicas
+    if total is not None:
+        problems.extend((("phases", i, "canary_share"), f"at {total} replica(s) {message}")
+                        for i, message in capacity.share_problems(plan.shares(total), plan.target.share_tolerance))
     seen: set[str] = set()
     last_share = 0.0
     seen_production = False
@@ -584,7 +611,7 @@ def _alias(p: str | int) -> str | int:
     return {"for_": "for", "api_version": "apiVersion"}.get(p, p) if isinstance(p, str) else p
 
 
-def plan_from_source(source: Source) -> RolloutPlan:
+def plan_from_source(source: Source, replicas: int | None = None) -> RolloutPlan:
     def fail(problems: list[Problem]) -> PlanError:
         lines = [f"{source.name}:{source.line_of(path)}: {_dotted(path)}: {msg}" for path, msg in problems]
         return PlanError(lines)
@@ -597,19 +624,20 @@ def plan_from_source(source: Source) -> RolloutPlan:
         plan = RolloutPlan.model_validate(source.data)
     except ValidationError as exc:
         raise fail(_pydantic_problems(exc)) from None
-    problems = semantic_problems(plan)
+    problems = semantic_problems(plan, replicas)
     if problems:
         raise fail(problems)
     return plan
 
 
-def load_plan(path: str | Path) -> RolloutPlan:
-    """Load and validate a plan file; raise ``PlanError`` listing every problem."""
+def load_plan(path: str | Path, replicas: int | None = None) -> RolloutPlan:
+    """Load and validate a plan file; raise ``PlanError`` listing every problem. With
+    ``replicas``, each phase's share is also checked at that replica count."""
     try:
         source = load_file(path)
     except SourceError as exc:
         raise PlanError([str(exc)]) from None
-    return plan_from_source(source)
+    return plan_from_source(source, replicas)
 
 
 def load_plan_text(text: str, name: str = "<plan>") -> RolloutPlan:

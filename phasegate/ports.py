@@ -49,6 +49,8 @@ class WorkloadState:
     observed_generation: int
     annotations: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
+    # Who last set ``image``, ``replicas`` and ``env/<NAME>``, from managedFields (drift.py).
+    managers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def rolled_out(self) -> bool:
@@ -61,11 +63,29 @@ class WorkloadState:
 
 
 @dataclass(frozen=True)
+class AutoscalerState:
+    """The HorizontalPodAutoscaler that scales the stable Deployment, as phasegate sees it."""
+
+    name: str
+    min_replicas: int
+    max_replicas: int
+    desired_replicas: int
+    # The bounds it had before the rollout, while phasegate has it narrowed to stable's share.
+    original_bounds: tuple[int, int] | None = None
+    canary_autoscaler: bool = False  # phasegate's mirror of it for the canary exists
+
+    @property
+    def restored(self) -> bool:
+        return self.original_bounds is None and not self.canary_autoscaler
+
+
+@dataclass(frozen=True)
 class TargetState:
-    """The stable Deployment and, if one exists, its canary."""
+    """The stable Deployment, its canary if one exists, and the autoscaler of stable if any."""
 
     stable: WorkloadState
     canary: WorkloadState | None
+    autoscaler: AutoscalerState | None = None
 
 
 @runtime_checkable
@@ -82,13 +102,21 @@ class Cluster(Protocol):
         optionally set its replicas in the same write."""
         ...
 
-    def set_canary(self, ref: TargetRef, image: str, share_percent: float, total_replicas: int) -> tuple[int, int]:
-        """Create or update ``<deployment>-canary`` with ``image`` at ceil(share × total)
-        replicas and scale stable to the rest (never both at zero). Returns (canary, stable)."""
+    def set_canary(self, ref: TargetRef, image: str, share_percent: float, total_replicas: int,
+                   timeout_seconds: float = 600.0) -> tuple[int, int]:
+        """Create or update ``<deployment>-canary`` with ``image`` at its share of the total
+        (``capacity.canary_split``: a canary phase keeps stable at one pod or more), then
+        shrink stable one pod per Ready canary pod until it holds the rest, the canary
+        exceeds its progress deadline, or ``timeout_seconds``. Returns (canary, stable).
+
+        With an autoscaler on stable the total is the one it keeps now, not
+        ``total_replicas``: stable's autoscaler is narrowed to its share, a mirror of it
+        scales the canary, and stable's replicas are left to it."""
         ...
 
     def remove_canary(self, ref: TargetRef, total_replicas: int) -> None:
-        """Stable back to ``total_replicas`` first, then the canary deleted. No-op if gone."""
+        """Stable back to ``total_replicas`` first (with an autoscaler: to stable plus canary
+        now, and the autoscaler restored exactly), then the canary deleted. No-op if gone."""
         ...
 
     def wait_ready(self, namespace: str, deployment: str, timeout_seconds: float) -> WorkloadState:
@@ -111,6 +139,10 @@ class Cluster(Protocol):
 
     def read_configmap(self, namespace: str, name: str) -> Mapping[str, str]: ...
 
+    def configmap_owners(self, namespace: str, name: str) -> Mapping[str, str]:
+        """Data key → the field manager that last set it (from managedFields)."""
+        ...
+
     def annotate(self, namespace: str, deployment: str, annotations: Mapping[str, str | None]) -> None:
         """Merge annotations; a ``None`` value removes the key."""
         ...
@@ -124,8 +156,12 @@ class Cluster(Protocol):
         template (what ``{{pod_template_hash}}`` selects); None if there is none."""
         ...
 
-    def missing_permissions(self, namespace: str) -> list[str]:
-        """The ``verb resource`` pairs the rollout needs that RBAC denies (empty: all allowed)."""
+    def missing_permissions(self, ref: TargetRef, configmap: str | None = None, canary: bool = True,
+                            autoscaler: str | None = None) -> list[str]:
+        """What the rollout needs in ``ref``'s namespace that RBAC denies, as ``verb
+        resource[/name]`` (empty: all allowed). ``configmap``: the flag ConfigMap, if the plan
+        has one; ``canary``: whether a phase runs a canary in that namespace; ``autoscaler``:
+        the HorizontalPodAutoscaler scaling the target, if one does."""
         ...
 
 

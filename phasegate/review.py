@@ -117,6 +117,20 @@ class Release:
         return f"{self.namespace}/{self.deployment}{image}"
 
 
+def running_mismatch(release: Release, running_image: str) -> str | None:
+    """Why a review or sign-off of ``release`` would judge the wrong thing, or None.
+
+    The gates read the whole Deployment, so if something (a GitOps sync, a hotfix, a rollback
+    by hand) has put another image there since the promotion, weeks of "healthy" reviews
+    would describe an image that is not the release. Refused, never measured."""
+    if not release.image:
+        return f"{release.namespace}/{release.deployment} has no release image on record"
+    if running_image != release.image:
+        return (f"{release.namespace}/{release.deployment} runs {running_image}, not the promoted "
+                f"{release.image}: the release record no longer describes what serves")
+    return None
+
+
 # --- cadence ---------------------------------------------------------------------------
 
 

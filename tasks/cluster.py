@@ -7,8 +7,10 @@ from collections.abc import Mapping
 
 from prefect import get_run_logger, task
 
-from phasegate import runctx
+from phasegate import drift, runctx
+from phasegate.drift import Drift, Expectation
 from phasegate.errors import ProgressDeadlineExceeded
+from phasegate.plan import Phase, RolloutPlan
 from phasegate.ports import TargetRef, TargetState, WorkloadState
 from tasks.common import RETRYING
 
@@ -26,8 +28,10 @@ def deploy_image(ref: TargetRef, image: str, replicas: int | None = None) -> Non
 
 
 @task(name="deploy_canary", **RETRYING)
-def deploy_canary(ref: TargetRef, image: str, share_percent: float, total_replicas: int) -> tuple[int, int]:
-    canary, stable = runctx.get().cluster.set_canary(ref, image, share_percent, total_replicas)
+def deploy_canary(ref: TargetRef, image: str, share_percent: float, total_replicas: int,
+                  timeout_seconds: float = 600.0) -> tuple[int, int]:
+    """The canary at its share; stable shrinks only as canary pods are Ready (surge first)."""
+    canary, stable = runctx.get().cluster.set_canary(ref, image, share_percent, total_replicas, timeout_seconds)
     get_run_logger().info("%s: canary %s at %d replica(s), stable at %d", ref, image, canary, stable)
     return canary, stable
 
@@ -71,11 +75,48 @@ def read_configmap(namespace: str, name: str) -> Mapping[str, str]:
     return runctx.get().cluster.read_configmap(namespace, name)
 
 
+@task(name="expected_state", **RETRYING)
+def expected_state(plan: RolloutPlan, phase: Phase, ref: TargetRef, image: str, previous_image: str) -> Expectation:
+    """What ``phase`` left once deployed, with the feature-flag values as they read now."""
+    cluster = runctx.get().cluster
+    env: dict[str, str] = {}
+    configmap: dict[str, str] = {}
+    flag = plan.feature_flag
+    if flag is not None and flag.env is not None:
+        value = cluster.read_target(ref).stable.env.get(flag.env)
+        if value is not None:
+            env[flag.env] = value
+    if flag is not None and flag.configmap is not None:
+        value = cluster.read_configmap(ref.namespace, flag.configmap.name).get(flag.configmap.key)
+        if value is not None:
+            configmap[flag.configmap.key] = value
+    return drift.expectation(plan, phase, image, previous_image, env=env, configmap=configmap)
+
+
+@task(name="check_drift", **RETRYING)
+def check_drift(plan: RolloutPlan, ref: TargetRef, expected: Expectation) -> list[Drift]:
+    """Every way the cluster differs from ``expected`` now, with who changed it where
+    managedFields tell. Empty: the world is as the rollout left it."""
+    cluster = runctx.get().cluster
+    state = cluster.read_target(ref)
+    configmap: Mapping[str, str] = {}
+    owners: Mapping[str, str] = {}
+    flag = plan.feature_flag
+    if expected.configmap and flag is not None and flag.configmap is not None:
+        configmap = cluster.read_configmap(ref.namespace, flag.configmap.name)
+        owners = cluster.configmap_owners(ref.namespace, flag.configmap.name)
+    found = drift.find_drift(expected, state, configmap, owners)
+    for d in found:
+        get_run_logger().warning("%s: drift: %s", ref, d)
+    return found
+
+
 @task(name="annotate_release", **RETRYING)
 def annotate_release(namespace: str, deployment: str, annotations: Mapping[str, str | None]) -> None:
     runctx.get().cluster.annotate(namespace, deployment, annotations)
 
 
 @task(name="check_permissions", **RETRYING)
-def check_permissions(namespace: str) -> list[str]:
-    return runctx.get().cluster.missing_permissions(namespace)
+def check_permissions(ref: TargetRef, configmap: str | None = None, canary: bool = True,
+                      autoscaler: str | None = None) -> list[str]:
+    return runctx.get().cluster.missing_permissions(ref, configmap, canary, autoscaler)

@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from phasegate import review, runctx
 from phasegate.plan import RolloutPlan
+from phasegate.ports import TargetRef
 from phasegate.record import ANN_PROMOTED_AT, ANN_SIGNED_OFF
 from phasegate.render.report import Report, slug, write_review_report
 from tasks.common import NO_CACHE, RETRYING
@@ -32,6 +33,12 @@ def find_releases(namespaces: list[str]) -> list[review.Release]:
             if release is not None:
                 found.append(release)
     return found
+
+
+@task(name="running_image", **RETRYING)
+def running_image(release: review.Release, container: str) -> str:
+    """The image the released Deployment's container runs now."""
+    return runctx.get().cluster.read_target(TargetRef(release.namespace, release.deployment, container)).stable.image
 
 
 @task(name="measure_review", **RETRYING)

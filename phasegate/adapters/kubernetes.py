@@ -20,15 +20,27 @@ Design decisions:
 * ``undo`` is ``kubectl rollout undo`` (the previous ReplicaSet's template becomes the
   Deployment's) plus a marker annotation recording the move, so a re-run after a crash does
   not toggle back to the bad revision as a second ``kubectl rollout undo`` would.
-* Canary capacity: the canary is scaled up before stable is scaled down, and stable is
-  scaled back up before the canary is deleted, so serving capacity never dips mid-step.
+* Autoscalers (Flagger's approach): if a HorizontalPodAutoscaler scales stable, a canary
+  phase narrows its min/max to stable's share and creates ``<hpa>-canary``, a mirror with
+  the same metrics and behaviour scaled to the canary's share, so both tracks follow the
+  load and the split holds; stable's replicas are left to its autoscaler. The original spec
+  is kept on the autoscaler (``HPA_ORIGINAL``) and put back exactly, and the mirror deleted,
+  when the canary goes (promotion or rollback). Preferred over recomputing the split from
+  the autoscaler's wish each round: that would fight the autoscaler over stable's replicas
+  between rounds, and leave the canary unscaled while a spike lasts a round.
+* Canary capacity: surge first. ``set_canary`` creates or grows the canary and then gives
+  stable's pods up one per canary pod that is Ready (``capacity.stable_while_surging``),
+  polling until stable is at its share, the canary reports ProgressDeadlineExceeded, or
+  the caller's timeout; a canary that never starts costs no serving capacity. Stable is
+  scaled back up before the canary is deleted, so capacity never dips on the way back
+  either.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,8 +49,9 @@ from typing import Any, NamedTuple, TypeVar
 import urllib3
 from kubernetes import client, config
 
-from phasegate import errors
-from phasegate.ports import CANARY, TRACK_LABEL, TargetRef, TargetState, WorkloadState
+from phasegate import drift, errors
+from phasegate.capacity import canary_split, scaled_bounds, stable_while_surging
+from phasegate.ports import CANARY, TRACK_LABEL, AutoscalerState, TargetRef, TargetState, WorkloadState
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -47,6 +60,10 @@ REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
 # Written with every undo: {"from": <template hash left>, "to": <hash restored>, "revision": N}.
 UNDO_ANNOTATION = "phasegate.dev/undo"
+# On stable's autoscaler while phasegate narrows it: its spec before the rollout, as JSON,
+# so promotion, rollback or a rerun after a crash can put back exactly what was there.
+HPA_ORIGINAL = "phasegate.dev/original-autoscaler"
+CANARY_HPA_SUFFIX = "-canary"
 
 STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
@@ -54,29 +71,58 @@ JSON_PATCH = "application/json-patch+json"
 
 
 class Permission(NamedTuple):
-    """One RBAC rule line: verb on resource in API group."""
+    """One RBAC rule line: verb on resource in API group, narrowed to one object when
+    ``name`` says which (``target``, ``canary`` or ``configmap``: the Role's resourceNames)."""
 
     verb: str
     group: str
     resource: str
+    name: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.verb} {self.resource}"
+        return f"{self.verb} {self.resource}" + (f" ({self.name})" if self.name else "")
 
 
 # Everything this adapter sends, for preflight and the RBAC Role in deployments/k8s/.
-# (SelfSubjectAccessReview itself is allowed to every authenticated user.)
+# (SelfSubjectAccessReview itself is allowed to every authenticated user.) ``create`` has
+# no name: the API server authorizes a create before the object has one, so resourceNames
+# cannot narrow it (see deployments/k8s/README.md for what it still allows).
 REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
-    Permission("get", "apps", "deployments"),
+    Permission("get", "apps", "deployments", "target"),
+    Permission("get", "apps", "deployments", "canary"),
     Permission("list", "apps", "deployments"),
     Permission("create", "apps", "deployments"),
-    Permission("update", "apps", "deployments"),
-    Permission("patch", "apps", "deployments"),
-    Permission("delete", "apps", "deployments"),
+    Permission("update", "apps", "deployments", "canary"),
+    Permission("patch", "apps", "deployments", "target"),
+    Permission("patch", "apps", "deployments", "canary"),
+    Permission("delete", "apps", "deployments", "canary"),
     Permission("list", "apps", "replicasets"),
-    Permission("get", "", "configmaps"),
-    Permission("patch", "", "configmaps"),
+    Permission("list", "autoscaling", "horizontalpodautoscalers"),
+    Permission("get", "", "configmaps", "configmap"),
+    Permission("patch", "", "configmaps", "configmap"),
 )
+# Only where an autoscaler scales the target (named by it: "autoscaler", and its mirror
+# "canary-autoscaler"): narrowing it, creating, rewriting and deleting the mirror.
+AUTOSCALER_PERMISSIONS: tuple[Permission, ...] = (
+    Permission("update", "autoscaling", "horizontalpodautoscalers", "autoscaler"),
+    Permission("create", "autoscaling", "horizontalpodautoscalers"),
+    Permission("get", "autoscaling", "horizontalpodautoscalers", "canary-autoscaler"),
+    Permission("update", "autoscaling", "horizontalpodautoscalers", "canary-autoscaler"),
+    Permission("delete", "autoscaling", "horizontalpodautoscalers", "canary-autoscaler"),
+)
+# A namespace where no phase runs a canary (staging) never creates, updates or deletes one,
+# nor patches one (set_env only patches a canary that exists); it still looks for it.
+CANARY_ONLY_PERMISSIONS = frozenset(p for p in REQUIRED_PERMISSIONS if p.verb in ("create", "update", "delete")
+                                    or (p.verb == "patch" and p.name == "canary"))
+
+
+def required_permissions(*, canary: bool = True, configmap: bool = True,
+                         autoscaler: bool = False) -> tuple[Permission, ...]:
+    """What a namespace's Role must grant: with a canary phase there or not, with a
+    ConfigMap feature flag or not, with an autoscaler on the target (and a canary) or not."""
+    base = tuple(p for p in REQUIRED_PERMISSIONS
+                 if (canary or p not in CANARY_ONLY_PERMISSIONS) and (configmap or p.resource != "configmaps"))
+    return base + (AUTOSCALER_PERMISSIONS if autoscaler and canary else ())
 
 
 class _Conflict(Exception):
@@ -85,6 +131,10 @@ class _Conflict(Exception):
 
 def _deployment_path(namespace: str, name: str | None = None) -> str:
     return f"/apis/apps/v1/namespaces/{namespace}/deployments" + (f"/{name}" if name else "")
+
+
+def _hpa_path(namespace: str, name: str | None = None) -> str:
+    return f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers" + (f"/{name}" if name else "")
 
 
 def _configmap_path(namespace: str, name: str) -> str:
@@ -135,18 +185,66 @@ def workload_state(d: Obj, container: str | None) -> WorkloadState:
         generation=d["metadata"].get("generation", 0), observed_generation=status.get("observedGeneration", 0),
         annotations=dict(d["metadata"].get("annotations") or {}),
         env={e["name"]: e["value"] for e in c.get("env") or [] if "value" in e},
+        managers=drift.workload_owners(d["metadata"].get("managedFields"), c["name"],
+                                       [e["name"] for e in c.get("env") or []]),
     )
 
 
-def canary_split(share_percent: float, total_replicas: int) -> tuple[int, int]:
-    """(canary, stable) replicas: ceil(share × total) canary pods, the rest stable."""
-    if total_replicas < 1:
-        raise ValueError("total_replicas must be at least 1")
-    if not 0 <= share_percent <= 100:
-        raise ValueError("share_percent must be within 0..100")
-    # Rounded first so that 30% of 10 is 3, not ceil(3.0000000000000004) = 4.
-    canary = math.ceil(round(share_percent * total_replicas / 100, 9))
-    return canary, total_replicas - canary
+# Labels on a Deployment by which a GitOps controller claims it. Copied onto the canary
+# they make Argo CD (label tracking) or Flux (kustomize/helm controllers) count it as theirs,
+# find it missing from Git and prune it mid-soak. Only the Deployment's own labels are
+# filtered: the pod template keeps every label, since the selector and the Service need them
+# (pods belong to the canary's ReplicaSet and are never tracked or pruned by those tools).
+# Annotations are not copied at all, so Argo CD's tracking-id annotation, Helm's release
+# annotations and kubectl's last-applied-configuration stay on the stable Deployment.
+GITOPS_LABELS = frozenset({"app.kubernetes.io/instance", "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of"})
+GITOPS_LABEL_PREFIXES = ("argocd.argoproj.io/", "kustomize.toolkit.fluxcd.io/", "helm.toolkit.fluxcd.io/",
+                         "fluxcd.io/", "helm.sh/")
+MANAGED_BY = "app.kubernetes.io/managed-by"
+
+
+def canary_labels(stable_labels: Mapping[str, str]) -> dict[str, str]:
+    """The stable Deployment's labels a canary may carry (``app``, ``team``, ... but nothing a
+    GitOps controller claims it by), marked as phasegate's."""
+    kept = {k: v for k, v in stable_labels.items()
+            if k not in GITOPS_LABELS and not k.startswith(GITOPS_LABEL_PREFIXES)}
+    return {**kept, MANAGED_BY: "phasegate"}
+
+
+def _ready_on_template(d: Obj) -> int:
+    """Ready pods of a Deployment that run its current template: none until the controller
+    has seen the latest spec, and never more than it has updated."""
+    status = d.get("status") or {}
+    if status.get("observedGeneration", 0) < d["metadata"].get("generation", 0):
+        return 0
+    return min(status.get("readyReplicas", 0), status.get("updatedReplicas", 0))
+
+
+def _scales(hpa: Obj, deployment: str) -> bool:
+    target = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+    return target.get("kind") == "Deployment" and target.get("name") == deployment
+
+
+def _autoscaler_state(hpas: Sequence[Obj], ref: TargetRef) -> AutoscalerState | None:
+    hpa = next((h for h in hpas if _scales(h, ref.deployment)), None)
+    if hpa is None:
+        return None
+    original = (hpa["metadata"].get("annotations") or {}).get(HPA_ORIGINAL)
+    bounds = None
+    if original:
+        spec = json.loads(original)
+        bounds = (int(spec.get("minReplicas") or 1), int(spec["maxReplicas"]))
+    mirror = hpa["metadata"]["name"] + CANARY_HPA_SUFFIX
+    return AutoscalerState(
+        name=hpa["metadata"]["name"], min_replicas=int(hpa["spec"].get("minReplicas") or 1),
+        max_replicas=int(hpa["spec"]["maxReplicas"]),
+        desired_replicas=int((hpa.get("status") or {}).get("desiredReplicas", 0)), original_bounds=bounds,
+        canary_autoscaler=any(h["metadata"]["name"] == mirror for h in hpas))
+
+
+def _deadline_exceeded(d: Obj) -> bool:
+    return any(c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+               for c in (d.get("status") or {}).get("conditions") or [])
 
 
 def _pooled(configuration: client.Configuration) -> client.Configuration:
@@ -204,6 +302,9 @@ class KubernetesCluster:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
+        if method in ("POST", "PUT", "PATCH"):
+            # Named in managedFields, so drift checks can tell our writes from anyone else's.
+            query = {**(query or {}), "fieldManager": drift.FIELD_MANAGER}
         last = ""
         for attempt in range(self.attempts):
             if attempt:
@@ -271,10 +372,67 @@ class KubernetesCluster:
     def read_target(self, ref: TargetRef) -> TargetState:
         stable = self._get_deployment(ref.namespace, ref.deployment)
         canary = self._find_deployment(ref.namespace, ref.canary)
+        hpas = self._request("GET", _hpa_path(ref.namespace)).get("items") or []
         return TargetState(stable=workload_state(stable, ref.container),
-                           canary=workload_state(canary, ref.container) if canary else None)
+                           canary=workload_state(canary, ref.container) if canary else None,
+                           autoscaler=_autoscaler_state(hpas, ref))
+
+    # -- autoscalers ---------------------------------------------------------------------
+
+    def _stable_hpa(self, ref: TargetRef) -> Obj | None:
+        items = self._request("GET", _hpa_path(ref.namespace)).get("items") or []
+        return next((h for h in items if _scales(h, ref.deployment)), None)
+
+    def _mirror_autoscaler(self, ref: TargetRef, hpa: Obj, share_percent: float) -> None:
+        """Stable's autoscaler narrowed to its share, its mirror for the canary at the rest."""
+        annotations = hpa["metadata"].get("annotations") or {}
+        original = json.loads(annotations[HPA_ORIGINAL]) if HPA_ORIGINAL in annotations else hpa["spec"]
+        low, high = int(original.get("minReplicas") or 1), int(original["maxReplicas"])
+        stable_spec = {**original, "minReplicas": scaled_bounds(100 - share_percent, low, high)[0],
+                       "maxReplicas": scaled_bounds(100 - share_percent, low, high)[1]}
+        if hpa["spec"] != stable_spec or HPA_ORIGINAL not in annotations:
+            hpa["spec"] = stable_spec
+            hpa["metadata"]["annotations"] = {**annotations, HPA_ORIGINAL: json.dumps(original, sort_keys=True)}
+            self._request("PUT", _hpa_path(ref.namespace, hpa["metadata"]["name"]), body=hpa)
+        name = hpa["metadata"]["name"] + CANARY_HPA_SUFFIX
+        c_low, c_high = scaled_bounds(share_percent, low, high)
+        spec = {**original, "minReplicas": c_low, "maxReplicas": c_high,
+                "scaleTargetRef": {**original["scaleTargetRef"], "name": ref.canary}}
+        labels = {**canary_labels(hpa["metadata"].get("labels") or {}), TRACK_LABEL: CANARY}
+        current = self._find(_hpa_path(ref.namespace, name))
+        if current is None:
+            self._request("POST", _hpa_path(ref.namespace), body={
+                "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": name, "namespace": ref.namespace, "labels": labels}, "spec": spec})
+        elif current["spec"] != spec:
+            current["spec"] = spec
+            self._request("PUT", _hpa_path(ref.namespace, name), body=current)
+
+    def _restore_autoscaler(self, ref: TargetRef) -> None:
+        hpa = self._stable_hpa(ref)
+        if hpa is None:
+            return
+        annotations = dict(hpa["metadata"].get("annotations") or {})
+        if HPA_ORIGINAL in annotations:
+            hpa["spec"] = json.loads(annotations.pop(HPA_ORIGINAL))
+            hpa["metadata"]["annotations"] = annotations
+            self._request("PUT", _hpa_path(ref.namespace, hpa["metadata"]["name"]), body=hpa)
+        with contextlib.suppress(errors.TargetNotFound):
+            self._request("DELETE", _hpa_path(ref.namespace, hpa["metadata"]["name"] + CANARY_HPA_SUFFIX))
+
+    def _find(self, path: str) -> Obj | None:
+        try:
+            return self._request("GET", path)
+        except errors.TargetNotFound:
+            return None
 
     def set_image(self, ref: TargetRef, image: str, replicas: int | None = None) -> None:
+        if replicas is not None and self._stable_hpa(ref) is not None:
+            # The autoscaler owns the count: promotion keeps what both tracks serve now.
+            canary = self._find_deployment(ref.namespace, ref.canary)
+            replicas = self._get_deployment(ref.namespace, ref.deployment)["spec"].get("replicas", 1) + (
+                _ready_on_template(canary) if canary is not None else 0)
+
         def step() -> None:
             d = self._get_deployment(ref.namespace, ref.deployment)
             same_image = _container(d, ref.container).get("image") == image
@@ -300,12 +458,20 @@ class KubernetesCluster:
         for key in ("strategy", "minReadySeconds", "progressDeadlineSeconds", "revisionHistoryLimit"):
             if key in spec:
                 canary_spec[key] = spec[key]
-        labels = {**(stable["metadata"].get("labels") or {}), TRACK_LABEL: CANARY}
+        labels = {**canary_labels(stable["metadata"].get("labels") or {}), TRACK_LABEL: CANARY}
         return {"apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": ref.canary, "namespace": ref.namespace, "labels": labels},
                 "spec": canary_spec}
 
-    def set_canary(self, ref: TargetRef, image: str, share_percent: float, total_replicas: int) -> tuple[int, int]:
+    def set_canary(self, ref: TargetRef, image: str, share_percent: float, total_replicas: int,
+                   timeout_seconds: float = 600.0) -> tuple[int, int]:
+        hpa = self._stable_hpa(ref)
+        if hpa is not None:
+            # The autoscaler controller writes its status all the time: re-read on each 409.
+            self._converge(lambda: self._mirror_autoscaler(ref, self._stable_hpa(ref) or hpa, share_percent))
+            live = self._find_deployment(ref.namespace, ref.canary)
+            total_replicas = self._get_deployment(ref.namespace, ref.deployment)["spec"].get("replicas", 1) + (
+                _ready_on_template(live) if live is not None else 0)
         canary_n, stable_n = canary_split(share_percent, total_replicas)
 
         def step() -> None:
@@ -316,7 +482,8 @@ class KubernetesCluster:
                 self._request("POST", _deployment_path(ref.namespace), body=desired)
             elif (current["spec"].get("replicas") != canary_n
                   or current["spec"]["template"] != desired["spec"]["template"]
-                  or current["spec"]["selector"] != desired["spec"]["selector"]):
+                  or current["spec"]["selector"] != desired["spec"]["selector"]
+                  or current["metadata"].get("labels") != desired["metadata"]["labels"]):
                 if current["spec"]["selector"] != desired["spec"]["selector"]:
                     # The selector is immutable: a canary someone built differently is replaced.
                     self._request("DELETE", _deployment_path(ref.namespace, ref.canary))
@@ -324,15 +491,36 @@ class KubernetesCluster:
                 current["spec"].update(desired["spec"])
                 current["metadata"]["labels"] = desired["metadata"]["labels"]
                 self._request("PUT", _deployment_path(ref.namespace, ref.canary), body=current)
-            # Canary capacity exists (or is being created) before stable gives any up.
-            self._scale(stable, stable_n)
 
         self._converge(step)
-        return canary_n, stable_n
+        if hpa is not None:
+            # Stable's autoscaler shrinks it as the canary takes load: never before it serves.
+            return canary_n, stable_n
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            canary = self._find_deployment(ref.namespace, ref.canary)
+            ready = _ready_on_template(canary) if canary is not None else 0
+            goal = stable_while_surging(total_replicas, stable_n, ready)
+            self._converge(functools.partial(self._scale_stable, ref, goal))
+            if goal == stable_n or canary is None or _deadline_exceeded(canary) \
+                    or time.monotonic() >= deadline:
+                return canary_n, stable_n
+            time.sleep(self.poll_interval)
+
+    def _scale_stable(self, ref: TargetRef, replicas: int) -> None:
+        self._scale(self._get_deployment(ref.namespace, ref.deployment), replicas)
 
     def remove_canary(self, ref: TargetRef, total_replicas: int) -> None:
+        if self._stable_hpa(ref) is not None:
+            # What both tracks serve now goes to stable before the canary goes; its restored
+            # autoscaler takes it from there.
+            canary = self._find_deployment(ref.namespace, ref.canary)
+            total_replicas = self._get_deployment(ref.namespace, ref.deployment)["spec"].get("replicas", 1) + (
+                _ready_on_template(canary) if canary is not None else 0)
+
         def step() -> None:
             self._scale(self._get_deployment(ref.namespace, ref.deployment), total_replicas)
+            self._restore_autoscaler(ref)
             with contextlib.suppress(errors.TargetNotFound):  # already gone: done
                 self._request("DELETE", _deployment_path(ref.namespace, ref.canary),
                               query={"propagationPolicy": "Background"})
@@ -446,6 +634,12 @@ class KubernetesCluster:
     def read_configmap(self, namespace: str, name: str) -> Mapping[str, str]:
         return dict(self._request("GET", _configmap_path(namespace, name)).get("data") or {})
 
+    def configmap_owners(self, namespace: str, name: str) -> Mapping[str, str]:
+        cm = self._request("GET", _configmap_path(namespace, name))
+        managed = cm["metadata"].get("managedFields")
+        return {key: owner for key in cm.get("data") or {}
+                if (owner := drift.field_owner(managed, ("f:data", f"f:{key}")))}
+
     def annotate(self, namespace: str, deployment: str, annotations: Mapping[str, str | None]) -> None:
         def step() -> None:
             current = self._get_deployment(namespace, deployment)["metadata"].get("annotations") or {}
@@ -464,13 +658,25 @@ class KubernetesCluster:
                     found.append(workload_state(d, None))
         return found
 
-    def missing_permissions(self, namespace: str) -> list[str]:
+    def missing_permissions(self, ref: TargetRef, configmap: str | None = None, canary: bool = True,
+                            autoscaler: str | None = None) -> list[str]:
+        # Without a target name (doctor with no plan) only the verbs no object narrows are asked.
+        names = {"target": ref.deployment or None, "canary": ref.canary if ref.deployment else None,
+                 "configmap": configmap, "autoscaler": autoscaler,
+                 "canary-autoscaler": autoscaler + CANARY_HPA_SUFFIX if autoscaler else None}
         missing: list[str] = []
-        for permission in REQUIRED_PERMISSIONS:
+        wanted = required_permissions(canary=canary, configmap=configmap is not None, autoscaler=bool(autoscaler))
+        for permission in wanted:
+            attributes = {"namespace": ref.namespace, "verb": permission.verb, "group": permission.group,
+                          "resource": permission.resource}
+            if permission.name:
+                if names[permission.name] is None:
+                    continue
+                attributes["name"] = str(names[permission.name])
             review = self._request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body={
                 "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                "spec": {"resourceAttributes": {"namespace": namespace, "verb": permission.verb,
-                                                "group": permission.group, "resource": permission.resource}}})
+                "spec": {"resourceAttributes": attributes}})
             if not (review.get("status") or {}).get("allowed"):
-                missing.append(str(permission))
+                missing.append(f"{permission.verb} {permission.resource}"
+                               + (f"/{attributes['name']}" if permission.name else ""))
         return missing

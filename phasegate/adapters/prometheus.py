@@ -253,21 +253,6 @@ class PrometheusProvider:
         except errors.PhasegateError:
             return False
 
-    def parse_check(self, promql: str) -> str | None:
-        """Prometheus' error message if it rejects ``promql``, else ``None``.
-
-        Prometheus 2.42 has no parse-only endpoint, so the query is evaluated once; empty or
-        multi-series results are not parse errors. ``ProviderUnavailable`` propagates:
-        "could not check" must not read as "fine".
-        """
-        try:
-            self.query(promql)
-        except errors.QueryRejected as exc:
-            return str(exc)
-        except (errors.NoData, errors.MultipleSeries):
-            pass
-        return None
-
     # --- plumbing --------------------------------------------------------------------
 
     def _params(self) -> dict[str, str]:

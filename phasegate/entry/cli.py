@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -53,11 +54,21 @@ def summary(plan: RolloutPlan) -> list[str]:
 
 
 @app.command()
-def validate(plan: Path = typer.Argument(..., help="Plan YAML file.")) -> None:
+def validate(
+    plan: Path = typer.Argument(..., help="Plan YAML file."),
+    replicas: int | None = typer.Option(
+        None, min=1, help="Production replica count: print each phase's real share and refuse those "
+        "further off than target.share_tolerance."),
+) -> None:
     """Check a plan; print a summary, or every problem as FILE:LINE: path: message (exit 2)."""
-    loaded = load_or_exit(plan)
+    loaded = load_or_exit(plan, replicas)
     for line in summary(loaded):
         out.print(line, markup=False, highlight=False, soft_wrap=True)
+    total = replicas or loaded.target.replicas
+    if total is not None:
+        out.print(f"  shares at {total} replica(s):", highlight=False)
+        for share in loaded.shares(total):
+            out.print(f"    {share.describe()}", markup=False, highlight=False)
     out.print("valid", style="green")
 
 
@@ -184,3 +195,39 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@app.command("slack-receiver")
+def slack_receiver(
+    plan: Path = typer.Argument(..., help="Plan YAML file (its Slack approvers map user IDs to names)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; put it behind your ingress, TLS there."),
+    port: int = typer.Option(3000, help="Port to serve POST /slack/actions on (the Slack app's Request URL)."),
+) -> None:
+    """Serve the Slack interactivity endpoint: approval buttons resume the paused run.
+
+    Reads the app's signing secret from SLACK_SIGNING_SECRET; resumes through the Prefect API
+    at PREFECT_API_URL. A request Slack did not sign is answered 401 and resumes nothing.
+    """
+    import os
+
+    loaded = load_or_exit(plan)
+    secret = os.environ.get("SLACK_SIGNING_SECRET", "")
+    if not secret:
+        err.print("SLACK_SIGNING_SECRET is not set: every request would be refused")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if loaded.notifications.slack is None or not loaded.notifications.slack.approvers:
+        err.print(f"{plan}: notifications.slack.approvers maps no Slack user to an approver")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    from uuid import UUID
+
+    import uvicorn
+    from prefect.flow_runs import resume_flow_run
+
+    from phasegate.adapters.slack_receiver import Receiver
+
+    def resume(run_id: str, data: dict[str, Any]) -> None:
+        resume_flow_run(UUID(run_id), run_input=data)
+
+    receiver = Receiver(loaded, secret, resume)
+    out.print(f"Slack actions for {loaded.name} at http://{host}:{port}/slack/actions", highlight=False)
+    uvicorn.run(receiver.app(), host=host, port=port, log_level="warning", access_log=False)

@@ -18,10 +18,11 @@ out = Console()
 err = Console(stderr=True)
 
 
-def load_or_exit(path: Path) -> RolloutPlan:
-    """Load a plan or print every problem as FILE:LINE: path: message and exit 2."""
+def load_or_exit(path: Path, replicas: int | None = None) -> RolloutPlan:
+    """Load a plan or print every problem as FILE:LINE: path: message and exit 2; with
+    ``replicas``, each phase's real share at that count is checked too."""
     try:
-        return load_plan(path)
+        return load_plan(path, replicas)
     except PlanError as exc:
         for line in exc.problems:
             err.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -8,7 +8,7 @@ Design decisions:
   Each check catches everything its adapter can raise, because a crash would hide the
   checks after it.
 * The checks are the ones a rollout's preflight runs, done without a plan if need be:
-  the cluster answers and RBAC grants every ``REQUIRED_PERMISSIONS`` entry (a
+  the cluster answers and RBAC grants every ``required_permissions`` entry (a
   SelfSubjectAccessReview each), Prometheus evaluates ``vector(1)`` (the adapter's
   ``is_online`` query, run directly to keep its reason), Slack's ``auth.test``. With a plan,
   also every namespace the plan's phases use and its target Deployment.
@@ -34,7 +34,7 @@ import typer
 
 # A module, not names: cli.py imports this module to register its commands.
 from phasegate import gates, runctx, selectors
-from phasegate.adapters.kubernetes import REQUIRED_PERMISSIONS, KubernetesCluster
+from phasegate.adapters.kubernetes import KubernetesCluster
 from phasegate.adapters.prometheus import PrometheusProvider
 from phasegate.adapters.slack import (
     ENV_BOT_TOKEN,
@@ -139,13 +139,19 @@ def _cluster_checks_with(cluster: KubernetesCluster, source: str, settings: Phas
         targets = plan_targets(plan) if plan is not None else None
         namespaces = [t.namespace for t in targets] if targets else [_default_namespace(settings)]
         # The first access review doubles as the reachability check.
-        missing = {ns: cluster.missing_permissions(ns) for ns in namespaces}
+        if targets and plan is not None:
+            flag = plan.feature_flag.configmap if plan.feature_flag else None
+            missing = {t.namespace: cluster.missing_permissions(
+                t, flag.name if flag else None,
+                any(p.has_canary and plan.namespace(p) == t.namespace for p in plan.phases)) for t in targets}
+        else:
+            missing = {ns: cluster.missing_permissions(TargetRef(ns, "", ""), None, True) for ns in namespaces}
     except Exception as exc:
         return [Check("cluster", False, f"{where}: {_describe(exc)}")]
     checks = [Check("cluster", True, f"{where}: reachable")]
     for ns, denied in missing.items():
         detail = (f"RBAC denies {', '.join(denied)}" if denied
-                  else f"all {len(REQUIRED_PERMISSIONS)} permissions the rollout needs are granted")
+                  else "every permission the rollout needs is granted")
         checks.append(Check(f"rbac {ns}", not denied, detail))
     for ref in targets or []:
         try:

@@ -47,6 +47,8 @@ SEED_ENV_FLAG = "ENABLE_TOKEN_REFRESH_LOCKING"
 SEED_IMAGE_REPO = "registry.example.com/bodhi/bodhi-server"
 SEED_HISTORY = ("1.4.0", "1.4.1", "1.5.0")
 SIDECAR = "metrics-proxy"
+# The seed's history is written as a team's `kubectl apply` would be.
+SEED_MANAGER = "kubectl-client-side-apply"
 
 
 class _Server(uvicorn.Server):
@@ -228,20 +230,21 @@ def seed(emulator: ClusterEmulator, *, namespaces: tuple[str, ...] = SEED_NAMESP
     store = emulator.store
     for ns in namespaces:
         count = (replicas or {}).get(ns, 10 if ns == namespaces[0] else 2)
-        store.create("namespaces", None, {"metadata": {"name": ns}})
+        store.create("namespaces", None, {"metadata": {"name": ns}}, manager=SEED_MANAGER)
         store.create("configmaps", ns, {"metadata": {"name": configmap, "labels": {"app": deployment}},
-                                        "data": {flag_key: "true", "log_level": "info"}})
+                                        "data": {flag_key: "true", "log_level": "info"}}, manager=SEED_MANAGER)
         store.create("services", ns, {"metadata": {"name": deployment, "labels": {"app": deployment}},
                                       "spec": {"selector": {"app": deployment},
-                                               "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+                                               "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+                     manager=SEED_MANAGER)
         for n, tag in enumerate(history):
             image = f"{image_repo}:{tag}"
             if n == 0:
                 store.create("apps/deployments", ns, _deployment(deployment, container, image, count, env_flag,
-                                                                 configmap))
+                                                                 configmap), manager=SEED_MANAGER)
             else:
                 store.mutate("apps/deployments", ns, deployment, functools.partial(_with_image, container=container,
-                                                                                    image=image))
+                                                                                    image=image), manager=SEED_MANAGER)
             emulator.controller.settle()
 
 

@@ -5,6 +5,9 @@ is plain ``application/json``), get/list/watch/create/update/patch/delete on the
 in ``k8s_store.RESOURCES``, the ``status`` and ``scale`` subresources, ``Table`` output for
 ``kubectl get``, SelfSubjectAccessReview, and ``Status`` bodies for every error.
 
+Writes are attributed to their field manager (``?fieldManager=``, else the User-Agent's
+product token) in ``managedFields``.
+
 Two test hooks sit in front of every resource request: ``Rbac`` (deny chosen verb/resource
 pairs with a real 403, and answer access reviews accordingly) and ``Faults`` (a seeded,
 hence reproducible, share of requests answered 500, 409, or late). Discovery is exempt from
@@ -29,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from phasegate.rehearsal import k8s_patch
+from phasegate.rehearsal import k8s_fields, k8s_hpa, k8s_patch
 from phasegate.rehearsal.k8s_store import (
     BY_PATH,
     RESOURCES,
@@ -242,10 +245,16 @@ def _discovery_resources(group: str, version: str) -> Obj:
 
 
 def _groups() -> Obj:
-    names = sorted({rt.group for rt in RESOURCES if rt.group} | {"autoscaling"})
-    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-        {"name": g, "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
-         "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"}} for g in names]}
+    versions: dict[str, list[str]] = {"autoscaling": ["v1"]}  # the Scale subresource's group
+    for rt in RESOURCES:
+        if rt.group and rt.version not in versions.setdefault(rt.group, []):
+            versions[rt.group].append(rt.version)
+    groups = []
+    for group in sorted(versions):
+        listed = sorted(versions[group], reverse=True)  # v2 before v1: the preferred version first
+        groups.append({"name": group, "versions": [{"groupVersion": f"{group}/{v}", "version": v} for v in listed],
+                       "preferredVersion": {"groupVersion": f"{group}/{listed[0]}", "version": listed[0]}})
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
 
 def _scale_view(obj: Obj) -> Obj:
@@ -343,8 +352,38 @@ class ApiServer:
         return None
 
     def _dispatch(self, request: Request, target: _Target, verb: str, payload: Any) -> Response:
+        if target.rt.kind == "HorizontalPodAutoscaler" and target.rt.version == "v1":
+            return self._dispatch_hpa_v1(request, target, verb, payload)
+        return self._dispatch_stored(request, target, verb, payload)
+
+    def _dispatch_hpa_v1(self, request: Request, target: _Target, verb: str, payload: Any) -> Response:
+        """autoscaling/v1: converted to the stored v2 on the way in, back on the way out."""
+        stored = _Target(resource("autoscaling/horizontalpodautoscalers"), target.namespace, target.name,
+                         target.subresource)
+        if verb == "patch":
+            content_type = request.headers.get("content-type", "")
+            manager = k8s_fields.manager_from(request.query_params.get("fieldManager"),
+                                              request.headers.get("user-agent"))
+            assert target.namespace is not None and target.name is not None
+            obj = self.store.mutate(stored.rt.key, target.namespace, target.name,
+                                    lambda o: k8s_hpa.to_v2(_apply_patch(content_type, k8s_hpa.to_v1(o), payload)),
+                                    subresource=target.subresource, manager=manager)
+            return JSONResponse(k8s_hpa.to_v1(obj))
+        if verb in ("create", "update") and isinstance(payload, dict):
+            payload = k8s_hpa.to_v2(payload)
+        response = self._dispatch_stored(request, stored, verb, payload)
+        body = json.loads(bytes(response.body))
+        if body.get("kind") == "HorizontalPodAutoscaler":
+            body = k8s_hpa.to_v1(body)
+        elif body.get("kind") == "HorizontalPodAutoscalerList":
+            body = {**body, "apiVersion": "autoscaling/v1", "items": [k8s_hpa.to_v1(i) for i in body["items"]]}
+        return JSONResponse(body, status_code=response.status_code)
+
+    def _dispatch_stored(self, request: Request, target: _Target, verb: str, payload: Any) -> Response:
         rt, ns, name, sub = target.rt, target.namespace, target.name, target.subresource
         store = self.store
+        manager = k8s_fields.manager_from(request.query_params.get("fieldManager"),
+                                          request.headers.get("user-agent"))
         if rt.kind == "SelfSubjectAccessReview" and verb == "create":
             return JSONResponse(self._access_review(payload or {}), status_code=201)
         if verb == "list":
@@ -372,15 +411,16 @@ class ApiServer:
             if rt.namespaced and body_ns and body_ns != ns:
                 raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the "
                                                   "namespace sent on the request")
-            return JSONResponse(store.create(rt.key, ns, payload), status_code=201)
+            return JSONResponse(store.create(rt.key, ns, payload, manager=manager), status_code=201)
         assert name is not None
         if verb == "update":
             if sub == "scale":
                 replicas = (payload or {}).get("spec", {}).get("replicas")
                 sent_rv = (payload or {}).get("metadata", {}).get("resourceVersion")
-                obj = store.mutate(rt.key, ns, name, lambda o: _set_replicas(o, replicas, sent_rv))
+                obj = store.mutate(rt.key, ns, name, lambda o: _set_replicas(o, replicas, sent_rv),
+                                   subresource="scale", manager=manager)
                 return JSONResponse(_scale_view(obj))
-            return JSONResponse(store.update(rt.key, ns, name, payload or {}, subresource=sub))
+            return JSONResponse(store.update(rt.key, ns, name, payload or {}, subresource=sub, manager=manager))
         if verb == "patch":
             content_type = request.headers.get("content-type", "")
             if sub == "scale":
@@ -388,9 +428,10 @@ class ApiServer:
                     patched = _apply_patch(content_type, _scale_view(o), payload)
                     return _set_replicas(o, patched.get("spec", {}).get("replicas"),
                                          patched.get("metadata", {}).get("resourceVersion"))
-                return JSONResponse(_scale_view(store.mutate(rt.key, ns, name, change_scale)))
+                return JSONResponse(_scale_view(store.mutate(rt.key, ns, name, change_scale, subresource="scale",
+                                                             manager=manager)))
             return JSONResponse(store.mutate(rt.key, ns, name, lambda o: _apply_patch(content_type, o, payload),
-                                             subresource=sub))
+                                             subresource=sub, manager=manager))
         if verb == "delete":
             old = store.delete(rt.key, ns, name)
             if rt.kind in ("Pod", "Namespace"):

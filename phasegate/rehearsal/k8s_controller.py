@@ -14,6 +14,9 @@ What a rollout (and ``kubectl rollout status/history/undo``) observes is reprodu
   ``spec.progressDeadlineSeconds`` (times ``time_scale`` wall seconds per second) the
   Deployment's Progressing condition turns False with reason ProgressDeadlineExceeded.
 * ``revisionHistoryLimit`` prunes the oldest scaled-down ReplicaSets.
+* HorizontalPodAutoscalers scale their Deployment on the load a test sets (``k8s_hpa``).
+* PodDisruptionBudgets report the disruption controller's status over every pod their
+  selector matches (eviction itself is not emulated).
 
 Reconciling is level-based: each pass reads everything and writes only differences, so a
 pass after every write plus a ticker (for the timers) converges; an unchanged object is
@@ -32,7 +35,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from phasegate.rehearsal.k8s_store import ApiError, Obj, Store, now_rfc3339
+from phasegate.rehearsal import k8s_hpa
+from phasegate.rehearsal.k8s_store import ApiError, Obj, Store, now_rfc3339, selector_string
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,9 @@ NOT_COPIED = frozenset({
     "deprecated.deployment.rollback.to",
 })
 _SAFE = "bcdfghjklmnpqrstvwxz2456789"
+# The field managers a real cluster records for these writers.
+CONTROLLER = "kube-controller-manager"
+KUBELET = "kubelet"
 
 
 def template_hash(template: Obj) -> str:
@@ -97,6 +104,10 @@ class Behaviour:
     """Images whose pods never become ready (ImagePullBackOff)."""
     image_is_bad: Callable[[str], bool] | None = None
     """Optional predicate, consulted in addition to ``bad_images``."""
+    load: dict[str, float] = field(default_factory=dict)
+    """CPU demanded per namespace, in pod-requests, spread over its Ready pods (k8s_hpa)."""
+    hpa_period: float = 0.05
+    """Wall seconds between two passes of one HPA (the real sync period is 15 s)."""
 
     def bad(self, image: str) -> bool:
         return image in self.bad_images or bool(self.image_is_bad and self.image_is_bad(image))
@@ -118,6 +129,7 @@ class Controller:
         self._thread: threading.Thread | None = None
         self._born: dict[str, float] = {}  # pod uid → monotonic creation time
         self._progress: dict[str, tuple[tuple[object, ...], float]] = {}  # deployment uid → (signature, time)
+        self._hpa_synced: dict[str, float] = {}  # HPA uid → monotonic time of its last pass
         self._instant = False
 
     def kick(self) -> None:
@@ -172,6 +184,8 @@ class Controller:
             else:
                 self._pending.difference_update(scope)
             for ns in scope:
+                for hpa in self.store.list("autoscaling/horizontalpodautoscalers", ns):
+                    self._sync_autoscaler(hpa)
                 for d in self.store.list("apps/deployments", ns):
                     self._sync_deployment(d)
                 for rs in self.store.list("apps/replicasets", ns):
@@ -181,6 +195,50 @@ class Controller:
                     self._replicaset_status(rs)
                 for d in self.store.list("apps/deployments", ns):
                     self._deployment_status(d)
+                for pdb in self.store.list("policy/poddisruptionbudgets", ns):
+                    self._disruption_status(pdb)
+
+    def _sync_autoscaler(self, hpa: Obj) -> None:
+        ns, uid = hpa["metadata"]["namespace"], hpa["metadata"]["uid"]
+        self._pending.add(ns)  # the load can change without a write: keep looking
+        now = time.monotonic()
+        if now - self._hpa_synced.get(uid, -math.inf) < self.behaviour.hpa_period:
+            return
+        self._hpa_synced[uid] = now
+        ref = hpa["spec"].get("scaleTargetRef") or {}
+        target = self.store.find("apps/deployments", ns, ref.get("name", "")) if ref.get("kind") == "Deployment" \
+            else None
+        ready = sum(_ready(p) for p in self.store.list("pods", ns))
+
+        def scale(replicas: int) -> None:
+            assert target is not None
+            self.store.mutate("apps/deployments", ns, target["metadata"]["name"],
+                              lambda o: {**o, "spec": {**o["spec"], "replicas": replicas}},
+                              subresource="scale", manager=CONTROLLER)
+
+        def write_status(status: Obj) -> None:
+            self.store.update("autoscaling/horizontalpodautoscalers", ns, hpa["metadata"]["name"],
+                              {**hpa, "status": status}, subresource="status", manager=CONTROLLER)
+
+        k8s_hpa.sync(hpa, target, ready, self.behaviour.load.get(ns), scale=scale, write_status=write_status,
+                     now=now_rfc3339())
+
+    def _disruption_status(self, pdb: Obj) -> None:
+        """What the disruption controller reports: the budget counts every pod the selector
+        matches, whichever Deployment owns it (a canary's pods too, selectors overlapping)."""
+        spec = pdb.get("spec") or {}
+        pods = self.store.list("pods", pdb["metadata"]["namespace"], labels=selector_string(spec.get("selector")))
+        expected, healthy = len(pods), sum(_ready(p) for p in pods)
+        if "minAvailable" in spec:
+            desired = _scaled(spec["minAvailable"], expected, round_up=True)
+        else:
+            desired = expected - _scaled(spec.get("maxUnavailable", 0), expected, round_up=True)
+        status = {"observedGeneration": pdb["metadata"].get("generation", 1), "expectedPods": expected,
+                  "currentHealthy": healthy, "desiredHealthy": max(desired, 0),
+                  "disruptionsAllowed": max(0, healthy - max(desired, 0))}
+        if {k: v for k, v in (pdb.get("status") or {}).items() if k in status} != status:
+            self.store.update("policy/poddisruptionbudgets", pdb["metadata"]["namespace"], pdb["metadata"]["name"],
+                              {**pdb, "status": status}, subresource="status", manager=CONTROLLER)
 
     def _owned(self, kind_key: str, owner: Obj) -> list[Obj]:
         uid = owner["metadata"]["uid"]
@@ -211,7 +269,7 @@ class Controller:
                 },
                 "spec": {"replicas": 0, "minReadySeconds": spec.get("minReadySeconds", 0),
                          "selector": selector, "template": template},
-            })
+            }, manager=CONTROLLER)
             owned.append(new)
         else:
             rev = max(top + 1, revision(new)) if revision(new) < top else revision(new)
@@ -223,9 +281,11 @@ class Controller:
                 annotations[REVISION_HISTORY] = ",".join([*earlier, str(revision(new))])
             if annotations != new["metadata"].get("annotations"):
                 new["metadata"]["annotations"] = annotations
-                new = self.store.update("apps/replicasets", ns, new["metadata"]["name"], new)
+                new = self.store.update("apps/replicasets", ns, new["metadata"]["name"], new,
+                                        manager=CONTROLLER)
         if (d["metadata"].get("annotations") or {}).get(REVISION) != str(rev):
-            self.store.mutate("apps/deployments", ns, name, lambda o: _annotate(o, REVISION, str(rev)))
+            self.store.mutate("apps/deployments", ns, name, lambda o: _annotate(o, REVISION, str(rev)),
+                              manager=CONTROLLER)
 
         self._scale(new, desired)
         old = sorted((rs for rs in owned if rs["metadata"]["uid"] != new["metadata"]["uid"]), key=revision)
@@ -246,7 +306,7 @@ class Controller:
     def _scale(self, rs: Obj, replicas: int) -> None:
         if rs["spec"]["replicas"] != replicas:
             self.store.mutate("apps/replicasets", rs["metadata"]["namespace"], rs["metadata"]["name"],
-                              lambda o: {**o, "spec": {**o["spec"], "replicas": replicas}})
+                              lambda o: {**o, "spec": {**o["spec"], "replicas": replicas}}, manager=CONTROLLER)
 
     def _sync_replicaset(self, rs: Obj) -> None:
         ns = rs["metadata"]["namespace"]
@@ -263,7 +323,7 @@ class Controller:
                 "spec": {**copy.deepcopy(template["spec"]), "nodeName": "emulator-node"},
                 "status": {"phase": "Pending", "conditions": [
                     {"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()}]},
-            })
+            }, manager=CONTROLLER)
             self._born[pod["metadata"]["uid"]] = time.monotonic()
         if len(pods) > want:
             # Not-ready pods go first, then the youngest: what the ReplicaSet controller prefers.
@@ -291,7 +351,8 @@ class Controller:
                 if [s["state"].keys() for s in pod["status"].get("containerStatuses") or []] != \
                         [s["state"].keys() for s in statuses]:
                     pod["status"]["containerStatuses"] = statuses
-                    self.store.update("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], pod)
+                    self.store.update("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], pod,
+                                      manager=KUBELET)
                 continue
             if self._instant or now - born >= self.behaviour.ready_delay:
                 pod["status"] = {
@@ -303,7 +364,7 @@ class Controller:
                         {"name": c["name"], "image": c.get("image", ""), "ready": True, "restartCount": 0,
                          "started": True, "state": {"running": {"startedAt": stamp}}} for c in containers],
                 }
-                self.store.update("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], pod)
+                self.store.update("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], pod, manager=KUBELET)
 
     def _replicaset_status(self, rs: Obj) -> None:
         pods = self._owned("pods", rs)
@@ -313,7 +374,7 @@ class Controller:
         if rs.get("status") != status:
             rs["status"] = status
             self.store.update("apps/replicasets", rs["metadata"]["namespace"], rs["metadata"]["name"], rs,
-                              subresource="status")
+                              subresource="status", manager=CONTROLLER)
 
     def _deployment_status(self, d: Obj) -> None:
         ns, uid = d["metadata"]["namespace"], d["metadata"]["uid"]
@@ -361,7 +422,8 @@ class Controller:
         if d.get("status") != status:
             d["status"] = status
             try:
-                self.store.update("apps/deployments", ns, d["metadata"]["name"], d, subresource="status")
+                self.store.update("apps/deployments", ns, d["metadata"]["name"], d, subresource="status",
+                                  manager=CONTROLLER)
             except ApiError as exc:
                 if exc.code != 404:
                     raise

@@ -5,6 +5,8 @@ namespace and name. One global counter hands out ``resourceVersion`` (as etcd's 
 does), so a stale version is detected on any write, and the same counter orders the watch
 event log. ``generation`` counts spec changes only, and writes to the main resource never
 touch ``status`` (nor the reverse), as for every built-in type with a status subresource.
+Every write names its field manager, and ``managedFields`` record who owns each field
+(``k8s_fields``), which is how a drift check tells who changed an image or a replica count.
 
 One ``RLock`` guards everything: the HTTP handlers, the controller thread and in-process
 readers (the rehearsal's synthetic app) all go through it. Returned objects are deep copies,
@@ -26,11 +28,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from phasegate.rehearsal import k8s_fields
+
 # k8s.io/apimachinery/pkg/util/rand's alphabet and the apiserver's generateName base limit.
 NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 MAX_GENERATE_BASE = 58
 
 Obj = dict[str, Any]
+# In-process writers that name no manager (seeding, tests): what a request without a
+# fieldManager or User-Agent would be recorded as.
+UNNAMED_MANAGER = "unknown"
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,13 @@ RESOURCES: tuple[ResourceType, ...] = (
                  subresources=("status", "scale"), categories=("all",)),
     ResourceType("apps", "v1", "replicasets", "ReplicaSet", short_names=("rs",),
                  subresources=("status", "scale"), categories=("all",)),
+    # v1 first: both versions share one storage key, and the later (v2) is the storage version.
+    ResourceType("autoscaling", "v1", "horizontalpodautoscalers", "HorizontalPodAutoscaler", short_names=("hpa",),
+                 subresources=("status",), categories=("all",)),
+    ResourceType("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", short_names=("hpa",),
+                 subresources=("status",), categories=("all",)),
+    ResourceType("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", short_names=("pdb",),
+                 subresources=("status",)),
     ResourceType("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview",
                  namespaced=False, verbs=("create",)),
 )
@@ -372,7 +386,7 @@ class Store:
         while len(self._events) > self.history:
             self._events.popleft()
 
-    def create(self, key: str, namespace: str | None, obj: Obj) -> Obj:
+    def create(self, key: str, namespace: str | None, obj: Obj, *, manager: str = UNNAMED_MANAGER) -> Obj:
         rt = resource(key)
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
@@ -405,13 +419,16 @@ class Store:
             if rt.kind == "Namespace":
                 obj["status"] = {"phase": "Active"}
                 obj.setdefault("spec", {"finalizers": ["kubernetes"]})
+            meta.pop("managedFields", None)
+            k8s_fields.record(None, obj, manager=manager, api_version=rt.api_version, now=now_rfc3339())
             meta["resourceVersion"] = self._next_rv()
             self._put((rt.key, ns, name), obj)
             self._record(rt, "ADDED", obj)
         self.on_write()
         return copy.deepcopy(obj)
 
-    def update(self, key: str, namespace: str | None, name: str, obj: Obj, *, subresource: str = "") -> Obj:
+    def update(self, key: str, namespace: str | None, name: str, obj: Obj, *, subresource: str = "",
+               manager: str = UNNAMED_MANAGER) -> Obj:
         """PUT semantics: a ``resourceVersion`` in ``obj`` must match the stored one."""
         rt = resource(key)
         ns = (namespace or "") if rt.namespaced else ""
@@ -444,8 +461,14 @@ class Store:
                     new["status"] = copy.deepcopy(old.get("status", {}))
                     if new.get("spec") != old.get("spec"):
                         meta["generation"] = old["metadata"].get("generation", 1) + 1
+            # Clients send back what they read; the server alone keeps managedFields.
+            new["metadata"]["managedFields"] = old["metadata"].get("managedFields") or []
+            if not new["metadata"]["managedFields"]:
+                new["metadata"].pop("managedFields")
             if new == old:
                 return copy.deepcopy(old)  # a no-op write does not bump resourceVersion
+            k8s_fields.record(old, new, manager=manager, api_version=rt.api_version, now=now_rfc3339(),
+                              subresource=subresource)
             new["metadata"]["resourceVersion"] = self._next_rv()
             self._put((rt.key, ns, name), new)
             self._record(rt, "MODIFIED", new)
@@ -453,7 +476,7 @@ class Store:
         return copy.deepcopy(new)
 
     def mutate(self, key: str, namespace: str | None, name: str, change: Callable[[Obj], Obj],
-               *, subresource: str = "") -> Obj:
+               *, subresource: str = "", manager: str = UNNAMED_MANAGER) -> Obj:
         """Read-modify-write under the lock (PATCH): ``change`` gets a copy, returns the new object.
         A ``resourceVersion`` the change puts into metadata acts as a precondition."""
         rt = resource(key)
@@ -464,7 +487,7 @@ class Store:
             if new.get("metadata", {}).get("resourceVersion", rv) != rv:
                 raise conflict(rt, name, "the object has been modified; please apply your changes to the "
                                          "latest version and try again")
-            return self.update(key, namespace, name, new, subresource=subresource)
+            return self.update(key, namespace, name, new, subresource=subresource, manager=manager)
 
     def delete(self, key: str, namespace: str | None, name: str) -> Obj:
         """Delete and garbage-collect dependents (ownerReferences), as background propagation does."""

@@ -11,11 +11,15 @@ adapter relies on (ts returned, channel names resolved to IDs, ``chat.update`` r
 the ID, ``thread_ts`` accepted), checks blocks against Slack's documented limits the way
 Slack does (``invalid_blocks``), and accepts incoming-webhook POSTs under ``/services/``.
 Every request is recorded, including those answered with an injected 429 or 5xx, so tests
-can count attempts.
+can count attempts. ``press`` plays Slack's side of interactivity: a button press delivered
+to an app's Request URL, signed as Slack signs it (its own HMAC code, not phasegate's, so a
+test cannot pass by sharing a bug with the verifier).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import json
 import threading
@@ -351,3 +355,33 @@ class SlackServer:
     def channel_id(self, name: str) -> str | None:
         with self._state.lock:
             return self._state.channels.get(name.removeprefix("#"))
+
+    def press(self, message: Message, action_id: str, *, user_id: str, request_url: str, signing_secret: str,
+              timestamp: float | None = None) -> tuple[int, dict[str, Any]]:
+        """Press a button of ``message`` as Slack delivers it: a ``block_actions`` payload,
+        form-encoded, POSTed to the app's Request URL and signed with ``signing_secret``
+        (pass a wrong one, or an old ``timestamp``, to forge). Returns (status, JSON reply)."""
+        import time
+        import urllib.error
+        import urllib.request
+        from urllib.parse import urlencode
+
+        button = next(e for b in message.blocks or [] if b.get("type") == "actions"
+                      for e in b["elements"] if e.get("action_id") == action_id)
+        payload = {"type": "block_actions", "user": {"id": user_id, "username": user_id.lower()},
+                   "team": {"id": "T0PHASEGATE"}, "channel": {"id": message.channel},
+                   "message": {"ts": message.ts}, "container": {"type": "message", "message_ts": message.ts},
+                   "actions": [{"type": "button", "action_id": action_id, "value": button["value"],
+                                "block_id": "actions", "action_ts": f"{time.time():.6f}"}]}
+        body = urlencode({"payload": json.dumps(payload)}).encode()
+        stamp = str(int(time.time() if timestamp is None else timestamp))
+        base = b"v0:" + stamp.encode() + b":" + body
+        signature = "v0=" + hmac.new(signing_secret.encode(), base, hashlib.sha256).hexdigest()
+        request = urllib.request.Request(request_url, data=body, method="POST", headers={
+            "Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": signature, "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
+import time
+
 import pytest
 
 from phasegate import errors
-from phasegate.adapters.kubernetes import REQUIRED_PERMISSIONS, KubernetesCluster, canary_split
+from phasegate.adapters.kubernetes import KubernetesCluster
 from phasegate.ports import Cluster, TargetRef
 from phasegate.record import ANN_PHASE, ANN_PROMOTED_AT
 from phasegate.rehearsal.cluster import SEED_ENV_FLAG, SEED_IMAGE_REPO, SIDECAR, ClusterEmulator
@@ -56,16 +60,6 @@ def test_set_image_with_the_running_image_writes_nothing(
     kube_cluster.set_image(seed_target, NEW_IMAGE, replicas=4)
     assert seeded_cluster.deployment("bodhi", "bodhi-server")["metadata"]["generation"] == before
     assert len([r for r in seeded_cluster.requests if r.method != "GET"]) == writes
-
-
-@pytest.mark.parametrize(("share", "total", "expected"), [
-    (10, 10, (1, 9)), (50, 10, (5, 5)), (30, 10, (3, 7)), (10, 3, (1, 2)), (1, 1, (1, 0)), (0, 4, (0, 4)),
-    (100, 4, (4, 0)),
-])
-def test_canary_split_rounds_canary_up_and_never_leaves_both_at_zero(
-        share: float, total: int, expected: tuple[int, int]) -> None:
-    assert canary_split(share, total) == expected
-    assert sum(expected) == total
 
 
 def test_set_canary_creates_canary_at_share_and_scales_stable_to_the_rest(
@@ -205,14 +199,15 @@ def test_find_annotated_returns_only_deployments_carrying_the_key(kube_cluster: 
 
 
 def test_missing_permissions_is_empty_when_everything_is_allowed(kube_cluster: KubernetesCluster) -> None:
-    assert kube_cluster.missing_permissions("bodhi") == []
+    assert kube_cluster.missing_permissions(TargetRef("bodhi", "bodhi-server", "bodhi-server"), "bodhi-config") == []
 
 
 def test_missing_permissions_names_each_denied_verb_and_resource(
         kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator) -> None:
     seeded_cluster.rbac.deny("delete", "deployments")
     seeded_cluster.rbac.deny("patch", "configmaps")
-    assert kube_cluster.missing_permissions("bodhi") == ["delete deployments", "patch configmaps"]
+    assert kube_cluster.missing_permissions(TargetRef("bodhi", "bodhi-server", "bodhi-server"), "bodhi-config") == [
+        "delete deployments/bodhi-server-canary", "patch configmaps/bodhi-config"]
 
 
 def test_denied_write_raises_forbidden(
@@ -230,25 +225,82 @@ def test_unreachable_api_raises_cluster_unavailable(seed_target: TargetRef) -> N
         adapter.read_target(seed_target)
 
 
-def test_required_permissions_cover_every_request_the_adapter_makes(
+def _ready_pods(emulator: ClusterEmulator) -> int:
+    pods = emulator.pods("bodhi", "app=bodhi-server")
+    return sum(any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])
+               for p in pods)
+
+
+def test_a_canary_that_never_starts_costs_no_serving_capacity(
         kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_target: TargetRef) -> None:
-    kube_cluster.read_target(seed_target)
+    bad = SEED_IMAGE_REPO + ":never-starts"
+    seeded_cluster.behaviour.bad_images.add(bad)
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append(_ready_pods(seeded_cluster))
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        assert kube_cluster.set_canary(seed_target, bad, 50, 10, timeout_seconds=5) == (5, 5)
+        with pytest.raises(errors.ProgressDeadlineExceeded):
+            kube_cluster.wait_ready("bodhi", "bodhi-server-canary", 5)
+        kube_cluster.remove_canary(seed_target, 10)
+        seeded_cluster.wait_rolled_out("bodhi", "bodhi-server")
+    finally:
+        stop.set()
+        sampler.join()
+    assert len(samples) > 10  # sampled throughout: the progress deadline takes 0.6 s here
+    assert min(samples) >= 10
+    assert seeded_cluster.deployment("bodhi", "bodhi-server")["spec"]["replicas"] == 10
+
+
+def test_a_healthy_canary_takes_over_pod_by_pod_and_capacity_never_dips(
+        kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_target: TargetRef) -> None:
+    seeded_cluster.behaviour.ready_delay = 0.1  # long enough to see stable shrink in steps
+    stable_sizes: list[int] = []
+    ready: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            stable_sizes.append(seeded_cluster.deployment("bodhi", "bodhi-server")["spec"]["replicas"])
+            ready.append(_ready_pods(seeded_cluster))
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        assert kube_cluster.set_canary(seed_target, NEW_IMAGE, 50, 10) == (5, 5)
+        kube_cluster.wait_ready("bodhi", "bodhi-server-canary", 5)
+        kube_cluster.wait_ready("bodhi", "bodhi-server", 5)
+    finally:
+        stop.set()
+        sampler.join()
+    assert min(ready) >= 10
+    assert stable_sizes[0] == 10 and stable_sizes[-1] == 5
+    assert all(a >= b for a, b in itertools.pairwise(stable_sizes))  # stable only ever shrinks
+
+
+def test_the_canary_does_not_carry_the_labels_a_gitops_tool_claims_the_stable_by(
+        kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_target: TargetRef) -> None:
+    claimed = {"app.kubernetes.io/instance": "bodhi", "app.kubernetes.io/managed-by": "Helm",
+               "kustomize.toolkit.fluxcd.io/name": "apps", "kustomize.toolkit.fluxcd.io/namespace": "flux-system",
+               "argocd.argoproj.io/instance": "bodhi", "team": "identity"}
+
+    def claim(d: dict) -> dict:
+        d["metadata"]["labels"].update(claimed)
+        d["metadata"].setdefault("annotations", {})["argocd.argoproj.io/tracking-id"] = \
+            "bodhi:apps/Deployment:bodhi/bodhi-server"
+        return d
+
+    seeded_cluster.store.mutate("apps/deployments", "bodhi", "bodhi-server", claim)
     kube_cluster.set_canary(seed_target, NEW_IMAGE, 10, 10)
-    kube_cluster.set_canary(seed_target, NEW_IMAGE, 50, 10)
-    kube_cluster.set_env(seed_target, SEED_ENV_FLAG, "false")
-    kube_cluster.remove_canary(seed_target, 10)
-    kube_cluster.set_image(seed_target, NEW_IMAGE)
-    kube_cluster.wait_ready("bodhi", "bodhi-server", 5)
-    kube_cluster.undo(seed_target)
-    kube_cluster.set_configmap_key("bodhi", "bodhi-config", "enable_token_refresh_locking", "false")
-    kube_cluster.annotate("bodhi", "bodhi-server", {ANN_PHASE: "done"})
-    kube_cluster.find_annotated(["bodhi"], ANN_PHASE)
-    verbs = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
-    used = set()
-    for r in seeded_cluster.requests:
-        parts = r.path.strip("/").split("/")
-        resource = parts[parts.index("namespaces") + 2] if "namespaces" in parts else parts[-1]
-        is_collection = parts[-1] == resource
-        verb = "list" if r.method == "GET" and is_collection else verbs[r.method]
-        used.add((verb, resource))
-    assert used == {(p.verb, p.resource) for p in REQUIRED_PERMISSIONS}
+    canary = seeded_cluster.deployment("bodhi", "bodhi-server-canary")
+    assert canary["metadata"]["labels"] == {"app": "bodhi-server", "team": "identity", "track": "canary",
+                                            "app.kubernetes.io/managed-by": "phasegate"}
+    assert "argocd.argoproj.io/tracking-id" not in (canary["metadata"].get("annotations") or {})

@@ -59,11 +59,6 @@ def test_range_vector_query_is_rejected_as_a_plan_error(prometheus: PrometheusPr
         prometheus.query('sum(http_requests_total{namespace="pg-healthy",code="200"})[1m:]')
 
 
-def test_parse_check_returns_prometheus_message_or_none(prometheus: PrometheusProvider) -> None:
-    assert "parse error" in (prometheus.parse_check("rate(x[5m]") or "")
-    assert prometheus.parse_check('sum(rate(http_requests_total{namespace="nope"}[5m]))') is None
-
-
 def test_is_online_true_for_a_running_prometheus(prometheus: PrometheusProvider) -> None:
     assert prometheus.is_online()
 

@@ -145,3 +145,19 @@ def test_approver_allowlist_is_case_insensitive_and_empty_means_anyone():
     assert approver_allowed(restricted, "alice")
     assert not approver_allowed(restricted, "mallory")
     assert approver_allowed(phase(), "anyone")
+
+
+def _judged(critical: bool):
+    return phase(success=[gate(name="latency-judge", kind="judge", judge={"direction": "increase",
+                                                                          "critical": critical})])
+
+
+def test_a_failed_critical_judge_rolls_back_at_once_as_kayenta_fails_the_run():
+    action = after_round(_judged(True), {"latency-judge": [m(F, "latency-judge", "High")]}, soak_done=False)
+    assert (action.step, action.strategy, action.gates) == (Step.ROLLBACK, Strategy.CANARY_ONLY, ("latency-judge",))
+    assert "critical judge failed" in action.reason
+
+
+def test_a_failed_judge_that_is_not_critical_holds_for_a_person():
+    action = after_round(_judged(False), {"latency-judge": [m(F, "latency-judge", "High")]}, soak_done=False)
+    assert action.step is Step.HOLD

@@ -128,3 +128,14 @@ def test_reminders_once_at_half_timeout_and_once_at_expiry() -> None:
 @pytest.mark.parametrize("timeout", [0.0, -5.0])
 def test_no_reminders_without_a_timeout(timeout: float) -> None:
     assert notify.reminder_times(1000.0, timeout) == []
+
+
+def test_approval_buttons_render_as_one_actions_block_within_slacks_block_limit():
+    many = {f"field {i}": "x" for i in range(notify.MAX_BLOCKS * notify.MAX_FIELDS_PER_SECTION)}
+    n = Notification(kind=Kind.APPROVAL_NEEDED, severity=Severity.INFO, rollout="r", text="waiting", fields=many,
+                     actions=[("phasegate-approve", "Approve", "{}"), ("phasegate-reject", "Reject", "{}")])
+    _, blocks = notify.to_blocks(n)
+    assert len(blocks) <= notify.MAX_BLOCKS
+    (actions,) = [b for b in blocks if b["type"] == "actions"]
+    assert [e["action_id"] for e in actions["elements"]] == ["phasegate-approve", "phasegate-reject"]
+    assert actions["elements"][0]["style"] == "primary"

@@ -18,6 +18,7 @@ from phasegate.review import (
     parse_time,
     periods,
     review_due,
+    running_mismatch,
     signoff_due,
     signoff_review,
 )
@@ -186,3 +187,10 @@ def test_signoff_refuses_when_one_day_of_four_weeks_had_errors(plan: RolloutPlan
 
 def test_signoff_passes_when_every_criterion_held_every_day(plan: RolloutPlan) -> None:
     assert signoff_review(plan, _release(), FakeProvider(HEALTHY)).passed
+
+
+def test_a_review_is_refused_when_the_deployment_runs_another_image_than_the_record():
+    release = Release("bodhi", "bodhi-server", "bodhi-server:1.6.0", 0.0)
+    assert running_mismatch(release, "bodhi-server:1.6.0") is None
+    assert "runs bodhi-server:1.5.0, not the promoted bodhi-server:1.6.0" in running_mismatch(release, "bodhi-server:1.5.0")
+    assert "no release image" in running_mismatch(Release("bodhi", "bodhi-server", "", 0.0), "x:1")

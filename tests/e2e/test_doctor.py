@@ -114,10 +114,11 @@ def test_wrong_prometheus_url_exits_2_naming_prometheus(env: dict[str, str]) -> 
 
 
 def test_rbac_denial_exits_2_naming_the_namespace_and_verb(env: dict[str, str], seeded_cluster: ClusterEmulator) -> None:
-    seeded_cluster.rbac.deny("delete", "deployments")
+    # Without a plan nothing names the target, so doctor asks about the verbs no object narrows.
+    seeded_cluster.rbac.deny("create", "deployments")
     result = doctor(env)
     assert result.returncode == 2
-    assert "FAIL  rbac bodhi  RBAC denies delete deployments" in result.stdout
+    assert "FAIL  rbac bodhi  RBAC denies create deployments" in result.stdout
 
 
 @pytest.mark.parametrize("valid", [True, False], ids=["accepted", "rejected"])

@@ -84,6 +84,7 @@ def guarded_plan(tmp_path: Path) -> Path:
 def test_outsider_missing_decision_and_unticked_criteria_are_refused_then_alice_approves(guarded_plan):
     approver = Scripted([
         {"decision": "approve", "approver": "mallory", "criterion_1": True},
+        {"decision": "approve", "approver": "   ", "criterion_1": True},  # the form's min_length lets it through
         {"approver": "alice", "criterion_1": True},  # no decision: must not pass as one
         {"decision": "approve", "approver": "alice", "criterion_1": False},
         {"decision": "approve", "approver": "alice", "comment": "audit logs checked", "criterion_1": True},
@@ -97,9 +98,10 @@ def test_outsider_missing_decision_and_unticked_criteria_are_refused_then_alice_
     assert (approval["decision"], approval["approver"], approval["comment"]) == ("approve", "alice",
                                                                                  "audit logs checked")
     refused = approval["refused"]
-    assert [r["approver"] for r in refused] == ["mallory", "alice"]
+    assert [r["approver"] for r in refused] == ["mallory", "", "alice"]
     assert "not on the approver list" in refused[0]["why"]
-    assert "every criterion ticked" in refused[1]["why"]
+    assert refused[1]["why"] == "the approver's name is blank"
+    assert "every criterion ticked" in refused[2]["why"]
     assert len(approver.rejected_by_api) == 1
 
 

@@ -25,7 +25,7 @@ from phasegate.adapters.kubernetes import KubernetesCluster
 from phasegate.clock import RealClock
 from phasegate.notify import Kind
 from phasegate.record import ANN_IMAGE, ANN_PLAN, ANN_PROMOTED_AT, ANN_SIGNED_OFF
-from phasegate.rehearsal.cluster import ClusterEmulator, seed
+from phasegate.rehearsal.cluster import SEED_HISTORY, SEED_IMAGE_REPO, ClusterEmulator, seed
 from phasegate.rehearsal.prometheus import BackfillSample, PrometheusServer
 from phasegate.runctx import RunContext, use
 from tests.fixtures.common import require_binary
@@ -35,6 +35,7 @@ SEED = ROOT / "deployments/plans/token-refresh-locking.yaml"
 DAY, STEP = 86400.0, 300.0
 DEPLOYMENT = "bodhi-server"
 BAD_DAY = 2  # 0-based: the third day after promotion
+RELEASED = f"{SEED_IMAGE_REPO}:{SEED_HISTORY[-1]}"  # what the seeded Deployments run
 
 
 def _history(promoted: float) -> list[BackfillSample]:
@@ -112,7 +113,7 @@ def world(history_prometheus: PrometheusServer, promoted_at: float, prefect_api:
         cluster.annotate(
             namespace,
             DEPLOYMENT,
-            {ANN_PROMOTED_AT: f"{promoted_at:.3f}", ANN_IMAGE: "bodhi-server:v2", ANN_PLAN: "token-refresh-locking"},
+            {ANN_PROMOTED_AT: f"{promoted_at:.3f}", ANN_IMAGE: RELEASED, ANN_PLAN: "token-refresh-locking"},
         )
     provider = history_prometheus.provider(timeout=10)
     notifier = ConsoleNotifier(file=io.StringIO())
@@ -214,3 +215,34 @@ def test_four_clean_weeks_are_signed_off_and_the_incident_closed(
 
     again = sign_off(_plan_for("clean", tmp_path), now=promoted_at + 29 * DAY, reports_dir=str(tmp_path))
     assert again == []
+
+
+def _put_back_the_old_image(emulator: ClusterEmulator, namespace: str) -> None:
+    def revert(d: dict) -> dict:
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = f"{SEED_IMAGE_REPO}:{SEED_HISTORY[-2]}"
+        return d
+
+    emulator.store.mutate("apps/deployments", namespace, DEPLOYMENT, revert, manager="argocd-controller")
+
+
+def test_a_review_of_an_image_that_no_longer_runs_is_refused_not_measured(
+    world: RunContext, emulator: ClusterEmulator, promoted_at: float, tmp_path: Path
+) -> None:
+    _put_back_the_old_image(emulator, "clean")
+    done = review_releases(_plan_for("clean", tmp_path), "daily", now=promoted_at + 2 * DAY + 3600,
+                           reports_dir=str(tmp_path / "reports"))
+    assert [(d["review"], d["outcome"]) for d in done] == [("daily review 2/7", "refused")]
+    assert f"runs {SEED_IMAGE_REPO}:{SEED_HISTORY[-2]}, not the promoted {RELEASED}" in done[0]["refused"]
+    (notice,) = world.notifier.sent  # type: ignore[attr-defined]
+    assert notice.kind is Kind.DRIFT and "refused" in notice.text
+    assert not (tmp_path / "reports").exists()  # nothing measured, no report of the wrong image
+
+
+def test_signoff_of_an_image_that_no_longer_runs_is_refused_and_the_incident_stays_open(
+    world: RunContext, emulator: ClusterEmulator, promoted_at: float, tmp_path: Path
+) -> None:
+    _put_back_the_old_image(emulator, "clean")
+    done = sign_off(_plan_for("clean", tmp_path), now=promoted_at + 28 * DAY + 3600, reports_dir=str(tmp_path))
+    assert [d["signed_off"] for d in done] == [False]
+    assert "not the promoted" in done[0]["problems"][0]
+    assert ANN_SIGNED_OFF not in annotations(emulator, "clean")

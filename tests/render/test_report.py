@@ -9,8 +9,8 @@ import pytest
 
 from phasegate import errors
 from phasegate.plan import RolloutPlan, load_plan
-from phasegate.render.report import Compared, write_comparison_report, write_review_report
-from phasegate.review import DAY, Release, Window, due_reviews, review_due
+from phasegate.render.report import write_review_report
+from phasegate.review import DAY, Release, due_reviews, review_due
 
 SEED = Path(__file__).resolve().parents[2] / "deployments/plans/token-refresh-locking.yaml"
 P = 1_700_000_000.0
@@ -105,20 +105,3 @@ def test_a_chart_that_cannot_be_queried_is_left_out_and_said_so(plan: RolloutPla
     assert len(report.charts) == 3
     assert "chart lock_acquisition_p99_ms left out" in report.markdown
     assert "⚠️ Inconclusive" in report.markdown
-
-
-def test_release_comparison_puts_the_same_metrics_side_by_side(plan: RolloutPlan, tmp_path: Path) -> None:
-    local = Compared("local", _release("bodhi"), Window(P, P + 7 * DAY))
-    later = P + 60 * DAY
-    distributed = Compared("distributed", _release("bodhi-redis", later), Window(later, later + 7 * DAY))
-
-    class Slower(WavyProvider):
-        def _value(self, promql: str, t: float) -> float:
-            bump = 12.0 if "bodhi-redis" in promql and "api_response" in promql else 0.0
-            return super()._value(promql, t) + bump
-
-    report = write_comparison_report(plan, local, distributed, Slower(), tmp_path)
-    assert "| Gate | Bound | local | distributed | distributed − local |" in report.markdown
-    latency_row = next(line for line in report.markdown.splitlines() if line.startswith("| latency-unchanged"))
-    assert "| 12 |" in latency_row
-    assert len(report.charts) == 4 and all(c.read_bytes().startswith(PNG_MAGIC) for c in report.charts)
