@@ -31,14 +31,22 @@ from prefect import flow, get_run_logger
 from flows.context import Rollout
 from phasegate import runctx
 from phasegate.analysis import Measurement, Outcome
-from phasegate.decide import Action, Step, after_checks, after_deploy_failure, after_round
+from phasegate.decide import Action, Step, after_checks, after_deploy_failure, after_drift, after_round
 from phasegate.drift import observed_total
 from phasegate.notify import Kind
 from phasegate.plan import Environment, Phase, RolloutPlan
 from phasegate.record import PhaseState
 from tasks import evidence
 from tasks.checks import CheckResult, run_phase_checks
-from tasks.cluster import deploy_canary, deploy_image, read_target, remove_canary, wait_until_ready
+from tasks.cluster import (
+    check_drift,
+    deploy_canary,
+    deploy_image,
+    expected_state,
+    read_target,
+    remove_canary,
+    wait_until_ready,
+)
 from tasks.metrics import measure_gates, record_pre_deploy_baseline, scope_for
 
 
@@ -176,6 +184,10 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
     def due(k: int) -> float:
         return min(soak_started + k * interval, soak_end)
 
+    # What this phase left on the cluster: each full round checks the world still shows it
+    # (a GitOps sync, a CI apply or a person putting the old image back is not a promotion).
+    ref = rollout.ref_for(phase)
+    expected = expected_state(plan, phase, ref, rollout.image, release.previous_image)
     while True:
         round_started = time.monotonic()
         now = clock.now()
@@ -188,6 +200,16 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
         for m in measurements:
             history[m.gate].append(m)
         action = after_round(phase, history, soak_done=done)
+        if full and action.step in (Step.CONTINUE, Step.ADVANCE):
+            try:
+                drifted = after_drift(phase, check_drift.fn(plan, ref, expected))
+            except Exception as exc:  # an unreadable cluster this round is no drift; the next round asks again
+                log.warning("%s: could not check the cluster for drift: %s", phase.name, exc)
+                drifted = Action(Step.CONTINUE)
+            if drifted.step is not Step.CONTINUE:
+                rollout.notify(f"{phase.name}:drift", Kind.DRIFT, f"{phase.name}: {drifted.reason}",
+                               phase=phase.name, links=rollout.ui_link())
+                action = drifted
         if full:
             result.last_round = measurements
         worth_showing = any(m.outcome is not Outcome.SUCCESSFUL for m in measurements)
