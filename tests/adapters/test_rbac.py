@@ -70,6 +70,7 @@ def exercise_every_operation(cluster: KubernetesCluster, ref: TargetRef) -> None
     cluster.wait_ready(ref.namespace, ref.deployment, 5)
     cluster.set_canary(ref, NEW_IMAGE, 10, 10)  # creates the canary
     cluster.set_canary(ref, NEW_IMAGE, 50, 10)  # updates it
+    cluster.pod_template_hash(ref.namespace, ref.canary)
     cluster.set_env(ref, SEED_ENV_FLAG, "false")
     cluster.set_configmap_key(ref.namespace, SEED_CONFIGMAP, SEED_FLAG_KEY, "false")
     cluster.read_configmap(ref.namespace, SEED_CONFIGMAP)
