@@ -207,9 +207,9 @@ def assess(gate: Gate, measurements: Sequence[Measurement], *, rounds: int | Non
     allowed = gate.inconclusive_allowed(rounds if rounds is not None else len(measurements))
     if inconclusive > allowed:
         share = isinstance(gate.inconclusive_limit, str)
-        limit = f"{gate.inconclusive_limit} of {rounds} = {allowed}" if share else str(allowed)
+        allowance = f"{gate.inconclusive_limit} of {rounds} = {allowed}" if share else str(allowed)
         last = next(m for m in reversed(measurements) if m.outcome is Outcome.INCONCLUSIVE)
-        return verdict(Outcome.INCONCLUSIVE, f"{_PAST_LIMIT} ({inconclusive} > {limit}): rounds "
+        return verdict(Outcome.INCONCLUSIVE, f"{_PAST_LIMIT} ({inconclusive} > {allowance}): rounds "
                                              f"{_ranges(empty)} without data — {last.message or 'no data'}")
     if not measurements:
         return verdict(Outcome.INCONCLUSIVE, "not measured")

@@ -10,7 +10,7 @@ the run context's pacing floor (rate() needs at least two scrapes).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from prefect import task
@@ -53,9 +53,17 @@ def with_hashes(plan: RolloutPlan, scope: Scope) -> Scope:
     return replace(scope, hashes=tuple(sorted(hashes.items())))
 
 
-def _requery_pause() -> None:
-    # One scrape's worth: an empty answer is asked again once the next sample can have landed.
-    time.sleep(max(runctx.get().pacing.min_interval_wall, 0.05))
+# An empty answer is asked again once the next scrape can have landed: a tenth of the gate
+# interval, never more than a common scrape interval (15 s: at 5 m it is that), never less than the
+# rehearsal's scrape.
+REQUERY_MAX_WALL = 15.0
+
+
+def _requery_pause(phase: Phase) -> Callable[[], None]:
+    rt = runctx.get()
+    wait = max(min(rt.clock.to_wall(phase.interval.total_seconds()) / 10, REQUERY_MAX_WALL),
+               rt.pacing.min_interval_wall, 0.05)
+    return lambda: time.sleep(wait)
 
 
 @task(name="measure_gates", **NO_CACHE)
@@ -71,7 +79,7 @@ def measure_gates(
     rt = runctx.get()
     scope = with_hashes(plan, scope)
     planned = gates.plan_round(plan, phase.gates(), scope, phase=phase, to_promql=to_promql, pre_deploy=pre_deploy)
-    by_gate = {m.gate: m for m in gates.run_round(rt.metrics, planned, at=at, pause=_requery_pause)}
+    by_gate = {m.gate: m for m in gates.run_round(rt.metrics, planned, at=at, pause=_requery_pause(phase))}
     return [
         judge_gate(plan, g, scope, at=at, since=judge_since) if g.kind is GateKind.JUDGE else by_gate[g.name]
         for g in phase.gates()
@@ -108,7 +116,7 @@ def record_pre_deploy_baseline(plan: RolloutPlan, phase: Phase, scope: Scope) ->
     "no degradation" is measured against where no stable track runs beside the new version.
     A provider error is recorded as its message, so the gate reads Error, not "no data"."""
     queries = gates.plan_pre_deploy(plan, phase, with_hashes(plan, scope), to_promql=to_promql)
-    readings = gates.read_round(runctx.get().metrics, queries, pause=_requery_pause)
+    readings = gates.read_round(runctx.get().metrics, queries, pause=_requery_pause(phase))
     return {name: gates.recorded_value(r) for name, r in readings.items()}
 
 

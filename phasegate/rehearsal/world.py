@@ -26,7 +26,7 @@ from phasegate.clock import ScaledClock
 from phasegate.notify import Notifier
 from phasegate.plan import RolloutPlan
 from phasegate.ports import MetricsProvider
-from phasegate.record import ANN_PHASE
+from phasegate.record import ANN_PHASE, ANN_PHASE_STATE, PhaseState
 from phasegate.rehearsal.app import PodObservation, SyntheticApp, TrafficProfile
 from phasegate.rehearsal.cluster import SEED_IMAGE_REPO, ClusterEmulator, seed
 from phasegate.rehearsal.prometheus import PrometheusServer
@@ -116,14 +116,16 @@ class World:
 
         The outage lasts at least ``MIN_OUTAGE_WALL``: at rehearsal speed fifteen plan minutes
         are milliseconds, shorter than one gate round, and an outage nobody could observe
-        tests nothing."""
+        tests nothing. It starts no earlier than the soak: the rehearsal's wall-time warm-up
+        (which covers Prometheus' discovery of the new pods) is days of plan time, and an
+        outage acted out inside it would be over before the first gate round."""
         state, stopped_at = "before", 0.0
         while not self._stop.wait(0.1):
             window = self.scenario.outage_window(self.app.phase_seen, self.app.origin)
             if window is None:
                 continue
             now = self.clock.now()
-            if state == "before" and now >= window[0]:
+            if state == "before" and now >= window[0] and self._soaking():
                 self.prometheus.stop()
                 stopped_at = time.time()
                 self.outage_log.append(("stopped", stopped_at))
@@ -132,6 +134,12 @@ class World:
                 self.prometheus.restart()
                 self.outage_log.append(("restarted", time.time()))
                 return
+
+    def _soaking(self) -> bool:
+        target = self.plan.target
+        d = self.emulator.store.peek("apps/deployments", target.namespaces.production, target.deployment)
+        annotations = ((d or {}).get("metadata") or {}).get("annotations") or {}
+        return annotations.get(ANN_PHASE_STATE) == PhaseState.SOAKING.value
 
     def run_context(
         self,

@@ -304,3 +304,21 @@ def test_the_canary_does_not_carry_the_labels_a_gitops_tool_claims_the_stable_by
     assert canary["metadata"]["labels"] == {"app": "bodhi-server", "team": "identity", "track": "canary",
                                             "app.kubernetes.io/managed-by": "phasegate"}
     assert "argocd.argoproj.io/tracking-id" not in (canary["metadata"].get("annotations") or {})
+
+
+def test_pod_template_hash_is_the_current_replicasets_and_its_pods_carry_it(
+        kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_target: TargetRef) -> None:
+    import re
+
+    from phasegate import gates
+
+    before = kube_cluster.pod_template_hash("bodhi", "bodhi-server")
+    assert before and re.fullmatch(f"[{gates.K8S_ALPHABET}]{{1,10}}", before)
+    pods = seeded_cluster.pods("bodhi", f"pod-template-hash={before}")
+    assert len(pods) == 10
+    assert all(re.fullmatch(gates.pods_regex("bodhi-server"), p["metadata"]["name"]) for p in pods)
+    kube_cluster.set_canary(seed_target, NEW_IMAGE, 10, 10)
+    canary = kube_cluster.pod_template_hash("bodhi", "bodhi-server-canary")
+    assert canary and canary != before
+    assert kube_cluster.pod_template_hash("bodhi", "bodhi-server") == before  # stable is never touched
+    assert kube_cluster.pod_template_hash("bodhi", "nope") is None

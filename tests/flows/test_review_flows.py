@@ -43,7 +43,9 @@ def _history(promoted: float) -> list[BackfillSample]:
     start = promoted - DAY
     steps = int((29 * DAY + 2 * 3600) / STEP)
     for namespace in ("clean", "incident"):
-        base = (("namespace", namespace), ("deployment", DEPLOYMENT), ("track", "stable"))
+        # Labelled as a ServiceMonitor labels a scraped pod: no deployment or track label.
+        base = (("namespace", namespace), ("pod", f"{DEPLOYMENT}-5f6d8b9c7d-4xj2p"), ("container", DEPLOYMENT),
+                ("service", DEPLOYMENT), ("job", DEPLOYMENT))
 
         def counter(
             metric: str,

@@ -13,6 +13,7 @@ import pytest
 
 from phasegate.adapters.console import ConsoleNotifier
 from phasegate.entry.rehearse import run_in
+from phasegate.gates import pods_regex
 from phasegate.plan import load_plan
 from phasegate.rehearsal.world import world
 
@@ -141,7 +142,7 @@ def test_lock_timeouts_at_full_rollout_flip_the_feature_flag_without_restarting_
     assert (rb["strategy"], rb["phase"]) == ("feature_flag", "full")
     assert rb["ok"] and rb["metrics_recovered"] is not False
     # Switched off, the locking code reports no timeouts at all any more.
-    timeouts = 'sum(increase(token_refresh_lock_timeouts_total{namespace="bodhi",track="stable"}[2s]))'
+    timeouts = f'sum(increase(token_refresh_lock_timeouts_total{{namespace="bodhi",pod=~"{pods_regex("bodhi-server")}"}}[2s]))'
     assert w.prometheus.provider().query(timeouts) == 0
     config = w.emulator.store.get("configmaps", "bodhi", "bodhi-config")
     assert config["data"]["enable_token_refresh_locking"] == "false"
