@@ -109,9 +109,14 @@ dirs=$(find -H . \( -path './_*' -o -path './.*' -o -path ./vendor \) -prune -o 
   -p k8s.io/kubernetes/pkg/generated/openapi -O zz_generated.openapi \
   -h hack/boilerplate/boilerplate.generatego.txt -r "$work/api-rule-violations.list"
 
-pkg=k8s.io/kubernetes/vendor/k8s.io/component-base/version
-ldflags="-s -w -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=20 \
-  -X $pkg.gitTreeState=archive -X $pkg.gitCommit=debian-source -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+# As hack/lib/version.sh does: both version packages, or /version still says v0.0.0-master.
+# The commit is the one the archive's base.go was exported from.
+commit=$(sed -n 's/.*gitCommit *= *"\([0-9a-f]\{40\}\)".*/\1/p' staging/src/k8s.io/component-base/version/base.go)
+ldflags="-s -w"
+for pkg in k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version k8s.io/kubernetes/vendor/k8s.io/component-base/version; do
+  ldflags="$ldflags -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=20 -X $pkg.gitCommit=$commit"
+  ldflags="$ldflags -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+done
 mkdir -p "$BIN.tmp"
 go build -ldflags "$ldflags" -o "$BIN.tmp/" ./cmd/kube-apiserver ./cmd/kube-controller-manager
 rm -rf "$BIN"
