@@ -105,6 +105,8 @@ def used(kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_
     exercise_staging(kube_cluster, TargetRef(SEED_NAMESPACES[1], seed_target.deployment, seed_target.container))
     out: dict[str, set[Grant]] = {}
     for request in seeded_cluster.requests:
+        if request.path == "/version":  # a non-resource URL every client may read (system:public-info-viewer)
+            continue
         grant, namespaced = request_grant(request)
         parts = request.path.split("/")
         out.setdefault(parts[parts.index("namespaces") + 1] if namespaced else "", set()).add(grant)
