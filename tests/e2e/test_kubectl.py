@@ -8,32 +8,45 @@ backends and asserts the resulting state read from the cluster, not kubectl's wo
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from phasegate.rehearsal.cluster import SEED_IMAGE_REPO, SIDECAR
+from phasegate.rehearsal.cluster import SEED_IMAGE_REPO, SIDECAR, ClusterEmulator
 from tests.fixtures.backends import Backend
 from tests.fixtures.common import require_binary
 
 Kubectl = Callable[..., str]
 
 
-@pytest.fixture
-def kubectl(backend_kubeconfig: Path, tmp_path: Path) -> Kubectl:
+def _runner(kubeconfig: Path, tmp_path: Path) -> Kubectl:
     binary = require_binary("kubectl")
 
     def run(*args: str, check: bool = True) -> str:
         result = subprocess.run(
-            [binary, "--kubeconfig", str(backend_kubeconfig), "--cache-dir", str(tmp_path / "cache"), *args],
+            [binary, "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "cache"), *args],
             capture_output=True, text=True, timeout=30)
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
         return result.stdout + result.stderr
 
     return run
+
+
+@pytest.fixture
+def kubectl(backend_kubeconfig: Path, tmp_path: Path) -> Kubectl:
+    """kubectl on the emulator, then on the real control plane."""
+    return _runner(backend_kubeconfig, tmp_path)
+
+
+@pytest.fixture
+def emulator_kubectl(emulator_kubeconfig: Path, tmp_path: Path) -> Kubectl:
+    """kubectl on the emulator only: for what needs a kubelet, which the real control plane lacks."""
+    return _runner(emulator_kubeconfig, tmp_path)
 
 
 def _image(backend: Backend, name: str = "bodhi-server") -> str:
@@ -160,3 +173,34 @@ def test_missing_deployment_is_reported_as_not_found(kubectl: Kubectl) -> None:
     out = kubectl("get", "deployment", "nope", check=False)
     assert 'deployments.apps "nope" not found' in out
 
+
+
+def test_get_events_lists_the_deployment_controllers_scaling_events(kubectl: Kubectl, backend: Backend) -> None:
+    kubectl("set", "image", "deployment/bodhi-server", f"bodhi-server={SEED_IMAGE_REPO}:2.0.0")
+    backend.wait_rolled_out("bodhi-server")
+    out = kubectl("get", "events", "--field-selector", "involvedObject.kind=Deployment")
+    scaling = [line for line in out.splitlines() if "ScalingReplicaSet" in line]
+    assert scaling and all("Normal" in line and "deployment/bodhi-server" in line for line in scaling)
+    # After ten similar events the real recorder prefixes "(combined from similar events): ", and
+    # its spam filter drops an object's events past a burst of 25, so not every step is listed.
+    assert re.search(r"Normal +ScalingReplicaSet +deployment/bodhi-server +(\(combined from similar events\): )?"
+                     r"Scaled (up|down) replica set bodhi-server-[a-z0-9]+ to \d+", out)
+
+
+def test_logs_print_the_containers_plain_text_output(emulator_kubectl: Kubectl, seeded_cluster: ClusterEmulator) -> None:
+    pod = seeded_cluster.pods("bodhi", "track=stable")[0]["metadata"]["name"]
+    out = emulator_kubectl("logs", pod, "-c", "bodhi-server")
+    assert re.fullmatch(r"\S+Z started registry\.example\.com/bodhi/bodhi-server:1\.5\.0, listening on :8080\n", out)
+    assert "Defaulted container" in emulator_kubectl("logs", pod)  # kubectl picks the first, as on a kubelet
+
+
+def test_logs_of_a_container_stuck_pulling_its_image_say_why(
+        emulator_kubectl: Kubectl, seeded_cluster: ClusterEmulator) -> None:
+    seeded_cluster.behaviour.bad_images.add(f"{SEED_IMAGE_REPO}:bad")
+    emulator_kubectl("set", "image", "deployment/bodhi-server", f"bodhi-server={SEED_IMAGE_REPO}:bad")
+    deadline = time.monotonic() + 5
+    while not (stuck := [p for p in seeded_cluster.pods("bodhi") if "waiting" in str(p["status"])]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    out = emulator_kubectl("logs", stuck[0]["metadata"]["name"], "-c", "bodhi-server", check=False)
+    assert "is waiting to start: trying and failing to pull image" in out
