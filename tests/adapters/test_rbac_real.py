@@ -10,6 +10,7 @@ succeed; what the Role does not grant must be refused with 403 by the server.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,8 +66,8 @@ def _apply(admin: KubeHttp, doc: dict) -> None:
             raise
 
 
-@pytest.fixture
-def rollout_account(real_control_plane: RealControlPlane, tmp_path: Path) -> Iterator[RolloutAccount]:
+@contextlib.contextmanager
+def _account(real_control_plane: RealControlPlane, tmp_path: Path) -> Iterator[RolloutAccount]:
     admin = real_control_plane.observer
     assert admin is not None
     production, staging = real_control_plane.seeded_namespaces()
@@ -86,15 +87,32 @@ def rollout_account(real_control_plane: RealControlPlane, tmp_path: Path) -> Ite
     kubeconfig = plane.write_kubeconfig(tmp_path / "rollout.kubeconfig", namespace=production, token=token)
     cluster = KubernetesCluster.from_kubeconfig(str(kubeconfig), poll_interval=0.05, backoff=0.02, max_backoff=0.2)
     http = KubeHttp(Credentials(plane.server, plane.ca_file, token))
-    yield RolloutAccount(cluster, http, production, staging)
-    cluster.close()
-    http.close()
+    try:
+        yield RolloutAccount(cluster, http, production, staging)
+    finally:
+        cluster.close()
+        http.close()
+
+
+@pytest.fixture
+def rollout_account(real_control_plane: RealControlPlane, tmp_path: Path) -> Iterator[RolloutAccount]:
+    """The account on its own freshly seeded namespaces: for tests that change them."""
+    with _account(real_control_plane, tmp_path) as account:
+        yield account
+
+
+@pytest.fixture(scope="module")
+def reading_account(real_control_plane: RealControlPlane,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolloutAccount]:
+    """One account and namespace pair shared by the tests that only read or are refused."""
+    with _account(real_control_plane, tmp_path_factory.mktemp("rbac")) as account:
+        yield account
 
 
 def test_preflight_finds_every_required_permission_granted_by_the_real_authorizer(
-        rollout_account: RolloutAccount) -> None:
-    for namespace in (rollout_account.production, rollout_account.staging):
-        assert rollout_account.cluster.missing_permissions(namespace) == []
+        reading_account: RolloutAccount) -> None:
+    for namespace in (reading_account.production, reading_account.staging):
+        assert reading_account.cluster.missing_permissions(namespace) == []
 
 
 def test_the_account_runs_a_whole_rollout_canary_to_full(rollout_account: RolloutAccount) -> None:
@@ -156,14 +174,14 @@ def test_the_account_rolls_back_with_a_full_undo(rollout_account: RolloutAccount
     ("GET", "/api/v1/namespaces/{production}/pods", None),
 ])
 def test_the_real_authorizer_refuses_what_the_role_does_not_grant(
-        rollout_account: RolloutAccount, real_control_plane: RealControlPlane,
+        reading_account: RolloutAccount, real_control_plane: RealControlPlane,
         method: str, path: str, body: dict | None) -> None:
     observer = real_control_plane.observer
     assert observer is not None
-    secrets = observer.get(f"/api/v1/namespaces/{rollout_account.production}/secrets")["items"]
-    path = path.format(production=rollout_account.production, secret=secrets[0]["metadata"]["name"])
+    secrets = observer.get(f"/api/v1/namespaces/{reading_account.production}/secrets")["items"]
+    path = path.format(production=reading_account.production, secret=secrets[0]["metadata"]["name"])
     with pytest.raises(KubeApiError) as denied:
-        rollout_account.http.request(method, path, body,
+        reading_account.http.request(method, path, body,
                                      content_type="application/merge-patch+json" if method == "PATCH"
                                      else "application/json")
     assert denied.value.status == 403, denied.value
@@ -171,7 +189,7 @@ def test_the_real_authorizer_refuses_what_the_role_does_not_grant(
 
 
 def test_the_adapter_outside_the_role_namespaces_raises_forbidden_naming_the_request(
-        rollout_account: RolloutAccount) -> None:
+        reading_account: RolloutAccount) -> None:
     with pytest.raises(errors.Forbidden, match=r'cannot get resource "deployments" in API group "apps" '
                                                r'in the namespace "default"'):
-        rollout_account.cluster.read_target(TargetRef("default", SEED_DEPLOYMENT, SEED_CONTAINER))
+        reading_account.cluster.read_target(TargetRef("default", SEED_DEPLOYMENT, SEED_CONTAINER))
