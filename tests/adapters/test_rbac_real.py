@@ -111,8 +111,9 @@ def reading_account(real_control_plane: RealControlPlane,
 
 def test_preflight_finds_every_required_permission_granted_by_the_real_authorizer(
         reading_account: RolloutAccount) -> None:
-    for namespace in (reading_account.production, reading_account.staging):
-        assert reading_account.cluster.missing_permissions(namespace) == []
+    for namespace, canary in ((reading_account.production, True), (reading_account.staging, False)):
+        target = reading_account.target(namespace)
+        assert reading_account.cluster.missing_permissions(target, SEED_CONFIGMAP, canary) == []
 
 
 def test_the_account_runs_a_whole_rollout_canary_to_full(rollout_account: RolloutAccount) -> None:
