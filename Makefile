@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := prometheus
 
-.PHONY: test demo venv system-deps bench-deps lint clean
+.PHONY: test demo venv system-deps bench-deps k8s lint clean
 
 venv: $(STAMP)
 
@@ -43,11 +43,17 @@ bench-deps: venv system-deps
 	  fi; \
 	fi
 
+# kube-apiserver and kube-controller-manager v1.20.2 built from Debian's source package, once per
+# machine (cache outside the clone, PHASEGATE_K8S_CACHE overrides it), plus etcd from Debian: the
+# real control plane the conformance tests run beside the emulator. A no-op when cached.
+k8s:
+	@deployments/controlplane/build.sh
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-test: venv system-deps lint
+test: venv system-deps k8s lint
 	$(VENV)/bin/pytest -q
 
 # The seed's plan, rehearsed twice on loopback: "Token is not active" errors in the 10%

@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.fixtures.common",
     "tests.fixtures.prometheus",
     "tests.fixtures.cluster",
+    "tests.fixtures.backends",
     "tests.fixtures.slack",
     "tests.fixtures.prefect",
     "tests.fixtures.prefect_server",

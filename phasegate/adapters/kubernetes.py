@@ -125,6 +125,40 @@ def required_permissions(*, canary: bool = True, configmap: bool = True,
     return base + (AUTOSCALER_PERMISSIONS if autoscaler and canary else ())
 
 
+# The oldest server the adapter is tested against (the real control plane in the suite runs
+# v1.20.2). Everything it sends — apps/v1 Deployments and ReplicaSets, core/v1 ConfigMaps,
+# authorization.k8s.io/v1 access reviews, the three patch types — is GA and unchanged from
+# 1.16 to today, except the HorizontalPodAutoscaler: autoscaling/v2 is served only from 1.23,
+# so older servers are asked through autoscaling/v2beta2 (served 1.12-1.25), whose fields the
+# adapter reads and writes (minReplicas, maxReplicas, scaleTargetRef, metrics, behavior) are
+# the same. Older than 1.20 is refused by `phasegate doctor`.
+MIN_SERVER_VERSION = (1, 20)
+HPA_V2_SINCE = (1, 23)
+
+
+class ServerVersion(NamedTuple):
+    """What ``GET /version`` says; ``minor`` without the "+" some providers append."""
+
+    major: int
+    minor: int
+    git_version: str
+
+    @property
+    def supported(self) -> bool:
+        return (self.major, self.minor) >= MIN_SERVER_VERSION
+
+    def __str__(self) -> str:
+        return self.git_version or f"v{self.major}.{self.minor}"
+
+
+def parse_server_version(info: Mapping[str, Any]) -> ServerVersion:
+    def number(text: Any) -> int:
+        digits = "".join(ch for ch in str(text) if ch.isdigit())
+        return int(digits) if digits else 0
+
+    return ServerVersion(number(info.get("major")), number(info.get("minor")), str(info.get("gitVersion", "")))
+
+
 class _Conflict(Exception):
     """409: someone else wrote first (or the object already exists); re-read and retry."""
 
@@ -133,8 +167,9 @@ def _deployment_path(namespace: str, name: str | None = None) -> str:
     return f"/apis/apps/v1/namespaces/{namespace}/deployments" + (f"/{name}" if name else "")
 
 
-def _hpa_path(namespace: str, name: str | None = None) -> str:
-    return f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers" + (f"/{name}" if name else "")
+def hpa_api_version(version: ServerVersion) -> str:
+    """The HorizontalPodAutoscaler group/version to use on a server of ``version``."""
+    return "autoscaling/v2" if (version.major, version.minor) >= HPA_V2_SINCE else "autoscaling/v2beta2"
 
 
 def _configmap_path(namespace: str, name: str) -> str:
@@ -266,6 +301,7 @@ class KubernetesCluster:
         self.conflict_attempts = conflict_attempts
         self.request_timeout = request_timeout
         self._random = random.Random()
+        self._hpa_group_version: str | None = None
 
     @classmethod
     def from_kubeconfig(cls, path: str | None = None, context: str | None = None, **options: Any) -> KubernetesCluster:
@@ -372,7 +408,7 @@ class KubernetesCluster:
     def read_target(self, ref: TargetRef) -> TargetState:
         stable = self._get_deployment(ref.namespace, ref.deployment)
         canary = self._find_deployment(ref.namespace, ref.canary)
-        hpas = self._request("GET", _hpa_path(ref.namespace)).get("items") or []
+        hpas = self._request("GET", self._hpa_path(ref.namespace)).get("items") or []
         return TargetState(stable=workload_state(stable, ref.container),
                            canary=workload_state(canary, ref.container) if canary else None,
                            autoscaler=_autoscaler_state(hpas, ref))
@@ -380,7 +416,7 @@ class KubernetesCluster:
     # -- autoscalers ---------------------------------------------------------------------
 
     def _stable_hpa(self, ref: TargetRef) -> Obj | None:
-        items = self._request("GET", _hpa_path(ref.namespace)).get("items") or []
+        items = self._request("GET", self._hpa_path(ref.namespace)).get("items") or []
         return next((h for h in items if _scales(h, ref.deployment)), None)
 
     def _mirror_autoscaler(self, ref: TargetRef, hpa: Obj, share_percent: float) -> None:
@@ -393,20 +429,20 @@ class KubernetesCluster:
         if hpa["spec"] != stable_spec or HPA_ORIGINAL not in annotations:
             hpa["spec"] = stable_spec
             hpa["metadata"]["annotations"] = {**annotations, HPA_ORIGINAL: json.dumps(original, sort_keys=True)}
-            self._request("PUT", _hpa_path(ref.namespace, hpa["metadata"]["name"]), body=hpa)
+            self._request("PUT", self._hpa_path(ref.namespace, hpa["metadata"]["name"]), body=hpa)
         name = hpa["metadata"]["name"] + CANARY_HPA_SUFFIX
         c_low, c_high = scaled_bounds(share_percent, low, high)
         spec = {**original, "minReplicas": c_low, "maxReplicas": c_high,
                 "scaleTargetRef": {**original["scaleTargetRef"], "name": ref.canary}}
         labels = {**canary_labels(hpa["metadata"].get("labels") or {}), TRACK_LABEL: CANARY}
-        current = self._find(_hpa_path(ref.namespace, name))
+        current = self._find(self._hpa_path(ref.namespace, name))
         if current is None:
-            self._request("POST", _hpa_path(ref.namespace), body={
-                "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            self._request("POST", self._hpa_path(ref.namespace), body={
+                "apiVersion": self._hpa_version(), "kind": "HorizontalPodAutoscaler",
                 "metadata": {"name": name, "namespace": ref.namespace, "labels": labels}, "spec": spec})
         elif current["spec"] != spec:
             current["spec"] = spec
-            self._request("PUT", _hpa_path(ref.namespace, name), body=current)
+            self._request("PUT", self._hpa_path(ref.namespace, name), body=current)
 
     def _restore_autoscaler(self, ref: TargetRef) -> None:
         hpa = self._stable_hpa(ref)
@@ -416,9 +452,9 @@ class KubernetesCluster:
         if HPA_ORIGINAL in annotations:
             hpa["spec"] = json.loads(annotations.pop(HPA_ORIGINAL))
             hpa["metadata"]["annotations"] = annotations
-            self._request("PUT", _hpa_path(ref.namespace, hpa["metadata"]["name"]), body=hpa)
+            self._request("PUT", self._hpa_path(ref.namespace, hpa["metadata"]["name"]), body=hpa)
         with contextlib.suppress(errors.TargetNotFound):
-            self._request("DELETE", _hpa_path(ref.namespace, hpa["metadata"]["name"] + CANARY_HPA_SUFFIX))
+            self._request("DELETE", self._hpa_path(ref.namespace, hpa["metadata"]["name"] + CANARY_HPA_SUFFIX))
 
     def _find(self, path: str) -> Obj | None:
         try:
@@ -657,6 +693,19 @@ class KubernetesCluster:
                 if key in (d["metadata"].get("annotations") or {}):
                     found.append(workload_state(d, None))
         return found
+
+    def server_version(self) -> ServerVersion:
+        return parse_server_version(self._request("GET", "/version"))
+
+    def _hpa_version(self) -> str:
+        # Asked once per adapter: a server's version does not change under a rollout.
+        if self._hpa_group_version is None:
+            self._hpa_group_version = hpa_api_version(self.server_version())
+        return self._hpa_group_version
+
+    def _hpa_path(self, namespace: str, name: str | None = None) -> str:
+        return (f"/apis/{self._hpa_version()}/namespaces/{namespace}/horizontalpodautoscalers"
+                + (f"/{name}" if name else ""))
 
     def missing_permissions(self, ref: TargetRef, configmap: str | None = None, canary: bool = True,
                             autoscaler: str | None = None) -> list[str]:

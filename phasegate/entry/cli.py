@@ -153,7 +153,8 @@ def print_outcome(result: dict) -> None:
 def emulator(
     plan: Path | None = typer.Option(None, help="Seed the emulator with this plan's target."),
     port: int = typer.Option(0, help="Port on 127.0.0.1 (0: any free port)."),
-    kubeconfig: Path = typer.Option(Path("emulator.kubeconfig"), help="Where to write the kubeconfig."),
+    kubeconfig: Path | None = typer.Option(
+        None, help="Where to write the kubeconfig (default: a new temporary directory, removed on exit)."),
 ) -> None:
     """Serve the Kubernetes API emulator in the foreground for kubectl and your own tools."""
     from phasegate.rehearsal.cluster import serve_emulator
@@ -169,7 +170,7 @@ def emulator(
             kwargs.update(configmap=flag.configmap.name, flag_key=flag.configmap.key)
         if flag and flag.env:
             kwargs["env_flag"] = flag.env
-    serve_emulator(str(plan) if plan else None, port, str(kubeconfig), **kwargs)
+    serve_emulator(str(plan) if plan else None, port, str(kubeconfig) if kubeconfig else None, **kwargs)
 
 
 def _register_subcommands() -> None:

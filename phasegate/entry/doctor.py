@@ -8,7 +8,8 @@ Design decisions:
   Each check catches everything its adapter can raise, because a crash would hide the
   checks after it.
 * The checks are the ones a rollout's preflight runs, done without a plan if need be:
-  the cluster answers and RBAC grants every ``required_permissions`` entry (a
+  the cluster answers, runs a Kubernetes version the adapter supports
+  (``MIN_SERVER_VERSION``), and RBAC grants every ``required_permissions`` entry (a
   SelfSubjectAccessReview each), Prometheus evaluates ``vector(1)`` (the adapter's
   ``is_online`` query, run directly to keep its reason), Slack's ``auth.test``. With a plan,
   also every namespace the plan's phases use and its target Deployment.
@@ -34,7 +35,7 @@ import typer
 
 # A module, not names: cli.py imports this module to register its commands.
 from phasegate import gates, runctx, selectors
-from phasegate.adapters.kubernetes import KubernetesCluster
+from phasegate.adapters.kubernetes import MIN_SERVER_VERSION, KubernetesCluster
 from phasegate.adapters.prometheus import PrometheusProvider
 from phasegate.adapters.slack import (
     ENV_BOT_TOKEN,
@@ -148,7 +149,7 @@ def _cluster_checks_with(cluster: KubernetesCluster, source: str, settings: Phas
             missing = {ns: cluster.missing_permissions(TargetRef(ns, "", ""), None, True) for ns in namespaces}
     except Exception as exc:
         return [Check("cluster", False, f"{where}: {_describe(exc)}")]
-    checks = [Check("cluster", True, f"{where}: reachable")]
+    checks = [Check("cluster", True, f"{where}: reachable"), _version_check(cluster)]
     for ns, denied in missing.items():
         detail = (f"RBAC denies {', '.join(denied)}" if denied
                   else "every permission the rollout needs is granted")
@@ -161,6 +162,17 @@ def _cluster_checks_with(cluster: KubernetesCluster, source: str, settings: Phas
         else:
             checks.append(Check(f"target {ref}", True, f"{stable.image}, {stable.replicas} replicas"))
     return checks
+
+
+def _version_check(cluster: KubernetesCluster) -> Check:
+    try:
+        version = cluster.server_version()
+    except Exception as exc:
+        return Check("kubernetes version", False, _describe(exc))
+    oldest = ".".join(map(str, MIN_SERVER_VERSION))
+    if version.supported:
+        return Check("kubernetes version", True, f"{version}: supported ({oldest} or newer)")
+    return Check("kubernetes version", False, f"{version}: older than {oldest}, the oldest version phasegate supports")
 
 
 def _prometheus_check(settings: PhasegateSettings) -> Check:

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -37,6 +40,7 @@ import uvicorn
 from phasegate.rehearsal.k8s_api import ApiServer, Faults, LoggedRequest, Rbac
 from phasegate.rehearsal.k8s_controller import Behaviour, Controller
 from phasegate.rehearsal.k8s_store import Obj, Store
+from phasegate.rehearsal.kube_http import STRATEGIC, KubeHttp
 
 SEED_NAMESPACES = ("bodhi", "bodhi-staging")
 SEED_DEPLOYMENT = "bodhi-server"
@@ -166,12 +170,7 @@ class ClusterEmulator:
 
     def rolled_out(self, namespace: str, name: str) -> bool:
         d = self.store.find("apps/deployments", namespace, name)
-        if d is None:
-            return False
-        status, desired = d.get("status") or {}, d["spec"]["replicas"]
-        return (status.get("observedGeneration", 0) >= d["metadata"]["generation"]
-                and status.get("updatedReplicas", 0) == desired == status.get("replicas", 0)
-                and status.get("availableReplicas", 0) == desired)
+        return d is not None and rolled_out(d)
 
     def wait_rolled_out(self, namespace: str, name: str, timeout: float = 5.0) -> Obj:
         """In-process wait (no HTTP), for fixtures and assertions."""
@@ -184,6 +183,14 @@ class ClusterEmulator:
 
     def pods(self, namespace: str, selector: str | None = None) -> list[Obj]:
         return self.store.list("pods", namespace, labels=selector)
+
+
+def rolled_out(d: Obj) -> bool:
+    """What ``kubectl rollout status`` waits for: every desired replica updated and available."""
+    status, desired = d.get("status") or {}, d["spec"]["replicas"]
+    return (status.get("observedGeneration", 0) >= d["metadata"]["generation"]
+            and status.get("updatedReplicas", 0) == desired == status.get("replicas", 0)
+            and status.get("availableReplicas", 0) == desired)
 
 
 def _deployment(name: str, container: str, image: str, replicas: int, env_flag: str, configmap: str) -> Obj:
@@ -248,6 +255,56 @@ def seed(emulator: ClusterEmulator, *, namespaces: tuple[str, ...] = SEED_NAMESP
             emulator.controller.settle()
 
 
+def seed_over_api(http: KubeHttp, *, namespaces: tuple[str, ...] = SEED_NAMESPACES,
+                  deployment: str = SEED_DEPLOYMENT, container: str = SEED_CONTAINER,
+                  configmap: str = SEED_CONFIGMAP, flag_key: str = SEED_FLAG_KEY, env_flag: str = SEED_ENV_FLAG,
+                  image_repo: str = SEED_IMAGE_REPO, history: tuple[str, ...] = SEED_HISTORY,
+                  replicas: dict[str, int] | None = None, timeout: float = 60.0) -> None:
+    """``seed``'s target, written through a real apiserver whose controllers make the history.
+
+    Each later image is set once the previous one rolled out, in every namespace side by side:
+    a rollout over two older ReplicaSets at once takes the real controller several times
+    longer than two rollouts one after the other. A namespace's pods are admitted only once
+    its ``default`` ServiceAccount has a token, so that is waited for first.
+    """
+    def wait(what: str, done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"seeding: {what} after {timeout:.0f}s")
+            time.sleep(0.02)
+
+    def get(ns: str) -> Obj:
+        return http.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{deployment}")
+
+    for ns in namespaces:
+        http.post("/api/v1/namespaces", {"metadata": {"name": ns}})
+    for ns in namespaces:
+        wait(f"no token for {ns}/default", lambda ns=ns: bool(
+            (http.find(f"/api/v1/namespaces/{ns}/serviceaccounts/default") or {}).get("secrets")))
+        http.post(f"/api/v1/namespaces/{ns}/configmaps", {
+            "metadata": {"name": configmap, "labels": {"app": deployment}},
+            "data": {flag_key: "true", "log_level": "info"}})
+        http.post(f"/api/v1/namespaces/{ns}/services", {
+            "metadata": {"name": deployment, "labels": {"app": deployment}},
+            "spec": {"selector": {"app": deployment}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+        count = (replicas or {}).get(ns, 10 if ns == namespaces[0] else 2)
+        http.post(f"/apis/apps/v1/namespaces/{ns}/deployments",
+                  _deployment(deployment, container, f"{image_repo}:{history[0]}", count, env_flag, configmap))
+    for tag in history[1:]:
+        image = f"{image_repo}:{tag}"
+        for ns in namespaces:
+            wait(f"{ns}/{deployment} not rolled out", lambda ns=ns: rolled_out(get(ns)))
+            http.patch(f"/apis/apps/v1/namespaces/{ns}/deployments/{deployment}", {
+                "metadata": {"annotations": {"kubernetes.io/change-cause": f"deploy {image}"}},
+                "spec": {"template": {"spec": {"containers": [{"name": container, "image": image}]}}}}, STRATEGIC)
+    for ns in namespaces:
+        wait(f"{ns}/{deployment} not rolled out", lambda ns=ns: rolled_out(get(ns)))
+        # Old pods linger, terminating, until the node agent finishes their deletion.
+        wait(f"old pods of {ns}/{deployment} still terminating", lambda ns=ns: len(
+            http.get(f"/api/v1/namespaces/{ns}/pods").get("items") or []) == get(ns)["spec"]["replicas"])
+
+
 def _with_image(d: Obj, container: str, image: str) -> Obj:
     for c in d["spec"]["template"]["spec"]["containers"]:
         if c["name"] == container:
@@ -256,7 +313,7 @@ def _with_image(d: Obj, container: str, image: str) -> Obj:
     return d
 
 
-def serve_emulator(plan_path: str | None, port: int, kubeconfig: str, *,
+def serve_emulator(plan_path: str | None, port: int, kubeconfig: str | None, *,
                    namespaces: tuple[str, ...] = SEED_NAMESPACES, deployment: str = SEED_DEPLOYMENT,
                    container: str = SEED_CONTAINER, configmap: str = SEED_CONFIGMAP,
                    flag_key: str = SEED_FLAG_KEY, env_flag: str = SEED_ENV_FLAG,
@@ -264,9 +321,12 @@ def serve_emulator(plan_path: str | None, port: int, kubeconfig: str, *,
     """Serve a seeded emulator in the foreground until SIGINT or SIGTERM.
 
     ``plan_path`` is only named in the banner: the caller (the CLI) reads the plan and passes
-    the target's names, so this module stays independent of the plan model.
+    the target's names, so this module stays independent of the plan model. Without
+    ``kubeconfig`` it goes to a fresh temporary directory, removed on exit, never into the
+    current directory (where it would be committed by accident or clobber another one).
     """
     stop = threading.Event()
+    scratch = None if kubeconfig else tempfile.mkdtemp(prefix="phasegate-emulator-")
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -276,7 +336,8 @@ def serve_emulator(plan_path: str | None, port: int, kubeconfig: str, *,
         with ClusterEmulator(port=port, ready_delay=ready_delay) as emulator:
             seed(emulator, namespaces=namespaces, deployment=deployment, container=container,
                  configmap=configmap, flag_key=flag_key, env_flag=env_flag)
-            path = emulator.write_kubeconfig(kubeconfig, namespace=namespaces[0])
+            path = emulator.write_kubeconfig(kubeconfig or Path(scratch or ".") / "kubeconfig",
+                                             namespace=namespaces[0])
             print(f"Kubernetes API emulator at {emulator.url}" + (f" for plan {plan_path}" if plan_path else ""),
                   flush=True)
             print(f"kubeconfig: {path}   try: kubectl --kubeconfig {path} get deploy,rs,cm", flush=True)
@@ -285,3 +346,5 @@ def serve_emulator(plan_path: str | None, port: int, kubeconfig: str, *,
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)

@@ -29,7 +29,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from phasegate.rehearsal import k8s_fields, k8s_hpa, k8s_patch
@@ -168,6 +168,8 @@ def _columns(rt: ResourceType) -> list[tuple[str, int]]:
         "Service": [("Name", 0), ("Type", 0), ("Cluster-IP", 0), ("External-IP", 0), ("Port(s)", 0),
                     ("Age", 0), ("Selector", 1)],
         "Namespace": [("Name", 0), ("Status", 0), ("Age", 0)],
+        "Event": [("Last Seen", 0), ("Type", 0), ("Reason", 0), ("Object", 0), ("Subobject", 1), ("Source", 1),
+                  ("Message", 0), ("First Seen", 1), ("Count", 1), ("Name", 1)],
     }.get(rt.kind, [("Name", 0), ("Age", 0)])
 
 
@@ -200,6 +202,12 @@ def _cells(obj: Obj) -> list[Any]:
                 ports or "<none>", age, selector or "<none>"]
     if kind == "Namespace":
         return [meta["name"], status.get("phase", "Active"), age]
+    if kind == "Event":
+        involved = obj.get("involvedObject") or {}
+        return [_age(obj.get("lastTimestamp") or meta["creationTimestamp"]), obj.get("type", ""), obj.get("reason", ""),
+                f"{involved.get('kind', '').lower()}/{involved.get('name', '')}", involved.get("fieldPath", ""),
+                (obj.get("source") or {}).get("component", ""), obj.get("message", ""),
+                _age(obj.get("firstTimestamp") or meta["creationTimestamp"]), obj.get("count", 1), meta["name"]]
     return [meta["name"], age]
 
 
@@ -220,6 +228,28 @@ def _table(rt: ResourceType, objects: list[Obj], rv: str, include: str) -> Obj:
     }
 
 
+def _pod_log(store: Store, pod: Obj, container: str | None, tail: str | None) -> Response:
+    """pods/log as a kubelet answers it: plain text, one container, 400 while it waits to start."""
+    name, containers = pod["metadata"]["name"], [c["name"] for c in pod["spec"].get("containers") or []]
+    if container is None:
+        if len(containers) != 1:
+            raise ApiError(400, "BadRequest", f"a container name must be specified for pod {name}, "
+                                              f"choose one of: [{' '.join(containers)}]")
+        container = containers[0]
+    if container not in containers:
+        raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {name}")
+    state = next((s.get("state") or {} for s in (pod.get("status") or {}).get("containerStatuses") or []
+                  if s["name"] == container), {})
+    if "running" not in state:
+        reason = (state.get("waiting") or {}).get("reason", "ContainerCreating")
+        detail = "trying and failing to pull image" if reason == "ImagePullBackOff" else reason
+        raise ApiError(400, "BadRequest", f'container "{container}" in pod "{name}" is waiting to start: {detail}')
+    lines = store.logs.get((pod["metadata"]["namespace"], name, container), [])
+    if tail is not None and tail.isdigit():
+        lines = lines[len(lines) - int(tail):] if int(tail) else []
+    return PlainTextResponse("".join(line + "\n" for line in lines))
+
+
 def _discovery_resources(group: str, version: str) -> Obj:
     entries: list[Obj] = []
     for rt in RESOURCES:
@@ -233,7 +263,10 @@ def _discovery_resources(group: str, version: str) -> Obj:
             entry["categories"] = list(rt.categories)
         entries.append(entry)
         for sub in rt.subresources:
-            if sub == "scale":
+            if sub == "log":
+                entries.append({"name": f"{rt.name}/log", "singularName": "", "namespaced": True, "kind": rt.kind,
+                                "verbs": ["get"]})
+            elif sub == "scale":
                 entries.append({"name": f"{rt.name}/scale", "singularName": "", "namespaced": True,
                                 "group": "autoscaling", "version": "v1", "kind": "Scale",
                                 "verbs": ["get", "patch", "update"]})
@@ -398,6 +431,9 @@ class ApiServer:
         assert name is not None or verb == "create"
         if verb == "get":
             obj = store.get(rt.key, ns, name or "")
+            if sub == "log":
+                return _pod_log(store, obj, request.query_params.get("container"),
+                                request.query_params.get("tailLines"))
             if sub == "scale":
                 return JSONResponse(_scale_view(obj))
             if "as=Table" in request.headers.get("accept", ""):

@@ -18,6 +18,26 @@ What a rollout (and ``kubectl rollout status/history/undo``) observes is reprodu
 * PodDisruptionBudgets report the disruption controller's status over every pod their
   selector matches (eviction itself is not emulated).
 
+* Scaling a ReplicaSet records a ``ScalingReplicaSet`` Event shaped as the real deployment
+  controller's ("Scaled up replica set NAME to N", source ``deployment-controller``, named
+  ``<deployment>.<hex nanoseconds>``, "(combined from similar events): " from the eleventh).
+  As in v1.20, an exceeded progress deadline is a condition, not an Event.
+* A container that starts writes one line to its log (``kubectl logs``).
+
+Where the real control plane (tests/fixtures/backends.py runs the same tests on both)
+still differs, and why that does not matter to a rollout:
+
+* Rolling-update pacing: the real controller surges 25 % and keeps 75 % available; here the
+  new ReplicaSet gets every replica at once. Both end rolled out with old capacity kept
+  until new pods are available; only the number of steps (and events) differs.
+* Pod deletion: real pods bound to a node linger terminating until the kubelet (the node
+  agent) confirms; here they vanish at once. Rollout status counts neither.
+* The real event recorder drops an object's events past a burst of 25 (refilled one per
+  5 min); here every event is kept, so a rehearsal lists more of them.
+* ``kubectl logs`` on the real control plane fails: there is no kubelet to stream from.
+* Progress deadlines: the real clock is the wall clock (tests shorten the deadline to 2 s);
+  here ``time_scale`` compresses it.
+
 Reconciling is level-based: each pass reads everything and writes only differences, so a
 pass after every write plus a ticker (for the timers) converges; an unchanged object is
 never rewritten, so resourceVersions and watch streams stay quiet once settled.
@@ -25,6 +45,7 @@ never rewritten, so resourceVersions and watch streams stay quiet once settled.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -130,6 +151,7 @@ class Controller:
         self._born: dict[str, float] = {}  # pod uid → monotonic creation time
         self._progress: dict[str, tuple[tuple[object, ...], float]] = {}  # deployment uid → (signature, time)
         self._hpa_synced: dict[str, float] = {}  # HPA uid → monotonic time of its last pass
+        self._similar_events: dict[tuple[str, str], int] = {}  # (object uid, reason) -> events recorded
         self._instant = False
 
     def kick(self) -> None:
@@ -287,7 +309,7 @@ class Controller:
             self.store.mutate("apps/deployments", ns, name, lambda o: _annotate(o, REVISION, str(rev)),
                               manager=CONTROLLER)
 
-        self._scale(new, desired)
+        self._scale(new, desired, d)
         old = sorted((rs for rs in owned if rs["metadata"]["uid"] != new["metadata"]["uid"]), key=revision)
         if spec["strategy"].get("type") == "Recreate":
             room = 0
@@ -297,16 +319,38 @@ class Controller:
         for rs in reversed(old):
             keep = min(rs["spec"]["replicas"], room)
             room -= keep
-            self._scale(rs, keep)
+            self._scale(rs, keep, d)
         limit = spec.get("revisionHistoryLimit", 10)
         idle = [rs for rs in old if rs["spec"]["replicas"] == 0 and not (rs.get("status") or {}).get("replicas")]
         for rs in idle[: max(0, len(idle) - limit)]:
             self.store.delete("apps/replicasets", ns, rs["metadata"]["name"])
 
-    def _scale(self, rs: Obj, replicas: int) -> None:
-        if rs["spec"]["replicas"] != replicas:
+    def _scale(self, rs: Obj, replicas: int, d: Obj) -> None:
+        before = rs["spec"]["replicas"]
+        if before != replicas:
             self.store.mutate("apps/replicasets", rs["metadata"]["namespace"], rs["metadata"]["name"],
                               lambda o: {**o, "spec": {**o["spec"], "replicas": replicas}}, manager=CONTROLLER)
+            direction = "up" if replicas > before else "down"
+            self._event(d, "ScalingReplicaSet",
+                        f"Scaled {direction} replica set {rs['metadata']['name']} to {replicas}")
+
+    def _event(self, d: Obj, reason: str, message: str, kind: str = "Normal") -> None:
+        """A core/v1 Event as the real deployment controller records it (name, source, fields)."""
+        meta, stamp = d["metadata"], now_rfc3339()
+        # client-go's event aggregator: from the eleventh similar event of an object on, the
+        # message says it stands for several.
+        seen = self._similar_events[(meta["uid"], reason)] = self._similar_events.get((meta["uid"], reason), 0) + 1
+        if seen > 10:
+            message = f"(combined from similar events): {message}"
+        with contextlib.suppress(ApiError):  # the namespace is being deleted: no one will read it
+            self.store.create("events", meta["namespace"], manager=CONTROLLER, obj={
+                "metadata": {"name": f"{meta['name']}.{time.time_ns():x}"},
+                "involvedObject": {"kind": "Deployment", "namespace": meta["namespace"], "name": meta["name"],
+                                   "uid": meta["uid"], "apiVersion": "apps/v1",
+                                   "resourceVersion": meta.get("resourceVersion", "")},
+                "reason": reason, "message": message, "source": {"component": "deployment-controller"},
+                "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1, "type": kind,
+                "eventTime": None, "reportingComponent": "", "reportingInstance": ""})
 
     def _sync_replicaset(self, rs: Obj) -> None:
         ns = rs["metadata"]["namespace"]
@@ -331,6 +375,8 @@ class Controller:
             for pod in pods[: len(pods) - want]:
                 self.store.delete("pods", ns, pod["metadata"]["name"])
                 self._born.pop(pod["metadata"]["uid"], None)
+                for c in pod["spec"].get("containers") or []:
+                    self.store.logs.pop((ns, pod["metadata"]["name"], c["name"]), None)
 
     def _run_pods(self, namespace: str | None) -> None:
         now = time.monotonic()
@@ -365,6 +411,11 @@ class Controller:
                          "started": True, "state": {"running": {"startedAt": stamp}}} for c in containers],
                 }
                 self.store.update("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], pod, manager=KUBELET)
+                for c in containers:
+                    ports = ",".join(str(p["containerPort"]) for p in c.get("ports") or [])
+                    self.store.logs.setdefault((pod["metadata"]["namespace"], pod["metadata"]["name"], c["name"]),
+                                               []).append(f"{stamp} started {c.get('image', '')}"
+                                                          + (f", listening on :{ports}" if ports else ""))
 
     def _replicaset_status(self, rs: Obj) -> None:
         pods = self._owned("pods", rs)

@@ -74,9 +74,10 @@ class ResourceType:
 RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "namespaces", "Namespace", namespaced=False, short_names=("ns",),
                   subresources=("status",)),
-    ResourceType("", "v1", "pods", "Pod", short_names=("po",), categories=("all",)),
+    ResourceType("", "v1", "pods", "Pod", short_names=("po",), subresources=("log",), categories=("all",)),
     ResourceType("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
     ResourceType("", "v1", "services", "Service", short_names=("svc",), categories=("all",)),
+    ResourceType("", "v1", "events", "Event", short_names=("ev",)),
     ResourceType("apps", "v1", "deployments", "Deployment", short_names=("deploy",),
                  subresources=("status", "scale"), categories=("all",)),
     ResourceType("apps", "v1", "replicasets", "ReplicaSet", short_names=("rs",),
@@ -194,14 +195,27 @@ def selector_string(selector: Obj | None) -> str:
     return ",".join(parts)
 
 
+# What `kubectl get events --field-selector involvedObject.kind=Deployment` needs besides the
+# two fields every type has; the real server accepts the event fields on events only.
+FIELD_LABELS = frozenset({"metadata.name", "metadata.namespace", "involvedObject.kind", "involvedObject.name",
+                          "involvedObject.namespace", "involvedObject.uid", "reason", "type"})
+
+
+def _field(obj: Obj, path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part, "") if isinstance(value, dict) else ""
+    return str(value)
+
+
 def field_selector(selector: str | None) -> Callable[[Obj], bool]:
     checks: list[Callable[[Obj], bool]] = []
     for raw in _split_requirements(selector or ""):
         m = re.match(r"^\s*([A-Za-z.]+)\s*(==|=|!=)\s*(.*?)\s*$", raw)
-        if not m or m[1] not in ("metadata.name", "metadata.namespace"):
+        if not m or m[1] not in FIELD_LABELS:
             raise ApiError(400, "BadRequest", f"field label not supported: {raw}")
-        attr, op, value = m[1].split(".")[1], m[2], m[3]
-        checks.append((lambda a, v, eq: lambda o: (o["metadata"].get(a, "") == v) == eq)(attr, value, op != "!="))
+        path, op, value = m[1], m[2], m[3]
+        checks.append((lambda p, v, eq: lambda o: (_field(o, p) == v) == eq)(path, value, op != "!="))
     return lambda obj: all(check(obj) for check in checks)
 
 
@@ -303,6 +317,8 @@ class Store:
     # whole cluster, on each write.
     _dirty: set[str] = field(default_factory=set)
     _rv: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Container logs by (namespace, pod, container): what a kubelet would serve for pods/log.
+    logs: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
     _last_rv: int = 0
     _events: deque[Event] = field(default_factory=deque)
 

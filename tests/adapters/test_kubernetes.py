@@ -1,4 +1,9 @@
-"""KubernetesCluster against the loopback emulator: one rule per test."""
+"""KubernetesCluster on both backends — the emulator and a real kube-apiserver: one rule per test.
+
+Each test taking ``backend`` runs as ``[emulator]`` and ``[real]``. Denials injected into the
+emulator's RBAC stay emulator-only (``kube_cluster``/``seeded_cluster``); the real
+authorizer's denials are tests/adapters/test_rbac_real.py's.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +14,27 @@ import time
 import pytest
 
 from phasegate import errors
-from phasegate.adapters.kubernetes import KubernetesCluster
+from phasegate.adapters.kubernetes import KubernetesCluster, ServerVersion, parse_server_version
 from phasegate.ports import Cluster, TargetRef
 from phasegate.record import ANN_PHASE, ANN_PROMOTED_AT
 from phasegate.rehearsal.cluster import SEED_ENV_FLAG, SEED_IMAGE_REPO, SIDECAR, ClusterEmulator
+from tests.fixtures.backends import Backend
 
 NEW_IMAGE = SEED_IMAGE_REPO + ":2.0.0"
 
 
-def _containers(emulator: ClusterEmulator, name: str, namespace: str = "bodhi") -> dict[str, dict]:
-    d = emulator.deployment(namespace, name)
+def _containers(backend: Backend, name: str) -> dict[str, dict]:
+    d = backend.deployment(name)
     return {c["name"]: c for c in d["spec"]["template"]["spec"]["containers"]}
 
 
-def test_adapter_implements_the_cluster_protocol(kube_cluster: KubernetesCluster) -> None:
-    assert isinstance(kube_cluster, Cluster)
+def test_adapter_implements_the_cluster_protocol(adapter: KubernetesCluster) -> None:
+    assert isinstance(adapter, Cluster)
 
 
 def test_read_target_reports_stable_image_revision_and_env_without_canary(
-        kube_cluster: KubernetesCluster, seed_target: TargetRef) -> None:
-    state = kube_cluster.read_target(seed_target)
+        adapter: KubernetesCluster, backend: Backend) -> None:
+    state = adapter.read_target(backend.target())
     assert state.canary is None
     assert state.stable.image == SEED_IMAGE_REPO + ":1.5.0"
     assert (state.stable.replicas, state.stable.ready_replicas, state.stable.revision) == (10, 10, 3)
@@ -36,170 +42,184 @@ def test_read_target_reports_stable_image_revision_and_env_without_canary(
     assert state.stable.rolled_out
 
 
-def test_read_target_of_missing_deployment_raises_target_not_found(kube_cluster: KubernetesCluster) -> None:
+def test_read_target_of_missing_deployment_raises_target_not_found(
+        adapter: KubernetesCluster, backend: Backend) -> None:
     with pytest.raises(errors.TargetNotFound):
-        kube_cluster.read_target(TargetRef("bodhi", "nope", "nope"))
+        adapter.read_target(TargetRef(backend.namespace, "nope", "nope"))
 
 
-def test_set_image_keeps_sidecar_and_env_and_rolls_out(
-        kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_target: TargetRef) -> None:
-    kube_cluster.set_image(seed_target, NEW_IMAGE)
-    state = kube_cluster.wait_ready("bodhi", "bodhi-server", 5)
-    containers = _containers(seeded_cluster, "bodhi-server")
+def test_set_image_keeps_sidecar_and_env_and_rolls_out(adapter: KubernetesCluster, backend: Backend) -> None:
+    adapter.set_image(backend.target(), NEW_IMAGE)
+    state = adapter.wait_ready(backend.namespace, "bodhi-server", backend.rollout_timeout)
+    containers = _containers(backend, "bodhi-server")
     assert containers["bodhi-server"]["image"] == NEW_IMAGE
     assert SIDECAR in containers
     assert {e["name"] for e in containers["bodhi-server"]["env"]} >= {SEED_ENV_FLAG, "LOG_LEVEL"}
     assert state.revision == 4 and state.image == NEW_IMAGE
 
 
-def test_set_image_with_the_running_image_writes_nothing(
-        kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_target: TargetRef) -> None:
-    kube_cluster.set_image(seed_target, NEW_IMAGE, replicas=4)
-    before = seeded_cluster.deployment("bodhi", "bodhi-server")["metadata"]["generation"]
-    writes = len([r for r in seeded_cluster.requests if r.method != "GET"])
-    kube_cluster.set_image(seed_target, NEW_IMAGE, replicas=4)
-    assert seeded_cluster.deployment("bodhi", "bodhi-server")["metadata"]["generation"] == before
-    assert len([r for r in seeded_cluster.requests if r.method != "GET"]) == writes
+def test_set_image_with_the_running_image_writes_nothing(adapter: KubernetesCluster, backend: Backend) -> None:
+    adapter.set_image(backend.target(), NEW_IMAGE, replicas=4)
+    before = backend.deployment("bodhi-server")["metadata"]["generation"]
+    writes = len(backend.writes())
+    adapter.set_image(backend.target(), NEW_IMAGE, replicas=4)
+    assert backend.deployment("bodhi-server")["metadata"]["generation"] == before
+    assert len(backend.writes()) == writes
 
 
 def test_set_canary_creates_canary_at_share_and_scales_stable_to_the_rest(
-        kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_target: TargetRef) -> None:
-    assert kube_cluster.set_canary(seed_target, NEW_IMAGE, 10, 10) == (1, 9)
-    kube_cluster.wait_ready("bodhi", "bodhi-server-canary", 5)
-    canary = seeded_cluster.deployment("bodhi", "bodhi-server-canary")
+        adapter: KubernetesCluster, backend: Backend) -> None:
+    assert adapter.set_canary(backend.target(), NEW_IMAGE, 10, 10) == (1, 9)
+    adapter.wait_ready(backend.namespace, "bodhi-server-canary", backend.rollout_timeout)
+    canary = backend.deployment("bodhi-server-canary")
     assert canary["spec"]["selector"]["matchLabels"] == {"app": "bodhi-server", "track": "canary"}
     assert canary["spec"]["template"]["metadata"]["labels"]["track"] == "canary"
-    assert _containers(seeded_cluster, "bodhi-server-canary")["bodhi-server"]["image"] == NEW_IMAGE
-    assert SIDECAR in _containers(seeded_cluster, "bodhi-server-canary")
-    state = kube_cluster.read_target(seed_target)
+    assert _containers(backend, "bodhi-server-canary")["bodhi-server"]["image"] == NEW_IMAGE
+    assert SIDECAR in _containers(backend, "bodhi-server-canary")
+    state = adapter.read_target(backend.target())
     assert state.stable.replicas == 9 and state.canary is not None and state.canary.replicas == 1
-    assert len(seeded_cluster.pods("bodhi", "app=bodhi-server,track=canary")) == 1
+    assert len(backend.pods("app=bodhi-server,track=canary")) == 1
 
 
-def test_set_canary_again_with_same_arguments_changes_nothing(
-        kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_target: TargetRef) -> None:
-    kube_cluster.set_canary(seed_target, NEW_IMAGE, 10, 10)
-    canary_rv = seeded_cluster.deployment("bodhi", "bodhi-server-canary")["metadata"]["resourceVersion"]
-    stable_gen = seeded_cluster.deployment("bodhi", "bodhi-server")["metadata"]["generation"]
-    kube_cluster.set_canary(seed_target, NEW_IMAGE, 10, 10)
-    assert seeded_cluster.deployment("bodhi", "bodhi-server-canary")["metadata"]["resourceVersion"] == canary_rv
-    assert seeded_cluster.deployment("bodhi", "bodhi-server")["metadata"]["generation"] == stable_gen
-    assert len(seeded_cluster.store.list("apps/deployments", "bodhi", labels="track=canary")) == 1
+def test_set_canary_again_with_same_arguments_writes_nothing(adapter: KubernetesCluster, backend: Backend) -> None:
+    adapter.set_canary(backend.target(), NEW_IMAGE, 10, 10)
+    stable_gen = backend.deployment("bodhi-server")["metadata"]["generation"]
+    canary_gen = backend.deployment("bodhi-server-canary")["metadata"]["generation"]
+    writes = len(backend.writes())
+    adapter.set_canary(backend.target(), NEW_IMAGE, 10, 10)
+    assert len(backend.writes()) == writes
+    assert backend.deployment("bodhi-server-canary")["metadata"]["generation"] == canary_gen
+    assert backend.deployment("bodhi-server")["metadata"]["generation"] == stable_gen
+    assert len(backend.deployments("track=canary")) == 1
 
 
-def test_set_canary_at_a_larger_share_updates_the_existing_canary(
-        kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_target: TargetRef) -> None:
-    kube_cluster.set_canary(seed_target, NEW_IMAGE, 10, 10)
-    uid = seeded_cluster.deployment("bodhi", "bodhi-server-canary")["metadata"]["uid"]
-    assert kube_cluster.set_canary(seed_target, NEW_IMAGE, 50, 10) == (5, 5)
-    canary = seeded_cluster.deployment("bodhi", "bodhi-server-canary")
+def test_set_canary_at_a_larger_share_updates_the_existing_canary(adapter: KubernetesCluster, backend: Backend) -> None:
+    adapter.set_canary(backend.target(), NEW_IMAGE, 10, 10)
+    uid = backend.deployment("bodhi-server-canary")["metadata"]["uid"]
+    assert adapter.set_canary(backend.target(), NEW_IMAGE, 50, 10) == (5, 5)
+    canary = backend.deployment("bodhi-server-canary")
     assert canary["metadata"]["uid"] == uid and canary["spec"]["replicas"] == 5
-    assert seeded_cluster.deployment("bodhi", "bodhi-server")["spec"]["replicas"] == 5
+    assert backend.deployment("bodhi-server")["spec"]["replicas"] == 5
 
 
 def test_remove_canary_scales_stable_back_before_deleting_the_canary(
-        kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_target: TargetRef) -> None:
-    kube_cluster.set_canary(seed_target, NEW_IMAGE, 50, 10)
-    start = len(seeded_cluster.requests)
-    kube_cluster.remove_canary(seed_target, 10)
-    writes = [(r.method, r.path.rsplit("/", 1)[-1]) for r in seeded_cluster.requests[start:] if r.method != "GET"]
+        adapter: KubernetesCluster, backend: Backend) -> None:
+    adapter.set_canary(backend.target(), NEW_IMAGE, 50, 10)
+    start = len(backend.requests())
+    adapter.remove_canary(backend.target(), 10)
+    writes = [(r.method, r.path.rsplit("/", 1)[-1]) for r in backend.requests()[start:] if r.method != "GET"]
     assert writes == [("PATCH", "bodhi-server"), ("DELETE", "bodhi-server-canary")]
-    assert kube_cluster.read_target(seed_target).canary is None
-    assert seeded_cluster.deployment("bodhi", "bodhi-server")["spec"]["replicas"] == 10
-    seeded_cluster.wait_rolled_out("bodhi", "bodhi-server")
-    assert seeded_cluster.pods("bodhi", "track=canary") == []
+    assert adapter.read_target(backend.target()).canary is None
+    assert backend.deployment("bodhi-server")["spec"]["replicas"] == 10
+    backend.wait_rolled_out("bodhi-server")
+    # The garbage collector removes the canary's ReplicaSet and pods after the Deployment.
+    backend.wait_until(lambda: backend.pods("track=canary") == [], "without canary pods")
 
 
-def test_remove_canary_when_already_gone_is_a_no_op(
-        kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_target: TargetRef) -> None:
-    rv = seeded_cluster.deployment("bodhi", "bodhi-server")["metadata"]["resourceVersion"]
-    kube_cluster.remove_canary(seed_target, 10)
-    assert seeded_cluster.deployment("bodhi", "bodhi-server")["metadata"]["resourceVersion"] == rv
+def test_remove_canary_when_already_gone_is_a_no_op(adapter: KubernetesCluster, backend: Backend) -> None:
+    rv = backend.deployment("bodhi-server")["metadata"]["resourceVersion"]
+    adapter.remove_canary(backend.target(), 10)
+    assert backend.deployment("bodhi-server")["metadata"]["resourceVersion"] == rv
 
 
 def test_wait_ready_on_bad_image_raises_progress_deadline_exceeded_quickly(
-        kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_target: TargetRef) -> None:
-    seeded_cluster.behaviour.bad_images.add(NEW_IMAGE)
-    kube_cluster.set_canary(seed_target, NEW_IMAGE, 10, 10)
-    with pytest.raises(errors.ProgressDeadlineExceeded, match=r"bodhi/bodhi-server-canary.*timed out progressing"):
-        kube_cluster.wait_ready("bodhi", "bodhi-server-canary", 10)
+        adapter: KubernetesCluster, backend: Backend) -> None:
+    backend.hold_image(NEW_IMAGE)
+    adapter.set_canary(backend.target(), NEW_IMAGE, 10, 10)
+    with pytest.raises(errors.ProgressDeadlineExceeded, match=r"/bodhi-server-canary.*timed out progressing"):
+        adapter.wait_ready(backend.namespace, "bodhi-server-canary", 10)
 
 
-def test_wait_ready_raises_timeout_error_before_the_deadline(
-        kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_target: TargetRef) -> None:
-    seeded_cluster.behaviour.bad_images.add(NEW_IMAGE)
-    kube_cluster.set_image(seed_target, NEW_IMAGE)
+def test_wait_ready_raises_timeout_error_before_the_deadline(adapter: KubernetesCluster, backend: Backend) -> None:
+    backend.hold_image(NEW_IMAGE)
+    adapter.set_image(backend.target(), NEW_IMAGE)
     with pytest.raises(TimeoutError, match=r"not rolled out after 0.1s"):
-        kube_cluster.wait_ready("bodhi", "bodhi-server", 0.1)
+        adapter.wait_ready(backend.namespace, "bodhi-server", 0.1)
 
 
 def test_undo_restores_the_previous_template_under_a_new_revision(
-        kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_target: TargetRef) -> None:
-    assert kube_cluster.undo(seed_target) == 2
-    state = kube_cluster.wait_ready("bodhi", "bodhi-server", 5)
+        adapter: KubernetesCluster, backend: Backend) -> None:
+    assert adapter.undo(backend.target()) == 2
+    state = adapter.wait_ready(backend.namespace, "bodhi-server", backend.rollout_timeout)
     assert state.image == SEED_IMAGE_REPO + ":1.4.1"
     assert state.revision == 4
-    assert SIDECAR in _containers(seeded_cluster, "bodhi-server")
+    assert SIDECAR in _containers(backend, "bodhi-server")
 
 
-def test_undo_rerun_after_a_crash_does_not_toggle_back(
-        kube_cluster: KubernetesCluster, seed_target: TargetRef) -> None:
-    kube_cluster.set_image(seed_target, NEW_IMAGE)
-    kube_cluster.wait_ready("bodhi", "bodhi-server", 5)
-    assert kube_cluster.undo(seed_target) == 3
-    kube_cluster.wait_ready("bodhi", "bodhi-server", 5)
-    assert kube_cluster.undo(seed_target) == 3
-    assert kube_cluster.wait_ready("bodhi", "bodhi-server", 5).image == SEED_IMAGE_REPO + ":1.5.0"
+def test_undo_rerun_after_a_crash_does_not_toggle_back(adapter: KubernetesCluster, backend: Backend) -> None:
+    timeout = backend.rollout_timeout
+    adapter.set_image(backend.target(), NEW_IMAGE)
+    adapter.wait_ready(backend.namespace, "bodhi-server", timeout)
+    assert adapter.undo(backend.target()) == 3
+    adapter.wait_ready(backend.namespace, "bodhi-server", timeout)
+    assert adapter.undo(backend.target()) == 3
+    assert adapter.wait_ready(backend.namespace, "bodhi-server", timeout).image == SEED_IMAGE_REPO + ":1.5.0"
 
 
-def test_undo_without_history_is_a_permanent_error(
-        kube_cluster: KubernetesCluster, seed_target: TargetRef) -> None:
-    kube_cluster.set_canary(seed_target, NEW_IMAGE, 10, 10)
-    kube_cluster.wait_ready("bodhi", "bodhi-server-canary", 5)
+def test_undo_without_history_is_a_permanent_error(adapter: KubernetesCluster, backend: Backend) -> None:
+    adapter.set_canary(backend.target(), NEW_IMAGE, 10, 10)
+    adapter.wait_ready(backend.namespace, "bodhi-server-canary", backend.rollout_timeout)
     with pytest.raises(errors.PermanentError, match="no previous revision"):
-        kube_cluster.undo(TargetRef("bodhi", "bodhi-server-canary", "bodhi-server"))
+        adapter.undo(TargetRef(backend.namespace, "bodhi-server-canary", "bodhi-server"))
 
 
-def test_set_env_changes_stable_and_canary_and_keeps_other_env(
-        kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator, seed_target: TargetRef) -> None:
-    kube_cluster.set_canary(seed_target, NEW_IMAGE, 10, 10)
-    kube_cluster.set_env(seed_target, SEED_ENV_FLAG, "false")
-    state = kube_cluster.read_target(seed_target)
+def test_set_env_changes_stable_and_canary_and_keeps_other_env(adapter: KubernetesCluster, backend: Backend) -> None:
+    adapter.set_canary(backend.target(), NEW_IMAGE, 10, 10)
+    adapter.set_env(backend.target(), SEED_ENV_FLAG, "false")
+    state = adapter.read_target(backend.target())
     assert state.canary is not None
     for workload in (state.stable, state.canary):
         assert workload.env[SEED_ENV_FLAG] == "false"
         assert workload.env["LOG_LEVEL"] == "info"
-    assert SIDECAR in _containers(seeded_cluster, "bodhi-server")
+    assert SIDECAR in _containers(backend, "bodhi-server")
 
 
-def test_set_configmap_key_changes_one_key_and_keeps_the_others(kube_cluster: KubernetesCluster) -> None:
-    kube_cluster.set_configmap_key("bodhi", "bodhi-config", "enable_token_refresh_locking", "false")
-    assert kube_cluster.read_configmap("bodhi", "bodhi-config") == {
+def test_set_configmap_key_changes_one_key_and_keeps_the_others(adapter: KubernetesCluster, backend: Backend) -> None:
+    adapter.set_configmap_key(backend.namespace, "bodhi-config", "enable_token_refresh_locking", "false")
+    assert adapter.read_configmap(backend.namespace, "bodhi-config") == {
         "enable_token_refresh_locking": "false", "log_level": "info"}
+    assert backend.configmap("bodhi-config")["enable_token_refresh_locking"] == "false"
 
 
-def test_set_configmap_key_on_a_missing_configmap_raises_target_not_found(kube_cluster: KubernetesCluster) -> None:
+def test_set_configmap_key_on_a_missing_configmap_raises_target_not_found(
+        adapter: KubernetesCluster, backend: Backend) -> None:
     with pytest.raises(errors.TargetNotFound):
-        kube_cluster.set_configmap_key("bodhi", "missing", "k", "v")
+        adapter.set_configmap_key(backend.namespace, "missing", "k", "v")
 
 
-def test_annotate_merges_and_none_removes(kube_cluster: KubernetesCluster, seed_target: TargetRef) -> None:
-    kube_cluster.annotate("bodhi", "bodhi-server", {ANN_PHASE: "canary-10", ANN_PROMOTED_AT: "x"})
-    kube_cluster.annotate("bodhi", "bodhi-server", {ANN_PROMOTED_AT: None})
-    annotations = kube_cluster.read_target(seed_target).stable.annotations
+def test_annotate_merges_and_none_removes(adapter: KubernetesCluster, backend: Backend) -> None:
+    adapter.annotate(backend.namespace, "bodhi-server", {ANN_PHASE: "canary-10", ANN_PROMOTED_AT: "x"})
+    adapter.annotate(backend.namespace, "bodhi-server", {ANN_PROMOTED_AT: None})
+    annotations = adapter.read_target(backend.target()).stable.annotations
     assert annotations[ANN_PHASE] == "canary-10" and ANN_PROMOTED_AT not in annotations
     assert "kubernetes.io/change-cause" in annotations
 
 
-def test_find_annotated_returns_only_deployments_carrying_the_key(kube_cluster: KubernetesCluster) -> None:
-    kube_cluster.annotate("bodhi", "bodhi-server", {ANN_PROMOTED_AT: "2025-01-01T00:00:00Z"})
-    found = kube_cluster.find_annotated(["bodhi", "bodhi-staging", "absent"], ANN_PROMOTED_AT)
-    assert [w.name for w in found] == ["bodhi-server"]
-    assert found[0].annotations[ANN_PROMOTED_AT] == "2025-01-01T00:00:00Z"
+def test_find_annotated_returns_only_deployments_carrying_the_key(adapter: KubernetesCluster, backend: Backend) -> None:
+    adapter.annotate(backend.namespace, "bodhi-server", {ANN_PROMOTED_AT: "2025-01-01T00:00:00Z"})
+    found = adapter.find_annotated([backend.namespace, backend.staging, "absent"], ANN_PROMOTED_AT)
+    assert [(w.name, w.annotations[ANN_PROMOTED_AT]) for w in found] == [("bodhi-server", "2025-01-01T00:00:00Z")]
 
 
-def test_missing_permissions_is_empty_when_everything_is_allowed(kube_cluster: KubernetesCluster) -> None:
-    assert kube_cluster.missing_permissions(TargetRef("bodhi", "bodhi-server", "bodhi-server"), "bodhi-config") == []
+def test_missing_permissions_is_empty_when_everything_is_allowed(adapter: KubernetesCluster, backend: Backend) -> None:
+    assert adapter.missing_permissions(backend.target(), "bodhi-config") == []
+
+
+def test_server_version_is_read_from_the_server_and_supported(adapter: KubernetesCluster, backend: Backend) -> None:
+    version = adapter.server_version()
+    assert version.supported
+    if backend.name == "real":
+        assert version == ServerVersion(1, 20, "v1.20.2")
+
+
+@pytest.mark.parametrize(("info", "expected", "supported"), [
+    ({"major": "1", "minor": "20", "gitVersion": "v1.20.2"}, (1, 20), True),
+    ({"major": "1", "minor": "28+", "gitVersion": "v1.28.3-eks-1"}, (1, 28), True),
+    ({"major": "1", "minor": "19", "gitVersion": "v1.19.16"}, (1, 19), False),
+])
+def test_server_versions_before_1_20_are_not_supported(info: dict, expected: tuple[int, int], supported: bool) -> None:
+    version = parse_server_version(info)
+    assert (version.major, version.minor) == expected and version.supported is supported
 
 
 def test_missing_permissions_names_each_denied_verb_and_resource(

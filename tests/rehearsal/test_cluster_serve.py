@@ -32,3 +32,27 @@ def test_serve_emulator_writes_a_kubeconfig_the_python_client_loads_and_stops_on
         out, _ = process.communicate(timeout=15)
     assert process.returncode == 0
     assert "Kubernetes API emulator at http://127.0.0.1:" in out
+
+
+def test_phasegate_emulator_without_kubeconfig_writes_it_to_a_temp_dir_not_the_current_one(tmp_path: Path) -> None:
+    phasegate = Path(sys.executable).with_name("phasegate")
+    process = subprocess.Popen([str(phasegate), "emulator", "--port", str(free_port())], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        banner = ""
+        while "kubeconfig:" not in banner:
+            line = process.stdout.readline()
+            assert line, process.stderr.read() if process.stderr else "emulator exited"
+            banner += line
+        path = Path(banner.split("kubeconfig:", 1)[1].split()[0])
+        assert path.parent != tmp_path and path.is_file()
+        adapter = KubernetesCluster.from_kubeconfig(str(path))
+        assert adapter.read_target(TargetRef("bodhi", "bodhi-server", "bodhi-server")).stable.replicas == 10
+        adapter.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=15)
+    assert process.returncode == 0
+    assert list(tmp_path.iterdir()) == []
+    assert not path.exists()
