@@ -387,7 +387,7 @@ def after_alert(plan: RolloutPlan, record: Release | None, severity: str, trigge
     strategy = next((t.rollback for t in phase.triggers if t.name == trigger), phase.default_rollback)
     response = plan.alert_response
     if record.state is PhaseState.PROMOTED:
-        age = max(0.0, now - (record.promoted_at or now))
+        age = max(0.0, now - (now if record.promoted_at is None else record.promoted_at))
         in_window = age <= response.first_day.total_seconds()
         when = f"{age / 3600:.1f} h after promotion"
     else:
