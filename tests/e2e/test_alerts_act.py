@@ -70,6 +70,9 @@ def test_token_not_active_after_promotion_pages_and_rolls_back_once(
     from phasegate.entry.register import register
     from phasegate.entry.rehearse import run_in
 
+    # The rehearsal's approver answers from threads of its own, which start without this
+    # thread's Prefect settings context and read the environment instead.
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server.api_url)
     monkeypatch.chdir(ROOT)  # the deployment's plan_path is relative to the project, as a worker's pull step sets it
     rules = tmp_path / "rules.yaml"
     rendered = subprocess.run([sys.executable, "-m", "phasegate.entry.cli", "render", "alerts", SEED],
