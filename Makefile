@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := prometheus
+APT_PACKAGES := prometheus prometheus-alertmanager
 
 .PHONY: test demo venv system-deps bench-deps k8s lint clean
 
@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 system-deps:
 	@missing=""; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \

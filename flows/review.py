@@ -39,6 +39,7 @@ from phasegate.notify import Kind, Notification, Severity
 from phasegate.plan import RolloutPlan, load_plan
 from phasegate.render.report import slug
 from tasks.notify import post_notification
+from tasks.prefect_api import rollback_procedure_links
 from tasks.review import (
     annotate_signed_off,
     append_to_report,
@@ -113,15 +114,27 @@ def review_releases(
             publish_report(report)
             verdict = "passed" if result.passed else "did NOT pass"
             text = f"{due.title} of {release} {verdict} ({due.window})."
+            fields = {"Verdict": result.outcome.value, "Report": str(report.path)}
+            links: list[tuple[str, str]] = []
+            severity = _SEVERITY.get(result.outcome, Severity.WARNING)
             if not result.passed:
+                # A review that finds trouble is a page, not a report: name the gate and
+                # offer the procedures that act on it (seed "Rollback Procedures").
+                severity = Severity.CRITICAL
+                failed = [name for name, a in result.assessments.items() if a.outcome is not Outcome.SUCCESSFUL]
+                fields["Failed gate"] = ", ".join(failed)
                 text += "\n" + "\n".join(result.problems())
+                links = rollback_procedure_links()
+                text += ("\nRollback procedures: " + ", ".join(label for label, _ in links) if links else
+                         "\nRollback procedures: `phasegate rollback PLAN --strategy full_undo|feature_flag`")
             post_notification(
                 Notification(
                     kind=Kind.REVIEW,
-                    severity=_SEVERITY.get(result.outcome, Severity.WARNING),
+                    severity=severity,
                     rollout=record.rollout_id(plan.name, release.image),
                     text=text,
-                    fields={"Verdict": result.outcome.value, "Report": str(report.path)},
+                    fields=fields,
+                    links=links,
                 )
             )
             done.append(

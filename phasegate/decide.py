@@ -311,3 +311,88 @@ def preflight_problems(
     if not image or (":" not in last and "@" not in image):
         problems.append(f"image {image!r} has no tag or digest: a rollout needs an exact version")
     return problems
+
+
+@dataclass(frozen=True)
+class RunbookStart:
+    """Whether a rollback a person (or an alert) starts may act now, and where."""
+
+    ok: bool
+    reason: str
+    phase: str = ""
+    # The record's driver is dead (its run ended without finishing the record): free its lock.
+    take_over: bool = False
+
+
+def runbook_start(plan: RolloutPlan, strategy: Strategy, record: Release | None, state: TargetState,
+                  driver_live: bool) -> RunbookStart:
+    """May a rollback procedure run against the release on the target now?
+
+    ``driver_live``: the flow run the record names is still running or paused (a rollout
+    waiting for an approval still watches its triggers and would act itself). A finished
+    record (promoted, halted, rolled back) has no driver. A live one is never raced; an
+    unfinished record whose run is gone (crashed, cancelled) is taken over, as a rerun
+    of that rollout would.
+    """
+    if record is None:
+        return RunbookStart(False, "no phasegate release is recorded on the target: nothing to roll back")
+    names = [p.name for p in plan.phases]
+    phase = record.phase if record.phase in names else names[-1]
+    if not record.finished and driver_live:
+        return RunbookStart(False, f"rollout {record.id!r} is live in {record.phase} "
+                                   f"({record.state.value if record.state else '?'}, flow run {record.flow_run}): "
+                                   "answer its approval form (reject rolls back) or cancel that run first", phase)
+    if strategy is Strategy.FEATURE_FLAG and plan.feature_flag is None:
+        return RunbookStart(False, "the plan has no feature_flag block: there is no flag to switch off", phase)
+    if strategy is Strategy.CANARY_ONLY and state.canary is None:
+        return RunbookStart(False, f"no canary runs beside {state.stable.name}: nothing for canary_only to remove "
+                                   "(full_undo rolls the whole Deployment back)", phase)
+    if strategy is Strategy.FULL_UNDO and state.canary is None and state.stable.image != record.image:
+        return RunbookStart(False, f"{state.stable.name} runs {state.stable.image}, not {record.image}: "
+                                   "already rolled back, nothing to undo", phase)
+    take_over = not record.finished
+    state_name = record.state.value if record.state else "?"
+    why = "taking over from a run that is gone" if take_over else f"release {state_name}"
+    return RunbookStart(True, why, phase, take_over)
+
+
+class AlertStep(enum.Enum):
+    ROLL_BACK = "roll back"  # at once, no person
+    ASK = "ask"  # pause for a person with the evidence and the procedures
+    IGNORE = "ignore"  # nothing of ours to act on
+
+
+@dataclass(frozen=True)
+class AlertAction:
+    step: AlertStep
+    reason: str
+    strategy: Strategy | None = None
+    phase: str = ""
+
+
+def after_alert(plan: RolloutPlan, record: Release | None, severity: str, trigger: str | None,
+                now: float) -> AlertAction:
+    """What a firing alert does to the release on the target (the plan's ``alert_response``).
+
+    A severity the plan rolls back on acts without a person while a canary runs and during
+    the first day at 100 %; later, or for a milder severity, a person decides. The strategy
+    is the named trigger's in the current phase, else that phase's default rollback.
+    """
+    if record is None:
+        return AlertAction(AlertStep.IGNORE, "no phasegate release is recorded on the target")
+    if record.state in (PhaseState.ROLLED_BACK, PhaseState.ROLLING_BACK):
+        return AlertAction(AlertStep.IGNORE, f"release {record.id} is already {record.state.value}")
+    names = [p.name for p in plan.phases]
+    phase = plan.phase(record.phase if record.phase in names else names[-1])
+    strategy = next((t.rollback for t in phase.triggers if t.name == trigger), phase.default_rollback)
+    response = plan.alert_response
+    if record.state is PhaseState.PROMOTED:
+        age = max(0.0, now - (now if record.promoted_at is None else record.promoted_at))
+        in_window = age <= response.first_day.total_seconds()
+        when = f"{age / 3600:.1f} h after promotion"
+    else:
+        in_window = phase.has_canary
+        when = f"during {phase.name}"
+    if severity in response.rollback_at_once and in_window:
+        return AlertAction(AlertStep.ROLL_BACK, f"{severity} alert {when}: rolling back at once", strategy, phase.name)
+    return AlertAction(AlertStep.ASK, f"{severity} alert {when}: a person decides", strategy, phase.name)

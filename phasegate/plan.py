@@ -402,6 +402,32 @@ class Dashboard(_Model):
     panels: list[Panel] = Field(default_factory=list)
 
 
+class RollbackBudgets(_Model):
+    """How long each rollback procedure may take, start to verified; the seed's "Rollback Procedures"."""
+
+    full_undo: Duration = Field(timedelta(minutes=5), description='Seed "Immediate Rollback (< 5 minutes)".')
+    canary_only: Duration = Field(timedelta(minutes=15), description='Seed "Partial Rollback (< 15 minutes)".')
+    feature_flag: Duration = Field(timedelta(minutes=1), description='Seed "Feature Flag Rollback (< 1 minute)".')
+
+    def of(self, strategy: Strategy) -> timedelta:
+        return {Strategy.FULL_UNDO: self.full_undo, Strategy.CANARY_ONLY: self.canary_only,
+                Strategy.FEATURE_FLAG: self.feature_flag}[strategy]
+
+
+class AlertResponse(_Model):
+    """What a firing alert routed to phasegate does (the seed's "ROLLBACK CANDIDATE")."""
+
+    rollback_at_once: list[Literal["info", "warning", "critical"]] = Field(
+        default_factory=lambda: ["critical"],
+        description="Severities that roll back without a person while a canary runs or within `first_day` of "
+        "promotion; any other alert pauses for a person with the evidence and the procedures as choices.",
+    )
+    first_day: Duration = Field(
+        timedelta(hours=24), description='After promotion, how long an alert still rolls back at once (seed "Day 1").'
+    )
+    decide_timeout: Duration = Field(timedelta(hours=4), description="How long the pause waits for a person.")
+
+
 class RolloutPlan(_Model):
     api_version: Literal["phasegate/v1"] = Field(alias="apiVersion")
     name: Slug
@@ -420,6 +446,8 @@ class RolloutPlan(_Model):
     checklist: Checklist | None = None
     alerts: list[Alert] = Field(default_factory=list)
     dashboard: Dashboard | None = None
+    rollback_budgets: RollbackBudgets = Field(default_factory=RollbackBudgets)
+    alert_response: AlertResponse = Field(default_factory=AlertResponse)
 
     def phase(self, name: str) -> Phase:
         for p in self.phases:

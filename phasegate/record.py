@@ -40,6 +40,7 @@ ANN_PROMOTED_AT = PREFIX + "promoted-at"
 ANN_ROLLED_BACK = PREFIX + "rolled-back"
 ANN_SIGNED_OFF = PREFIX + "signed-off"
 ANN_CHECKLIST = PREFIX + "checklist-confirmed"
+ANN_ALERTS_HANDLED = PREFIX + "alerts-handled"  # fingerprint@startsAt of alerts a rollback-candidate acted on
 
 # Kept no longer than this many notification keys: the annotation must stay small, and
 # only the latest phase's keys can still be sent again.

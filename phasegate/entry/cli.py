@@ -174,7 +174,8 @@ def emulator(
 
 
 def _register_subcommands() -> None:
-    from phasegate.entry.doctor import checklist_command, doctor_command, run_command
+    from phasegate.entry.alerts import alert_receiver_command
+    from phasegate.entry.doctor import checklist_command, doctor_command, rollback_command, run_command
     from phasegate.entry.render_cli import backtest_command, render_app
 
     app.add_typer(render_app, name="render", help="Render alert rules and a Grafana dashboard from a plan.")
@@ -182,6 +183,8 @@ def _register_subcommands() -> None:
     app.command("doctor")(doctor_command)
     app.command("run")(run_command)
     app.command("checklist")(checklist_command)
+    app.command("rollback")(rollback_command)
+    app.command("alert-receiver")(alert_receiver_command)
 
 
 _register_subcommands()

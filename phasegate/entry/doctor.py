@@ -322,3 +322,46 @@ def checklist_command(
         done = pre_deployment_checklist(str(plan), image=image, timeout_seconds=timeout)
     cli.out.print("checklist confirmed" if done else "checklist NOT confirmed", highlight=False)
     raise typer.Exit(cli.EXIT_OK if done else cli.EXIT_HALTED)
+
+
+def rollback_command(
+    plan: Path = typer.Argument(..., help="Plan YAML file."),
+    strategy: str = typer.Option(..., help="full_undo (seed Immediate) | canary_only (Partial) | feature_flag."),
+    image: str | None = typer.Option(None, help="The release to roll back (default: the one recorded on the target)."),
+    reason: str = typer.Option("rolled back by hand", help="Why; recorded on the release and sent to Slack."),
+    requested_by: str = typer.Option(os.environ.get("USER", ""), help="Who asks for it (default: $USER)."),
+    lock_timeout: float = typer.Option(10.0, help="Seconds to wait for the target's lock."),
+) -> None:
+    """Run one of the seed's rollback procedures on the plan's target, verified, timed against its budget.
+
+    Exit codes: 0 rolled back and verified, 4 acted but NOT verified (a person must look), 2 refused
+    (a live rollout holds the target, or nothing to roll back; nothing was done).
+    """
+    from phasegate.plan import Strategy
+
+    loaded = cli.load_or_exit(plan)
+    try:
+        chosen = Strategy(strategy)
+    except ValueError:
+        cli.err.print(f"--strategy: {strategy!r} is not one of {', '.join(s.value for s in Strategy)}", markup=False)
+        raise typer.Exit(cli.EXIT_BAD_INPUT) from None
+    try:
+        ctx = context_from_settings(loaded)
+    except Exception as exc:  # kubeconfig, Prometheus URL, Slack channel: setup errors, nothing done yet
+        cli.err.print(f"cannot set up the run: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        raise typer.Exit(cli.EXIT_BAD_INPUT) from None
+    from flows.runbook import RunbookRefused, manual_rollback
+
+    try:
+        with runctx.use(ctx):
+            report = manual_rollback(str(plan), chosen, reason, requested_by, image, lock_timeout)
+    except RunbookRefused as exc:
+        cli.err.print(f"refused: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(cli.EXIT_BAD_INPUT) from None
+    verdict = "within" if report["within_budget"] else "OVER"
+    cli.out.print(
+        f"{report['release']}: {report['final_strategy']} {'verified' if report['ok'] else 'NOT verified'} in "
+        f"{report['wall_seconds']:.1f} s ({verdict} the {report['budget_seconds']:.0f} s budget; "
+        f"{report['plan_seconds']:.0f} s plan time)", highlight=False, markup=False,
+    )
+    raise typer.Exit(cli.EXIT_OK if report["ok"] else cli.EXIT_HALTED)

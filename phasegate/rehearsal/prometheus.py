@@ -17,6 +17,10 @@ Design decisions:
 * Every wait polls (``/-/ready``, a query returning data) instead of sleeping a fixed time:
   the first scraped sample arrives after one to a few scrape intervals, and that varies.
 * The process is stopped by its PID (terminate, then kill), never by name.
+* ``configure_alerting`` loads rules files and points the server at Alertmanagers, as a
+  production Prometheus is configured (``rule_files``, ``alerting.alertmanagers``); a running
+  server takes the new configuration through its lifecycle ``/-/reload``. Rules are
+  evaluated every scrape interval, so an alert fires within one or two intervals of its data.
 * ``basic_auth`` makes the server demand a user and password, as a production Prometheus
   behind auth does, through Prometheus' own ``--web.config.file`` (2.42 supports it): a
   real 401 for a wrong password, not a proxy's. The file holds a bcrypt hash, never the
@@ -120,6 +124,8 @@ class PrometheusServer:
         self.log_path = self.root / "prometheus.log"
         self.web_config_path = self.root / "web.yml"
         self.basic_auth = basic_auth
+        self.rule_files: list[str] = []
+        self.alertmanagers: list[str] = []
         self.port = 0
         self._targets_lock = threading.Lock()
         self._targets: list[str] = []
@@ -149,7 +155,22 @@ class PrometheusServer:
                 }
             ],
         }
+        if self.rule_files:
+            config["rule_files"] = list(self.rule_files)
+        if self.alertmanagers:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(self.alertmanagers)}]}]}
         self.config_path.write_text(json.dumps(config, indent=2))
+
+    def configure_alerting(self, rule_files: Sequence[str | Path], alertmanagers: Sequence[str]) -> None:
+        """Evaluate ``rule_files`` and send alerts to ``alertmanagers`` (``host:port``); reloads a running server."""
+        self.rule_files = [str(Path(f).resolve()) for f in rule_files]
+        self.alertmanagers = list(alertmanagers)
+        self._write_config()
+        if self.running:
+            request = urllib.request.Request(self.url + "/-/reload", method="POST", headers=self._headers())
+            with urllib.request.urlopen(request, timeout=10) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"prometheus refused the new configuration:\n{self.log_tail()}")
 
     def _write_web_config(self, user: str, password: str) -> None:
         try:

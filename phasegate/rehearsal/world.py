@@ -31,7 +31,7 @@ from phasegate.rehearsal.app import PodObservation, SyntheticApp, TrafficProfile
 from phasegate.rehearsal.cluster import SEED_IMAGE_REPO, ClusterEmulator, seed
 from phasegate.rehearsal.prometheus import PrometheusServer
 from phasegate.rehearsal.scenarios import Scenario, load_scenario
-from phasegate.runctx import EventObserver, Pacing, PauseObserver, RunContext
+from phasegate.runctx import EventObserver, Pacing, PauseObserver, RunContext, run_in_thread
 
 SCRAPE_SECONDS = 0.5
 # Prometheus' discovery manager hands target changes on at most every 5 s, so a new pod is
@@ -342,12 +342,13 @@ class Approver:
         if step == "checklist":
             answer: dict[str, Any] = {f: True for f in fields if f not in ("confirmed_by", "metadata")}
             answer["confirmed_by"] = self.approver
-            threading.Thread(target=self._resume, args=(flow_run_id, answer), daemon=True).start()
+            # With this thread's context: Prefect's settings (which API) live in a ContextVar too.
+            run_in_thread(self._resume, flow_run_id, answer, name="approver")
             return
         decision = "reject" if self.mode == "reject" and phase == self.phase else "approve"
         answer = {"decision": decision, "approver": self.approver, "comment": f"rehearsal: {decision}"}
         answer.update({f: True for f in fields if f.startswith("criterion_")})
-        threading.Thread(target=self._resume, args=(flow_run_id, answer), daemon=True).start()
+        run_in_thread(self._resume, flow_run_id, answer, name="approver")
 
     def _resume(self, flow_run_id: str, answer: dict[str, Any]) -> None:
         """Wait for the pause, then answer it; a busy API (SQLite 'database is locked' under

@@ -156,7 +156,8 @@ def render_alerts(plan: RolloutPlan) -> dict[str, Any]:
         rule = {"alert": trigger_alert.name, "expr": trigger_alert.expr}
         if trigger_alert.for_:
             rule["for"] = format_duration(trigger_alert.for_)
-        labels = {"severity": "critical", "plan": plan.name}
+        # ``trigger`` lets the rollback-candidate flow re-measure the very gate after acting.
+        labels = {"severity": "critical", "plan": plan.name, "trigger": trigger_alert.trigger}
         if trigger_alert.track is not None:
             labels["track"] = trigger_alert.track
         rule["labels"] = labels

@@ -248,3 +248,24 @@ def test_signoff_of_an_image_that_no_longer_runs_is_refused_and_the_incident_sta
     assert [d["signed_off"] for d in done] == [False]
     assert "not the promoted" in done[0]["problems"][0]
     assert ANN_SIGNED_OFF not in annotations(emulator, "clean")
+
+
+def test_a_failed_review_pages_naming_the_gate_and_links_the_rollback_procedures(
+    world: RunContext, promoted_at: float, tmp_path: Path
+) -> None:
+    from phasegate.entry.register import register
+    from phasegate.notify import Severity
+
+    ids = register(ROOT / "prefect.yaml", ["rollback-immediate", "rollback-canary", "rollback-feature-flag"])
+    plan = _plan_for("incident", tmp_path)
+    with use(world.with_(ui_url="http://127.0.0.1:4200")):
+        (entry,) = review_releases(plan, "daily", now=promoted_at + 3 * DAY + 3600, reports_dir=str(tmp_path))
+    assert entry["outcome"] == "Failed"
+    page = world.notifier.sent[-1]  # type: ignore[attr-defined]
+    assert page.severity is Severity.CRITICAL
+    assert page.fields["Failed gate"] == "zero-token-not-active"
+    assert [url for _, url in page.links] == [
+        f"http://127.0.0.1:4200/deployments/deployment/{ids[name]}"
+        for name in ("rollback-immediate", "rollback-canary", "rollback-feature-flag")
+    ]
+    assert "Immediate rollback (< 5 min)" in page.text

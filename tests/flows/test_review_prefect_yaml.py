@@ -26,7 +26,8 @@ def deployments() -> dict[str, dict]:
 
 
 def test_prefect_yaml_has_the_rollout_review_and_signoff_deployments(deployments: dict[str, dict]) -> None:
-    assert set(deployments) == {"pre-deployment-checklist", "progressive-rollout", "sign-off", *REVIEW_DEPLOYMENTS}
+    assert set(deployments) == {"pre-deployment-checklist", "progressive-rollout", "sign-off", *REVIEW_DEPLOYMENTS,
+                                "rollback-immediate", "rollback-canary", "rollback-feature-flag", "rollback-candidate"}
     assert {d["work_pool"]["name"] for d in deployments.values()} == {"phasegate"}
 
 
@@ -67,3 +68,14 @@ def test_review_schedules_match_the_plans_cadence_periods(deployments: dict[str,
 def test_signoff_runs_daily(deployments: dict[str, dict]) -> None:
     (schedule,) = deployments["sign-off"]["schedules"]
     assert CronSchedule(cron=schedule["cron"], timezone="UTC").cron.split()[2:] == ["*", "*", "*"]
+
+
+def test_the_rollback_candidate_trigger_parses_as_prefect_deploy_reads_it(deployments: dict[str, dict]) -> None:
+    from phasegate.entry.register import deployment_triggers
+
+    (trigger,) = deployment_triggers(deployments["rollback-candidate"])
+    assert trigger.expect == {"phasegate.alert.firing"}
+    assert trigger.parameters == {"plan_path": deployments["rollback-candidate"]["parameters"]["plan_path"],
+                                  "alert": "{{ event.payload.alert }}"}
+    plan = load_plan(ROOT / trigger.parameters["plan_path"])
+    assert trigger.match.model_dump()["phasegate.plan"] == plan.name

@@ -171,7 +171,7 @@ def test_canary_error_rate_above_stable_fires_the_rollback_alert(rules_file: Pat
         _series(requests, f'{CANARY_POD},code="500"', "0+6x15"),
     ]
     expected = {
-        "exp_labels": {"severity": "critical", "track": "canary", **SEED_LABELS},
+        "exp_labels": {"severity": "critical", "track": "canary", "trigger": "error-rate-increase", **SEED_LABELS},
         "exp_annotations": {
             "message": "Rollback trigger error-rate-increase breached (healthy: value − stable <= 0.001)",
             "rollback": "canary-10pct: canary_only; canary-50pct: canary_only",
@@ -207,7 +207,8 @@ def test_stable_latency_up_on_the_day_before_fires_the_pre_deploy_alert(rules_fi
                 "alertname": "RollbackP99LatencyIncreaseVsPreDeploy",
                 "exp_alerts": [
                     {
-                        "exp_labels": {"severity": "critical", "track": "stable", **SEED_LABELS},
+                        "exp_labels": {"severity": "critical", "track": "stable", "trigger": "p99-latency-increase",
+                                       **SEED_LABELS},
                         "exp_annotations": {
                             "message": "Rollback trigger p99-latency-increase breached (healthy: value − pre-deploy <= 50)",
                             "rollback": "full: full_undo",
