@@ -22,13 +22,16 @@ from phasegate.adapters.console import ConsoleNotifier
 from phasegate.entry.rehearse import run_in
 from phasegate.plan import load_plan
 from phasegate.rehearsal.scenarios import load_scenario
-from phasegate.rehearsal.world import world
+from phasegate.rehearsal.world import DISCOVERY_SECONDS, SCRAPE_SECONDS, world
 from phasegate.runctx import Pacing
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "deployments/plans/token-refresh-locking.yaml"
 SPEED = 6000.0  # a 5-minute round every 50 ms
-NO_FLOORS = Pacing(min_window_wall=2.0, min_warmup_wall=2.0, min_approval_wall=15.0, approval_poll_seconds=1)
+# No floor per round; the window and the warm-up keep theirs: rate() needs two scrapes, and
+# a new pod is discovered by Prometheus up to DISCOVERY_SECONDS after it appears.
+NO_FLOORS = Pacing(min_window_wall=4 * SCRAPE_SECONDS, min_warmup_wall=4 * SCRAPE_SECONDS + DISCOVERY_SECONDS,
+                   min_approval_wall=15.0, approval_poll_seconds=1)
 LIMIT = 64 * 1024  # far below Prefect's 512 KiB refusal, and flat in the number of rounds
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
