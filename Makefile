@@ -53,6 +53,7 @@ k8s:
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 test: venv system-deps k8s lint
 	$(VENV)/bin/pytest -q

@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
-from scipy import optimize, stats  # type: ignore[import-untyped]
+from scipy import optimize, stats
 
 DEFAULT_CONFIDENCE = 0.98
 # R's wilcox.test switches to the normal approximation at 50 samples per side (or ties).
@@ -103,14 +103,17 @@ def _clean(values: Sequence[float], strategy: NanStrategy) -> np.ndarray:
     data = np.asarray(values, dtype=float).ravel()
     bad = ~np.isfinite(data)
     if strategy is NanStrategy.REPLACE:
-        return np.where(bad, 0.0, data)
-    return data[~bad]
+        replaced: np.ndarray = np.where(bad, 0.0, data)
+        return replaced
+    kept: np.ndarray = data[~bad]
+    return kept
 
 
 def _thin(data: np.ndarray, limit: int) -> np.ndarray:
     if data.size <= limit:
         return data
-    return np.quantile(data, np.linspace(0, 1, limit))
+    thinned: np.ndarray = np.quantile(data, np.linspace(0, 1, limit))
+    return thinned
 
 
 def wilcoxon_quantile(n: int, m: int, alpha: float) -> int:

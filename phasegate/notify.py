@@ -24,7 +24,7 @@ import enum
 import re
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 class Severity(enum.Enum):
@@ -200,15 +200,15 @@ def _link(label: str, url: str) -> str:
     return f"<{safe_url}|{escape(label) or safe_url}>"
 
 
-def _mrkdwn(text: str) -> dict:
+def _mrkdwn(text: str) -> dict[str, Any]:
     return {"type": "mrkdwn", "text": text}
 
 
-def _section(text: str) -> dict:
+def _section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": _mrkdwn(clip(text, MAX_SECTION_TEXT))}
 
 
-def _field_sections(fields: Mapping[str, str]) -> list[dict]:
+def _field_sections(fields: Mapping[str, str]) -> list[dict[str, Any]]:
     rendered = [
         _mrkdwn(clip(f"*{escape(name)}*\n{escape(value)}", MAX_FIELD_TEXT)) for name, value in fields.items()
     ]
@@ -218,7 +218,7 @@ def _field_sections(fields: Mapping[str, str]) -> list[dict]:
     ]
 
 
-def _link_context(links: Sequence[tuple[str, str]]) -> list[dict]:
+def _link_context(links: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
     """Links packed into one context block; a link too long to show whole is left out."""
     elements: list[str] = []
     for label, url in links:
@@ -232,7 +232,10 @@ def _link_context(links: Sequence[tuple[str, str]]) -> list[dict]:
     return [{"type": "context", "elements": [_mrkdwn(e) for e in elements]}] if elements else []
 
 
-def _cap(head: list[dict], middle: list[dict], tail: list[dict], what: str) -> list[dict]:
+Block = dict[str, Any]
+
+
+def _cap(head: list[Block], middle: list[Block], tail: list[Block], what: str) -> list[Block]:
     """``head + middle + tail`` within ``MAX_BLOCKS``, dropping ``middle`` blocks from the end."""
     room = MAX_BLOCKS - len(head) - len(tail)
     if len(middle) <= room:
@@ -243,7 +246,7 @@ def _cap(head: list[dict], middle: list[dict], tail: list[dict], what: str) -> l
     return [*head, *kept, note, *tail]
 
 
-def to_blocks(notification: Notification, *, mention: str | None = None) -> tuple[str, list[dict]]:
+def to_blocks(notification: Notification, *, mention: str | None = None) -> tuple[str, list[dict[str, Any]]]:
     """The fallback ``text`` and Block Kit ``blocks`` for one event, within Slack's limits.
 
     ``mention`` (a handle, see ``mention_markup``) is put first in both, so the push
@@ -280,7 +283,7 @@ def thread_status(previous: Mapping[str, str], notification: Notification) -> di
     return status
 
 
-def header_blocks(rollout: str, status_fields: Mapping[str, str]) -> tuple[str, list[dict]]:
+def header_blocks(rollout: str, status_fields: Mapping[str, str]) -> tuple[str, list[dict[str, Any]]]:
     """The fallback ``text`` and blocks of a rollout thread's parent message.
 
     The parent is edited in place as the rollout moves on, so the channel shows one line of

@@ -418,7 +418,7 @@ class AlertResponse(_Model):
     """What a firing alert routed to phasegate does (the seed's "ROLLBACK CANDIDATE")."""
 
     rollback_at_once: list[Literal["info", "warning", "critical"]] = Field(
-        default_factory=lambda: ["critical"],
+        default_factory=lambda: list[Literal["info", "warning", "critical"]](["critical"]),
         description="Severities that roll back without a person while a canary runs or within `first_day` of "
         "promotion; any other alert pauses for a person with the evidence and the procedures as choices.",
     )
@@ -528,7 +528,9 @@ def semantic_problems(plan: RolloutPlan, replicas: int | None = None) -> list[Pr
             problems.append(((*path, "soak"), "soak is shorter than the gate interval: no gate round would run"))
         if phase.interval <= timedelta(0):
             problems.append(((*path, "interval"), "interval must be positive"))
-        strategies = [(("triggers", j, "rollback"), t.rollback) for j, t in enumerate(phase.triggers)]
+        strategies: list[tuple[tuple[str | int, ...], Strategy]] = [
+            (("triggers", j, "rollback"), t.rollback) for j, t in enumerate(phase.triggers)
+        ]
         strategies.append((("rollback",), phase.default_rollback))
         if phase.approval.on_reject is not None:
             strategies.append((("approval", "on_reject"), phase.approval.on_reject))

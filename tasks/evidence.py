@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
@@ -83,7 +84,7 @@ def update_progress(artifact_id: str | None, percent: float) -> None:
     if artifact_id is None:
         return
     try:
-        _update_progress(artifact_id, max(0.0, min(100.0, percent)))
+        _update_progress(UUID(str(artifact_id)), max(0.0, min(100.0, percent)))
     except Exception:
         return
 

@@ -159,7 +159,7 @@ def emulator(
     """Serve the Kubernetes API emulator in the foreground for kubectl and your own tools."""
     from phasegate.rehearsal.cluster import serve_emulator
 
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if plan is not None:
         loaded = load_or_exit(plan)
         t = loaded.target

@@ -267,9 +267,9 @@ def seed_over_api(http: KubeHttp, *, namespaces: tuple[str, ...] = SEED_NAMESPAC
     longer than two rollouts one after the other. A namespace's pods are admitted only once
     its ``default`` ServiceAccount has a token, so that is waited for first.
     """
-    def wait(what: str, done: Callable[[], bool]) -> None:
+    def wait(what: str, done: Callable[[str], bool], ns: str) -> None:
         deadline = time.monotonic() + timeout
-        while not done():
+        while not done(ns):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"seeding: {what} after {timeout:.0f}s")
             time.sleep(0.02)
@@ -280,8 +280,8 @@ def seed_over_api(http: KubeHttp, *, namespaces: tuple[str, ...] = SEED_NAMESPAC
     for ns in namespaces:
         http.post("/api/v1/namespaces", {"metadata": {"name": ns}})
     for ns in namespaces:
-        wait(f"no token for {ns}/default", lambda ns=ns: bool(
-            (http.find(f"/api/v1/namespaces/{ns}/serviceaccounts/default") or {}).get("secrets")))
+        wait(f"no token for {ns}/default", lambda ns: bool(
+            (http.find(f"/api/v1/namespaces/{ns}/serviceaccounts/default") or {}).get("secrets")), ns)
         http.post(f"/api/v1/namespaces/{ns}/configmaps", {
             "metadata": {"name": configmap, "labels": {"app": deployment}},
             "data": {flag_key: "true", "log_level": "info"}})
@@ -294,15 +294,15 @@ def seed_over_api(http: KubeHttp, *, namespaces: tuple[str, ...] = SEED_NAMESPAC
     for tag in history[1:]:
         image = f"{image_repo}:{tag}"
         for ns in namespaces:
-            wait(f"{ns}/{deployment} not rolled out", lambda ns=ns: rolled_out(get(ns)))
+            wait(f"{ns}/{deployment} not rolled out", lambda ns: rolled_out(get(ns)), ns)
             http.patch(f"/apis/apps/v1/namespaces/{ns}/deployments/{deployment}", {
                 "metadata": {"annotations": {"kubernetes.io/change-cause": f"deploy {image}"}},
                 "spec": {"template": {"spec": {"containers": [{"name": container, "image": image}]}}}}, STRATEGIC)
     for ns in namespaces:
-        wait(f"{ns}/{deployment} not rolled out", lambda ns=ns: rolled_out(get(ns)))
+        wait(f"{ns}/{deployment} not rolled out", lambda ns: rolled_out(get(ns)), ns)
         # Old pods linger, terminating, until the node agent finishes their deletion.
-        wait(f"old pods of {ns}/{deployment} still terminating", lambda ns=ns: len(
-            http.get(f"/api/v1/namespaces/{ns}/pods").get("items") or []) == get(ns)["spec"]["replicas"])
+        wait(f"old pods of {ns}/{deployment} still terminating", lambda ns: len(
+            http.get(f"/api/v1/namespaces/{ns}/pods").get("items") or []) == get(ns)["spec"]["replicas"], ns)
 
 
 def _with_image(d: Obj, container: str, image: str) -> Obj:

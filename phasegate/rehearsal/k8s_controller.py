@@ -200,7 +200,7 @@ class Controller:
     def reconcile(self, namespaces: Iterable[str] | None = None) -> None:
         """One pass over ``namespaces`` (all of them when None)."""
         with self.store.lock:
-            scope: list[str | None] = [None] if namespaces is None else sorted(namespaces)
+            scope: list[str | None] = [None] if namespaces is None else list(sorted(namespaces))
             if namespaces is None:
                 self._pending.clear()
             else:

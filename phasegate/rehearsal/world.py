@@ -277,12 +277,15 @@ def world(
         production = plan.target.namespaces.production
         namespaces = tuple(dict.fromkeys([production, *(plan.namespace(p) for p in plan.phases)]))
         flag = plan.feature_flag
-        seed(
-            emulator, namespaces=namespaces, deployment=plan.target.deployment, container=plan.target.container,
-            **({"configmap": flag.configmap.name, "flag_key": flag.configmap.key} if flag and flag.configmap else {}),
-            **({"env_flag": flag.env} if flag and flag.env else {}),
-            **({"replicas": {plan.target.namespaces.production: plan.target.replicas}} if plan.target.replicas else {}),
-        )
+        options: dict[str, Any] = {}
+        if flag and flag.configmap:
+            options.update(configmap=flag.configmap.name, flag_key=flag.configmap.key)
+        if flag and flag.env:
+            options["env_flag"] = flag.env
+        if plan.target.replicas:
+            options["replicas"] = {plan.target.namespaces.production: plan.target.replicas}
+        seed(emulator, namespaces=namespaces, deployment=plan.target.deployment, container=plan.target.container,
+             **options)
         holder: dict[str, World] = {}
         prometheus = PrometheusServer(scrape_interval=SCRAPE_SECONDS, basic_auth=prometheus_auth)
         stack.callback(prometheus.close)

@@ -78,7 +78,7 @@ def _unit(plan: RolloutPlan, panel: Panel) -> str:
 
 
 def _panel(plan: RolloutPlan, panel: Panel, index: int) -> dict[str, Any]:
-    targets = []
+    targets: list[dict[str, Any]] = []
     for expr, legend in (t for q in panel.queries for t in _targets(plan, q)):
         targets.append(
             {
