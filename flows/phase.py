@@ -33,7 +33,7 @@ from phasegate import runctx
 from phasegate.analysis import Measurement, Outcome
 from phasegate.decide import Action, Step, after_checks, after_deploy_failure, after_drift, after_round
 from phasegate.drift import observed_total
-from phasegate.notify import Kind
+from phasegate.notify import Kind, Severity
 from phasegate.plan import Environment, Phase, RolloutPlan
 from phasegate.record import PhaseState
 from tasks import evidence
@@ -208,7 +208,7 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
                 drifted = Action(Step.CONTINUE)
             if drifted.step is not Step.CONTINUE:
                 rollout.notify(f"{phase.name}:drift", Kind.DRIFT, f"{phase.name}: {drifted.reason}",
-                               phase=phase.name, links=rollout.ui_link())
+                               severity=Severity.CRITICAL, phase=phase.name, links=rollout.ui_link())
                 action = drifted
         if full:
             result.last_round = measurements

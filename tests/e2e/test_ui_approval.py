@@ -10,7 +10,6 @@ run the next phase and end promoted, with the approver and comment in its report
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import textwrap
@@ -202,65 +201,3 @@ def choose_option(page: Any, field: Any, option: str) -> None:
         options.wait_for(state="visible", timeout=5_000)
     options.click()
 
-
-def test_launch_an_immediate_rollback_from_the_prefect_ui(
-    prefect_server: PrefectServer, browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A person opens the rollback-immediate deployment, fills in the typed form (reason, who)
-    and submits; the flow run it creates, run as a worker runs it (the entry flow, configured by
-    PHASEGATE_* settings), undoes the promoted release."""
-    from playwright.sync_api import expect
-    from prefect.client.orchestration import get_client
-    from prefect.flow_engine import run_flow
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from phasegate.adapters.console import ConsoleNotifier
-    from phasegate.entry.deployments import rollback_immediate
-    from phasegate.entry.register import register
-    from phasegate.entry.rehearse import run_in
-    from phasegate.plan import load_plan
-    from phasegate.rehearsal.world import world
-
-    two_phase = REPO / "tests" / "plans" / "two-phase.yaml"
-    monkeypatch.setenv("PREFECT_API_URL", prefect_server.api_url)  # the approver's threads read the environment
-    notifier = ConsoleNotifier(file=open("/dev/null", "w"))  # noqa: SIM115 - closed with the process
-    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}), \
-            world(load_plan(two_phase), speed=172800.0, notifier=notifier) as w:
-        deployment_id = register(REPO / "prefect.yaml", ["rollback-immediate"])["rollback-immediate"]
-        assert run_in(w, two_phase)["outcome"] == "promoted"
-
-        page = browser.pages[0] if browser.pages else browser.new_page()
-        page.set_default_timeout(15_000)
-        page.goto(f"{prefect_server.url}/deployments/deployment/{deployment_id}/run")
-
-        def field(label: str) -> Any:
-            return page.locator(".schema-form-property").filter(
-                has=page.locator(".schema-form-property__label", has_text=label)
-            )
-
-        try:
-            field("Plan Path").locator("textarea, input").first.fill(str(two_phase))
-            field("Reason").locator("textarea, input").first.fill("token errors after promotion")
-            field("Requested By").locator("textarea, input").first.fill(APPROVER)
-            page.get_by_role("button", name="Submit").click()
-            expect(page).to_have_url(re.compile(r"/runs/flow-run/"))
-        finally:
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "ui-rollback-launch.png"), full_page=True)
-
-        query = {"deployments": {"id": {"any_": [str(deployment_id)]}}}
-        (launched,) = httpx.post(f"{prefect_server.api_url}/flow_runs/filter", json=query, timeout=5).json()
-        assert launched["parameters"]["reason"] == "token errors after promotion"
-        assert launched["parameters"]["requested_by"] == APPROVER
-        kubeconfig = w.emulator.write_kubeconfig(tmp_path / "kubeconfig", namespace="bodhi")
-        monkeypatch.setenv("PHASEGATE_KUBECONFIG", str(kubeconfig))
-        monkeypatch.setenv("PHASEGATE_PROMETHEUS_URL", w.prometheus.url)
-        with get_client(sync_client=True) as client:
-            flow_run = client.read_flow_run(launched["id"])
-        report = run_flow(rollback_immediate, flow_run=flow_run, parameters=flow_run.parameters, return_type="result")
-        stable = w.emulator.store.get("apps/deployments", "bodhi", "bodhi-server")
-    assert report["ok"] and report["strategy"] == "full_undo"
-    assert all(c["image"] != w.image for c in stable["spec"]["template"]["spec"]["containers"])
-    assert APPROVER in stable["metadata"]["annotations"]["phasegate.dev/rollback"]
-    print(f"\nlaunched from the UI; full undo verified in {report['wall_seconds']:.2f} s "
-          f"(seed budget {report['budget_seconds']:.0f} s)")
