@@ -168,7 +168,7 @@ def _actions(rollout: Rollout, strategy: Strategy) -> list[tuple[str, Any]]:
 
 
 def verify_metrics(
-    rollout: Rollout, phase: Phase, strategy: Strategy, gate_names: list[str]
+    rollout: Rollout, phase: Phase, strategy: Strategy, gate_names: list[str], pods_replaced: bool = True
 ) -> tuple[bool | None, str, float | None]:
     """Poll the fired triggers until they pass again, within the phase's verify window.
 
@@ -177,7 +177,9 @@ def verify_metrics(
     True: every one passes again. False: one still fails at the deadline. None: nothing
     fails but some read no data — a switched-off code path (a feature flag) stops reporting
     the very metric that fired, which cannot be called recovered or not. The third value is
-    the plan time at which they passed.
+    the plan time at which they passed. ``pods_replaced``: the step restarted pods, whose
+    counters appear only on first increment, so "no data" is not an answer before they have
+    been scraped.
     """
     rt = runctx.get()
     wanted = [t for t in phase.triggers if t.name in gate_names and t.kind in (GateKind.ZERO, GateKind.ABSOLUTE)]
@@ -187,7 +189,8 @@ def verify_metrics(
     check = phase.model_copy(update={"triggers": wanted, "success": []})
     scope = Scope(rollout.plan.namespace(phase), rollout.plan.target.deployment, track)
     verify_wall = rt.clock.to_wall(phase.verify_window.total_seconds())
-    deadline = time.time() + max(verify_wall, 4 * rt.pacing.min_window_wall, 2.0)
+    floor = 4 * rt.pacing.min_window_wall + (rt.pacing.min_warmup_wall if pods_replaced else 0.0)
+    deadline = time.time() + max(verify_wall, floor, 2.0)
     while True:
         measurements = measure_gates(rollout.plan, check, scope, {}, rt.clock.now())
         if all(m.outcome is Outcome.SUCCESSFUL for m in measurements):
@@ -235,7 +238,7 @@ def run_rollback(plan: RolloutPlan, image: str, phase_name: str, strategy: Strat
             result.acted_wall = result.acted_wall or time.time()
             step.cluster_verified = not problems
             step.detail = problems or [f"cluster shows the previous state ({current.value} via {via})"]
-            recovered, detail, at = verify_metrics(rollout, phase, current, list(gates))
+            recovered, detail, at = verify_metrics(rollout, phase, current, list(gates), pods_replaced=via != "configmap")
             step.metrics_recovered = recovered
             step.recovered_after_plan = None if at is None else at - step.acted_plan
             step.detail.append(f"metrics: {detail}")
