@@ -30,9 +30,10 @@ from prefect import flow, get_run_logger
 
 from flows.context import Rollout
 from phasegate import runctx
-from phasegate.analysis import Outcome
+from phasegate.analysis import Measurement, Outcome
 from phasegate.decide import Expected, escalation, rollback_problems
 from phasegate.drift import observed_total
+from phasegate.gates import window_seconds
 from phasegate.notify import Kind, Severity
 from phasegate.plan import GateKind, Phase, RolloutPlan, Strategy
 from phasegate.ports import TargetRef
@@ -189,13 +190,28 @@ def verify_metrics(
     check = phase.model_copy(update={"triggers": wanted, "success": []})
     scope = Scope(rollout.plan.namespace(phase), rollout.plan.target.deployment, track)
     verify_wall = rt.clock.to_wall(phase.verify_window.total_seconds())
-    floor = 4 * rt.pacing.min_window_wall + (rt.pacing.min_warmup_wall if pods_replaced else 0.0)
-    deadline = time.time() + max(verify_wall, floor, 2.0)
+    # Replaced pods are scraped only after discovery, and their counters appear on first
+    # increment: a reading before then sees the old pods' tail or nothing at all.
+    settle = rt.pacing.min_warmup_wall if pods_replaced else 0.0
+    # One passing reading right after an action has seen almost no traffic of the new state; a
+    # pass counts once it has held for a whole gate window (or until the verify window ends).
+    hold = max(rt.pacing.min_window_wall,
+               max(rt.clock.to_wall(window_seconds(t, phase)) for t in wanted) if pods_replaced else 0.0)
+    started = time.time()
+    deadline = started + max(verify_wall, settle + 4 * rt.pacing.min_window_wall, 2.0)
+    passing_since: tuple[float, float] | None = None
+    measurements: list[Measurement] = []
     while True:
-        measurements = measure_gates(rollout.plan, check, scope, {}, rt.clock.now())
-        if all(m.outcome is Outcome.SUCCESSFUL for m in measurements):
-            return True, ", ".join(f"{m.gate}={evidence.fmt(m.value)}" for m in measurements), rt.clock.now()
-        if time.time() >= deadline:
+        if time.time() >= started + settle:
+            measurements = measure_gates(rollout.plan, check, scope, {}, rt.clock.now())
+            if all(m.outcome is Outcome.SUCCESSFUL for m in measurements):
+                passing_since = passing_since or (time.time(), rt.clock.now())
+            else:
+                passing_since = None
+            held = passing_since is not None and time.time() - passing_since[0] >= hold
+            if passing_since is not None and (held or time.time() >= deadline):
+                return True, ", ".join(f"{m.gate}={evidence.fmt(m.value)}" for m in measurements), passing_since[1]
+        if time.time() >= deadline and measurements:
             detail = "; ".join(f"{m.gate}: {m.outcome.value} {m.message}".strip() for m in measurements)
             failing = any(m.outcome in (Outcome.FAILED, Outcome.ERROR) for m in measurements)
             return (False if failing else None), detail, None
@@ -238,7 +254,8 @@ def run_rollback(plan: RolloutPlan, image: str, phase_name: str, strategy: Strat
             result.acted_wall = result.acted_wall or time.time()
             step.cluster_verified = not problems
             step.detail = problems or [f"cluster shows the previous state ({current.value} via {via})"]
-            recovered, detail, at = verify_metrics(rollout, phase, current, list(gates), pods_replaced=via != "configmap")
+            recovered, detail, at = verify_metrics(rollout, phase, current, list(gates),
+                                                   pods_replaced=via != "configmap")
             step.metrics_recovered = recovered
             step.recovered_after_plan = None if at is None else at - step.acted_plan
             step.detail.append(f"metrics: {detail}")
