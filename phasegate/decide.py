@@ -28,9 +28,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from phasegate.analysis import Assessment, Measurement, Outcome, assess
 from phasegate.drift import Drift
+from phasegate.durations import format_duration
 from phasegate.plan import Phase, RolloutPlan, Strategy
 from phasegate.ports import TargetState
 from phasegate.record import PhaseState, Release
@@ -404,7 +406,8 @@ def after_alert(plan: RolloutPlan, record: Release | None, severity: str, trigge
             age = fired_wall - promoted
             # Fired before the promotion: while the new version already served at 100 %.
             in_window = age <= response.first_day.total_seconds()
-            when = f"{age / 3600:.1f} h after promotion" if age >= 0 else f"{-age:.0f} s before promotion"
+            ago = format_duration(timedelta(seconds=round(abs(age))))
+            when = f"{ago} after promotion" if age >= 0 else f"{ago} before promotion"
     else:
         in_window = phase.has_canary
         when = f"during {phase.name}"

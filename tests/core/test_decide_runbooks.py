@@ -50,19 +50,19 @@ def promoted(**kw):
     ("rec", "severity", "trigger", "fired", "step", "strategy", "says"),
     [
         (promoted(promoted_at=WALL, promoted_wall=WALL), "critical", None, WALL + 3600, AlertStep.ROLL_BACK,
-         Strategy.FULL_UNDO, "1.0 h after promotion"),
+         Strategy.FULL_UNDO, "1h after promotion"),
         (promoted(promoted_at=WALL, promoted_wall=WALL), "critical", "lock-timeout-rate", WALL + 3600,
          AlertStep.ROLL_BACK, Strategy.FEATURE_FLAG, ""),
         (promoted(promoted_at=WALL, promoted_wall=WALL), "critical", None, WALL + 3 * DAY, AlertStep.ASK,
-         Strategy.FULL_UNDO, "72.0 h after promotion"),
+         Strategy.FULL_UNDO, "3d after promotion"),
         (promoted(promoted_at=WALL, promoted_wall=WALL), "warning", None, WALL + 3600, AlertStep.ASK,
          Strategy.FULL_UNDO, "a person decides"),
         # Promoted by a rehearsal on a compressed clock, acted on by a worker on a real one:
         # the age is wall against wall, not the worker's now against the rehearsal's plan time.
         (promoted(promoted_at=REHEARSAL_PLAN_TIME, promoted_wall=WALL), "critical", None, WALL + 20,
-         AlertStep.ROLL_BACK, Strategy.FULL_UNDO, "0.0 h after promotion"),
+         AlertStep.ROLL_BACK, Strategy.FULL_UNDO, "20s after promotion"),
         (promoted(promoted_at=REHEARSAL_PLAN_TIME, promoted_wall=WALL), "critical", None, WALL + 2 * DAY,
-         AlertStep.ASK, Strategy.FULL_UNDO, "48.0 h"),
+         AlertStep.ASK, Strategy.FULL_UNDO, "2d after promotion"),
         # A record written before the wall instant existed: promoted_at (wall time in production).
         (promoted(promoted_at=WALL), "critical", None, WALL + 3600, AlertStep.ROLL_BACK, Strategy.FULL_UNDO, ""),
         (promoted(promoted_at=WALL), "critical", None, WALL + 2 * DAY, AlertStep.ASK, Strategy.FULL_UNDO, ""),
@@ -70,7 +70,7 @@ def promoted(**kw):
         (promoted(), "critical", None, WALL, AlertStep.ASK, Strategy.FULL_UNDO, "not recorded"),
         # Fired while the new version already served everything, just before the record said promoted.
         (promoted(promoted_at=WALL, promoted_wall=WALL), "critical", None, WALL - 30, AlertStep.ROLL_BACK,
-         Strategy.FULL_UNDO, "30 s before promotion"),
+         Strategy.FULL_UNDO, "30s before promotion"),
         (record(PhaseState.SOAKING, "canary-10pct"), "critical", "token-not-active", WALL, AlertStep.ROLL_BACK,
          Strategy.CANARY_ONLY, "during canary-10pct"),
         (record(PhaseState.ROLLED_BACK, "full"), "critical", None, WALL, AlertStep.IGNORE, None, "already"),
