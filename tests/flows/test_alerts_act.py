@@ -28,9 +28,11 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from phasegate.adapters.console import ConsoleNotifier
 from phasegate.durations import parse_duration
+from phasegate.entry import cli
 from phasegate.entry.register import register
 from phasegate.entry.rehearse import run_in
 from phasegate.plan import load_plan
@@ -124,8 +126,8 @@ def test_token_not_active_after_promotion_rolls_back_once_through_alertmanager_a
     start("receiver", [sys.executable, "-m", "phasegate.entry.cli", "alert-receiver", "--port", str(receiver_port)],
           base_env)
     rules = tmp_path / "rules.yaml"
-    render = start("render", [sys.executable, "-m", "phasegate.entry.cli", "render", "alerts", str(PLAN),
-                              "--output", str(rules)], base_env)
+    rendered = CliRunner().invoke(cli.app, ["render", "alerts", str(PLAN), "--output", str(rules)])
+    assert rendered.exit_code == 0, rendered.output
     alertmanager = AlertmanagerServer(f"{receiver}/alertmanager")
     notifier = ConsoleNotifier(file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
     deployment_id = None
@@ -142,7 +144,6 @@ def test_token_not_active_after_promotion_rolls_back_once_through_alertmanager_a
                    "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true", "PREFECT_LOCAL_STORAGE_PATH": str(results)})
             deployment_id = register(_prefect_yaml(tmp_path), ["rollback-candidate"], work_pool=POOL)[
                 "rollback-candidate"]
-            assert render.wait(60) == 0, log("render")
             # Loaded before the rollout, as a team's Prometheus has them; nothing fires while it is healthy.
             w.prometheus.configure_alerting([rules], [alertmanager.address], wait=False)
             promoted = run_in(w, PLAN)
