@@ -368,6 +368,7 @@ def _close(rollout: Rollout, report: dict[str, Any], outcome: str) -> dict[str, 
 def finish_promoted(rollout: Rollout, report: dict[str, Any]) -> dict[str, Any]:
     rollout.release.state = PhaseState.PROMOTED
     rollout.release.promoted_at = runctx.get().clock.now()
+    rollout.release.promoted_wall = time.time()
     rollout.save()
     rollout.notify("rollout:promoted", Kind.PROMOTED, f"{rollout.image} is promoted to 100% of {rollout.ref}",
                    links=rollout.ui_link())

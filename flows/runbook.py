@@ -145,7 +145,7 @@ def _act(plan: RolloutPlan, strategy: Strategy, record: Release, phase: str, rea
     rollout.record("runbook_started", strategy=strategy.value, phase=phase, reason=reason)
     result = run_rollback(plan, record.image, phase, strategy, reason, gates, me)
     rollout.reload()
-    rollout.release.promoted_at = None
+    rollout.release.promoted_at = rollout.release.promoted_wall = None
     rollout.save()
     annotate_release(rollout.ref.namespace, rollout.ref.deployment, {ANN_ROLLED_BACK: f"{phase}:{strategy.value}"})
     return result
@@ -253,7 +253,8 @@ def rollback_candidate(plan_path: str, alert: dict[str, Any]) -> dict[str, Any]:
         out.update(step="duplicate", reason=f"alert {key} was handled by an earlier run")
         return out
     record = Release.from_annotations(read_target(target_ref(plan)).stable.annotations)
-    action = after_alert(plan, record, severity, labels.get("trigger"), rt.clock.now())
+    fired = _parse_time(alert.get("startsAt"))
+    action = after_alert(plan, record, severity, labels.get("trigger"), started if fired is None else fired)
     out.update(step=action.step.value, reason=action.reason)
     if action.step is AlertStep.IGNORE or record is None:
         return out
@@ -277,7 +278,6 @@ def rollback_candidate(plan_path: str, alert: dict[str, Any]) -> dict[str, Any]:
             # A live rollout watches its own triggers and rolls itself back; never race it.
             out.update(step="refused", reason=str(exc))
             return out
-        fired = _parse_time(alert.get("startsAt"))
         if fired is not None:
             out["fired_wall"] = fired
             out["rollback_started_after"] = out["rollback"]["rollback_started_wall"] - fired

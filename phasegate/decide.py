@@ -28,9 +28,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 from phasegate.analysis import Assessment, Measurement, Outcome, assess
 from phasegate.drift import Drift
+from phasegate.durations import format_duration
 from phasegate.plan import Phase, RolloutPlan, Strategy
 from phasegate.ports import TargetState
 from phasegate.record import PhaseState, Release
@@ -371,12 +373,22 @@ class AlertAction:
 
 
 def after_alert(plan: RolloutPlan, record: Release | None, severity: str, trigger: str | None,
-                now: float) -> AlertAction:
+                fired_wall: float) -> AlertAction:
     """What a firing alert does to the release on the target (the plan's ``alert_response``).
 
     A severity the plan rolls back on acts without a person while a canary runs and during
     the first day at 100 %; later, or for a milder severity, a person decides. The strategy
     is the named trigger's in the current phase, else that phase's default rollback.
+
+    The release's age is taken when the alert *fired* (``fired_wall``: Alertmanager's
+    ``startsAt``), not when a flow got to it: a worker's backlog must not turn a first-day
+    alert into a question. Prometheus stamps alerts in wall time in every world, and the
+    flow that acts may run in another process on another clock than the rollout that
+    promoted (a worker on a real clock, after a rehearsal on a compressed one), so the age
+    is wall time against the promotion's wall instant — never one process's plan time
+    against another's. A record without it (written before it existed) falls back to
+    ``promoted_at``, which is wall time in production; one with no promotion time at all
+    gives no age, and a person decides.
     """
     if record is None:
         return AlertAction(AlertStep.IGNORE, "no phasegate release is recorded on the target")
@@ -387,9 +399,15 @@ def after_alert(plan: RolloutPlan, record: Release | None, severity: str, trigge
     strategy = next((t.rollback for t in phase.triggers if t.name == trigger), phase.default_rollback)
     response = plan.alert_response
     if record.state is PhaseState.PROMOTED:
-        age = max(0.0, now - (now if record.promoted_at is None else record.promoted_at))
-        in_window = age <= response.first_day.total_seconds()
-        when = f"{age / 3600:.1f} h after promotion"
+        promoted = record.promoted_wall if record.promoted_wall is not None else record.promoted_at
+        if promoted is None:
+            in_window, when = False, "after a promotion whose time is not recorded"
+        else:
+            age = fired_wall - promoted
+            # Fired before the promotion: while the new version already served at 100 %.
+            in_window = age <= response.first_day.total_seconds()
+            ago = format_duration(timedelta(seconds=round(abs(age))))
+            when = f"{ago} after promotion" if age >= 0 else f"{ago} before promotion"
     else:
         in_window = phase.has_canary
         when = f"during {phase.name}"

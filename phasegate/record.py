@@ -37,6 +37,8 @@ ANN_SLACK_THREAD = PREFIX + "slack-thread"
 ANN_FLOW_RUN = PREFIX + "flow-run"  # the Prefect flow run driving the rollout now
 ANN_ROLLBACK = PREFIX + "rollback"  # the rollback under way or done: strategy, phase, reason, gates
 ANN_PROMOTED_AT = PREFIX + "promoted-at"
+# The promotion's wall-clock instant: what an alert's startsAt is compared with (see after_alert).
+ANN_PROMOTED_WALL = PREFIX + "promoted-wall"
 ANN_ROLLED_BACK = PREFIX + "rolled-back"
 ANN_SIGNED_OFF = PREFIX + "signed-off"
 ANN_CHECKLIST = PREFIX + "checklist-confirmed"
@@ -123,8 +125,12 @@ class Release:
     flow_run: str | None = None
     rollback: RollbackRecord | None = None
     plan: str = ""
+    # Plan time (the rollout's clock: reviews are scheduled on it); equal to wall time in
+    # production, compressed in a rehearsal, so only ``promoted_wall`` means the same to
+    # every process that reads the record.
     promoted_at: float | None = None
     signed_off: str | None = None
+    promoted_wall: float | None = None
 
     @classmethod
     def from_annotations(cls, annotations: Mapping[str, str]) -> Release | None:
@@ -150,6 +156,7 @@ class Release:
             plan=annotations.get(ANN_PLAN, ""),
             promoted_at=_float(promoted),
             signed_off=annotations.get(ANN_SIGNED_OFF) or None,
+            promoted_wall=_float(annotations.get(ANN_PROMOTED_WALL)),
         )
 
     def annotations(self) -> dict[str, str | None]:
@@ -169,6 +176,7 @@ class Release:
             ANN_FLOW_RUN: self.flow_run,
             ANN_ROLLBACK: self.rollback.to_json() if self.rollback else None,
             ANN_PROMOTED_AT: None if self.promoted_at is None else f"{self.promoted_at:.3f}",
+            ANN_PROMOTED_WALL: None if self.promoted_wall is None else f"{self.promoted_wall:.3f}",
         }
 
     @property

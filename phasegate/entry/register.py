@@ -10,6 +10,10 @@ Design decisions:
   ``as_automation()``, as ``prefect deploy`` does — so the file is the one declaration, and
   what the test exercises is what a deploy creates.
 * Re-registering replaces the automations a deployment owns instead of adding copies.
+* The file's ``pull`` steps (a deployment's own, else the top-level ones) are stored as
+  written, as ``prefect deploy`` stores them: a worker's flow-run process runs them, and
+  resolves ``{{ $PHASEGATE_HOME }}`` from its own environment, so a worker started here
+  finds the entrypoint and the plan where a deployed one would.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ def register(prefect_yaml: str | Path, names: list[str], *, work_pool: str | Non
             deployment_id = client.create_deployment(
                 flow_id=flow_id, name=name, entrypoint=spec["entrypoint"], parameters=spec.get("parameters") or {},
                 description=spec.get("description"), work_pool_name=work_pool,
+                pull_steps=spec.get("pull", data.get("pull")) or None,
             )
             client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
             for trigger in deployment_triggers(spec):

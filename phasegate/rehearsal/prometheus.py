@@ -21,6 +21,9 @@ Design decisions:
   production Prometheus is configured (``rule_files``, ``alerting.alertmanagers``); a running
   server takes the new configuration through its lifecycle ``/-/reload``. Rules are
   evaluated every scrape interval, so an alert fires within one or two intervals of its data.
+  It returns once the server reports every Alertmanager active: its notifier learns of them
+  through service discovery some seconds after the reload, an alert that fires before then
+  is dropped, and Prometheus sends it again only after ``--rules.alert.resend-delay`` (1 m).
 * ``basic_auth`` makes the server demand a user and password, as a production Prometheus
   behind auth does, through Prometheus' own ``--web.config.file`` (2.42 supports it): a
   real 401 for a wrong password, not a proxy's. The file holds a bcrypt hash, never the
@@ -42,6 +45,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -161,8 +165,12 @@ class PrometheusServer:
             config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(self.alertmanagers)}]}]}
         self.config_path.write_text(json.dumps(config, indent=2))
 
-    def configure_alerting(self, rule_files: Sequence[str | Path], alertmanagers: Sequence[str]) -> None:
-        """Evaluate ``rule_files`` and send alerts to ``alertmanagers`` (``host:port``); reloads a running server."""
+    def configure_alerting(self, rule_files: Sequence[str | Path], alertmanagers: Sequence[str], *,
+                           wait: bool = True, timeout: float = 30.0) -> None:
+        """Evaluate ``rule_files`` and send alerts to ``alertmanagers`` (``host:port``); reloads a running server.
+
+        ``wait``: return once the server sends to every Alertmanager (else call
+        ``wait_for_alertmanagers`` before the first alert may fire)."""
         self.rule_files = [str(Path(f).resolve()) for f in rule_files]
         self.alertmanagers = list(alertmanagers)
         self._write_config()
@@ -171,6 +179,25 @@ class PrometheusServer:
             with urllib.request.urlopen(request, timeout=10) as r:
                 if r.status != 200:
                     raise RuntimeError(f"prometheus refused the new configuration:\n{self.log_tail()}")
+            if wait:
+                self.wait_for_alertmanagers(timeout)
+
+    def wait_for_alertmanagers(self, timeout: float = 30.0) -> None:
+        """Poll until the server reports every configured Alertmanager active."""
+        wanted = set(self.alertmanagers)
+        deadline = time.monotonic() + timeout
+        active: set[str] = set()
+        while True:
+            request = urllib.request.Request(self.url + "/api/v1/alertmanagers", headers=self._headers())
+            with urllib.request.urlopen(request, timeout=10) as r:
+                data = json.loads(r.read())["data"]
+            active = {urllib.parse.urlsplit(a["url"]).netloc for a in data.get("activeAlertmanagers") or []}
+            if wanted <= active:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"prometheus sends to {sorted(active)}, not yet to {sorted(wanted - active)}, "
+                                   f"after {timeout:.0f} s")
+            time.sleep(0.1)
 
     def _write_web_config(self, user: str, password: str) -> None:
         try:

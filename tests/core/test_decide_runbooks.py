@@ -6,7 +6,7 @@ import pytest
 
 from phasegate.decide import AlertStep, after_alert, runbook_start
 from phasegate.plan import Strategy
-from phasegate.record import PhaseState
+from phasegate.record import ANN_PROMOTED_WALL, PhaseState, Release
 from tests.core.test_decide_rules import NEW, PLAN, record, target, workload
 
 CANARY = workload("bodhi-server-canary", NEW, 1)
@@ -36,27 +36,60 @@ def test_runbook_start(rec, state, live, strategy, ok, take_over, says):
     assert says in start.reason
 
 
+# The promotion's wall instant, and a rehearsal's plan time for it: a compressed clock
+# 2 days per second records ``promoted_at`` weeks ahead of any wall clock.
+WALL = 1_800_000_000.0
+REHEARSAL_PLAN_TIME = WALL + 40 * DAY
+
+
+def promoted(**kw):
+    return record(PhaseState.PROMOTED, "full", **kw)
+
+
 @pytest.mark.parametrize(
-    ("rec", "severity", "trigger", "age", "step", "strategy"),
+    ("rec", "severity", "trigger", "fired", "step", "strategy", "says"),
     [
-        (record(PhaseState.PROMOTED, "full", promoted_at=0.0), "critical", None, 3600, AlertStep.ROLL_BACK,
-         Strategy.FULL_UNDO),
-        (record(PhaseState.PROMOTED, "full", promoted_at=0.0), "critical", "lock-timeout-rate", 3600,
-         AlertStep.ROLL_BACK, Strategy.FEATURE_FLAG),
-        (record(PhaseState.PROMOTED, "full", promoted_at=0.0), "critical", None, 3 * DAY, AlertStep.ASK,
-         Strategy.FULL_UNDO),
-        (record(PhaseState.PROMOTED, "full", promoted_at=0.0), "warning", None, 3600, AlertStep.ASK,
-         Strategy.FULL_UNDO),
-        (record(PhaseState.SOAKING, "canary-10pct"), "critical", "token-not-active", 0, AlertStep.ROLL_BACK,
-         Strategy.CANARY_ONLY),
-        (record(PhaseState.ROLLED_BACK, "full"), "critical", None, 0, AlertStep.IGNORE, None),
-        (None, "critical", None, 0, AlertStep.IGNORE, None),
+        (promoted(promoted_at=WALL, promoted_wall=WALL), "critical", None, WALL + 3600, AlertStep.ROLL_BACK,
+         Strategy.FULL_UNDO, "1h after promotion"),
+        (promoted(promoted_at=WALL, promoted_wall=WALL), "critical", "lock-timeout-rate", WALL + 3600,
+         AlertStep.ROLL_BACK, Strategy.FEATURE_FLAG, ""),
+        (promoted(promoted_at=WALL, promoted_wall=WALL), "critical", None, WALL + 3 * DAY, AlertStep.ASK,
+         Strategy.FULL_UNDO, "3d after promotion"),
+        (promoted(promoted_at=WALL, promoted_wall=WALL), "warning", None, WALL + 3600, AlertStep.ASK,
+         Strategy.FULL_UNDO, "a person decides"),
+        # Promoted by a rehearsal on a compressed clock, acted on by a worker on a real one:
+        # the age is wall against wall, not the worker's now against the rehearsal's plan time.
+        (promoted(promoted_at=REHEARSAL_PLAN_TIME, promoted_wall=WALL), "critical", None, WALL + 20,
+         AlertStep.ROLL_BACK, Strategy.FULL_UNDO, "20s after promotion"),
+        (promoted(promoted_at=REHEARSAL_PLAN_TIME, promoted_wall=WALL), "critical", None, WALL + 2 * DAY,
+         AlertStep.ASK, Strategy.FULL_UNDO, "2d after promotion"),
+        # A record written before the wall instant existed: promoted_at (wall time in production).
+        (promoted(promoted_at=WALL), "critical", None, WALL + 3600, AlertStep.ROLL_BACK, Strategy.FULL_UNDO, ""),
+        (promoted(promoted_at=WALL), "critical", None, WALL + 2 * DAY, AlertStep.ASK, Strategy.FULL_UNDO, ""),
+        # No promotion time at all: no age to act on without a person.
+        (promoted(), "critical", None, WALL, AlertStep.ASK, Strategy.FULL_UNDO, "not recorded"),
+        # Fired while the new version already served everything, just before the record said promoted.
+        (promoted(promoted_at=WALL, promoted_wall=WALL), "critical", None, WALL - 30, AlertStep.ROLL_BACK,
+         Strategy.FULL_UNDO, "30s before promotion"),
+        (record(PhaseState.SOAKING, "canary-10pct"), "critical", "token-not-active", WALL, AlertStep.ROLL_BACK,
+         Strategy.CANARY_ONLY, "during canary-10pct"),
+        (record(PhaseState.ROLLED_BACK, "full"), "critical", None, WALL, AlertStep.IGNORE, None, "already"),
+        (None, "critical", None, WALL, AlertStep.IGNORE, None, "no phasegate release"),
     ],
 )
-def test_after_alert(rec, severity, trigger, age, step, strategy):
-    action = after_alert(PLAN, rec, severity, trigger, now=age)
+def test_after_alert(rec, severity, trigger, fired, step, strategy, says):
+    action = after_alert(PLAN, rec, severity, trigger, fired_wall=fired)
     assert action.step is step, action.reason
     assert action.strategy is strategy
+    assert says in action.reason
+
+
+def test_the_promotions_wall_instant_survives_the_record_round_trip():
+    rec = promoted(promoted_at=REHEARSAL_PLAN_TIME, promoted_wall=WALL)
+    back = Release.from_annotations({k: v for k, v in rec.annotations().items() if v is not None})
+    assert back is not None and (back.promoted_at, back.promoted_wall) == (REHEARSAL_PLAN_TIME, WALL)
+    rec.promoted_at = rec.promoted_wall = None  # a rollback: no more reviews, no more first day
+    assert rec.annotations()[ANN_PROMOTED_WALL] is None
 
 
 def test_budgets_default_to_the_seeds_procedures():
