@@ -5,8 +5,8 @@
                          └─ trigger / reject / timeout / failed deploy → rollback subflow
 
 Two locks guard a target. A Prefect global concurrency limit named after the target
-(strict: a missing limit is created, never silently skipped) makes a second rollout wait
-and then be refused. The release record on the Deployment is the durable one: if a
+(``flows.lock``: a missing limit is created, never silently skipped) makes a second rollout
+wait and then be refused. The release record on the Deployment is the durable one: if a
 different rollout's record is unfinished, this one is refused even if the Prefect lease
 has expired with a dead process. The same rollout's unfinished record means *resume*:
 finished phases are not redeployed and their notifications are not sent again.
@@ -14,18 +14,17 @@ finished phases are not redeployed and their notifications are not sent again.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 
 from flows.approval import ApprovalRecord, await_approval, watch_while_halted
 from flows.checklist import checklist_confirmed
 from flows.context import Rollout, target_ref
+from flows.lock import LockHeld, ensure_lock, hold
 from flows.phase import PhaseResult, run_phase
 from flows.rollback import RollbackResult, run_rollback
 from phasegate import capacity, drift, runctx
@@ -54,21 +53,6 @@ class RolloutRefused(PermanentError):
 
 def lock_name(plan: RolloutPlan) -> str:
     return f"phasegate:{plan.target.namespaces.production}.{plan.target.deployment}"
-
-
-def ensure_lock(name: str) -> None:
-    """Create the target's global concurrency limit (1 slot) if it does not exist yet."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            # Two rollouts may race to create it; either creation leaves the one limit we need.
-            with contextlib.suppress(ObjectAlreadyExists):
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
 
 
 def preflight(plan: RolloutPlan, image: str) -> TargetRef:
@@ -233,15 +217,11 @@ def progressive_rollout(
     if take_over:
         take_over_lock(plan, ref, image, name)
     try:
-        # The lease is renewed in the background; a short Prefect API outage must not cancel
-        # a rollout mid-rollback, so a failed renewal is logged, not raised. The record on the
-        # Deployment is the fence that keeps a second rollout out (``decide.resume_point``).
-        with concurrency(name, occupy=1, timeout_seconds=lock_timeout_seconds, strict=True, lease_duration=60,
-                         raise_on_lease_renewal_failure=False):
+        # A failed lease renewal is logged, not raised (flows.lock): a short Prefect API outage
+        # must not cancel a rollout mid-rollback.
+        with hold(name, lock_timeout_seconds):
             return drive(plan, ref, image)
-    except TimeoutError as exc:
-        if "concurrency" not in str(exc).lower() and "slot" not in str(exc).lower():
-            raise
+    except LockHeld:
         log.error("another rollout of %s holds the lock", ref)
         raise RolloutRefused(f"another rollout of {ref} is in progress (lock {name!r})") from None
 

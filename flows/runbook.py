@@ -36,14 +36,14 @@ from typing import Any, Literal
 from uuid import UUID
 
 from prefect import flow, get_run_logger
-from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
 from flows.context import Rollout, target_ref
+from flows.lock import LockHeld, ensure_lock, hold
 from flows.rollback import RollbackResult, run_rollback
-from flows.rollout import ensure_lock, lock_name
+from flows.rollout import lock_name
 from phasegate import runctx
 from phasegate.decide import AlertStep, after_alert, runbook_start
 from phasegate.durations import format_duration
@@ -123,13 +123,10 @@ def roll_back_release(plan: RolloutPlan, strategy: Strategy, *, reason: str, gat
         log.warning("the run recorded on %s is gone; freeing %s", target_ref(plan), name)
         _free_lock(name)
     try:
-        with concurrency(name, occupy=1, timeout_seconds=lock_timeout_seconds, strict=True, lease_duration=60,
-                         raise_on_lease_renewal_failure=False):
+        with hold(name, lock_timeout_seconds):
             record, start = _check(plan, strategy, image, me)
             result = _act(plan, strategy, record, start.phase, reason, list(gates or []), me)
-    except TimeoutError as exc:
-        if "concurrency" not in str(exc).lower() and "slot" not in str(exc).lower():
-            raise
+    except LockHeld:
         raise RunbookRefused(f"a live rollout of {target_ref(plan)} holds the lock {name!r}; "
                              "nothing was done") from None
     return _report(plan, strategy, record, result, started_wall, started_plan)

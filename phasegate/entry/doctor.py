@@ -319,7 +319,8 @@ def checklist_command(
     cli.out.print(f"waiting for the checklist to be confirmed in the Prefect UI{f' ({ui})' if ui else ''}",
                   highlight=False)
     with runctx.use(ctx):
-        done = pre_deployment_checklist(str(plan), image=image, timeout_seconds=timeout)
+        done = pre_deployment_checklist(str(plan), image=image, timeout_seconds=timeout,
+                                        poll_interval_seconds=ctx.pacing.approval_poll_seconds)
     cli.out.print("checklist confirmed" if done else "checklist NOT confirmed", highlight=False)
     raise typer.Exit(cli.EXIT_OK if done else cli.EXIT_HALTED)
 

@@ -9,6 +9,8 @@ Design decisions:
   an automation with Prefect's own schema (``DeploymentTriggerTypes``) and
   ``as_automation()``, as ``prefect deploy`` does — so the file is the one declaration, and
   what the test exercises is what a deploy creates.
+* Each deployment carries its entry flow's parameter schema, as ``prefect deploy`` sends it:
+  without one the UI's Run form shows no typed fields (plan path, reason, who asks) to fill in.
 * Re-registering replaces the automations a deployment owns instead of adding copies.
 * The file's ``pull`` steps (a deployment's own, else the top-level ones) are stored as
   written, as ``prefect deploy`` stores them: a worker's flow-run process runs them, and
@@ -39,6 +41,7 @@ def deployment_triggers(spec: dict[str, Any]) -> list[Any]:
 def register(prefect_yaml: str | Path, names: list[str], *, work_pool: str | None = None) -> dict[str, UUID]:
     """Create (or update) the named deployments of ``prefect_yaml`` and their automations."""
     from prefect.client.orchestration import get_client
+    from prefect.utilities.callables import parameter_schema
 
     data = yaml.safe_load(Path(prefect_yaml).read_text())
     specs = {d["name"]: d for d in data["deployments"]}
@@ -50,11 +53,13 @@ def register(prefect_yaml: str | Path, names: list[str], *, work_pool: str | Non
         for name in names:
             spec = specs[name]
             path, flow_name = spec["entrypoint"].split(":")
-            flow_id = client.create_flow_from_name(_flow_name(path, flow_name))
+            entry = _flow(path, flow_name)
+            flow_id = client.create_flow_from_name(entry.name)
             deployment_id = client.create_deployment(
                 flow_id=flow_id, name=name, entrypoint=spec["entrypoint"], parameters=spec.get("parameters") or {},
                 description=spec.get("description"), work_pool_name=work_pool,
                 pull_steps=spec.get("pull", data.get("pull")) or None,
+                parameter_openapi_schema=parameter_schema(entry).model_dump(exclude_unset=True),
             )
             client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
             for trigger in deployment_triggers(spec):
@@ -64,8 +69,8 @@ def register(prefect_yaml: str | Path, names: list[str], *, work_pool: str | Non
     return ids
 
 
-def _flow_name(path: str, attribute: str) -> str:
+def _flow(path: str, attribute: str) -> Any:
     import importlib
 
     module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-    return str(getattr(module, attribute).name)
+    return getattr(module, attribute)

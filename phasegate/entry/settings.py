@@ -76,7 +76,7 @@ class PhasegateSettings(BaseSettings):
         description="Prefect UI base URL for links in notifications; default: what Prefect derives from its API URL.",
     )
     approval_poll_seconds: int = Field(
-        default=10, ge=1, description="How often an approval pause checks for a decision, in seconds."
+        default=10, ge=1, description="How often an approval or checklist pause checks for an answer, in seconds."
     )
 
     def prometheus_settings(self) -> PrometheusSettings:
