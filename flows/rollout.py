@@ -238,14 +238,17 @@ def outcome_state(report: dict[str, Any]) -> State[dict[str, Any]]:
     tag_run(f"outcome:{outcome}")
     name = STATE_NAMES[outcome]
     if outcome == PROMOTED_OUTCOME:
-        return Completed(name=name, message=report.get("note") or f"{report['image']} promoted", data=report)
-    if outcome == ROLLED_BACK_OUTCOME:
+        message = report.get("note") or f"{report['image']} promoted to 100% of {report['target']}"
+    elif outcome == ROLLED_BACK_OUTCOME:
         rb = report["rollback"]
         message = (f"rolled back ({rb['final_strategy'] or rb['strategy']}) in {rb['phase']}: {rb['reason']}"
                    + ("" if rb["ok"] else "; the rollback is NOT verified"))
     else:
         message = f"halted in {report['halted']['phase']}: {report['halted']['reason']}"
-    return Failed(name=name, message=message, data=report)
+    # The last line of the run's Logs tab says how it ended, in the words of its state.
+    get_run_logger().info("%s: %s", name, message)
+    state = Completed if outcome == PROMOTED_OUTCOME else Failed
+    return state(name=name, message=message, data=report)
 
 
 def report_of(state: State[dict[str, Any]]) -> dict[str, Any]:
