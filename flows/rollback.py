@@ -238,7 +238,8 @@ def run_rollback(plan: RolloutPlan, image: str, phase_name: str, strategy: Strat
             result.acted_wall = result.acted_wall or time.time()
             step.cluster_verified = not problems
             step.detail = problems or [f"cluster shows the previous state ({current.value} via {via})"]
-            recovered, detail, at = verify_metrics(rollout, phase, current, list(gates), pods_replaced=via != "configmap")
+            recovered, detail, at = verify_metrics(rollout, phase, current, list(gates),
+                                                   pods_replaced=via != "configmap")
             step.metrics_recovered = recovered
             step.recovered_after_plan = None if at is None else at - step.acted_plan
             step.detail.append(f"metrics: {detail}")
