@@ -64,7 +64,7 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.checklist import pre_deployment_checklist
-    from flows.rollout import progressive_rollout
+    from flows.rollout import run_rollout
     from phasegate import runctx
     from phasegate.adapters.console import ConsoleNotifier
     from phasegate.plan import load_plan
@@ -101,7 +101,7 @@ def main() -> None:
                 with runctx.use(ctx):
                     if plan.checklist is not None and plan.checklist.required and plan.checklist.items:
                         pre_deployment_checklist(args.plan, image=w.image, timeout_seconds=60, poll_interval_seconds=1)
-                    result.update(progressive_rollout(args.plan, w.image, lock_timeout_seconds=60.0))
+                    result.update(run_rollout(args.plan, w.image, lock_timeout_seconds=60.0))
             except Exception as exc:
                 result["error"] = f"{type(exc).__name__}: {exc}"
             finally:

@@ -203,7 +203,7 @@ def run(args: argparse.Namespace, paths: list[Path], world: dict, server_pid: in
         world_pid: int) -> None:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from flows.rollout import progressive_rollout
+    from flows.rollout import run_rollout
     from phasegate.adapters.console import ConsoleNotifier
     from phasegate.adapters.kubernetes import KubernetesCluster
     from phasegate.adapters.prometheus import PrometheusProvider
@@ -237,7 +237,7 @@ def run(args: argparse.Namespace, paths: list[Path], world: dict, server_pid: in
     def one(i: int) -> None:
         started = time.time()
         try:
-            report = progressive_rollout(str(paths[i]), world["image"], lock_timeout_seconds=120.0)
+            report = run_rollout(str(paths[i]), world["image"], lock_timeout_seconds=120.0)
             outcome = report["outcome"]
             if outcome != "promoted":
                 phases = [(p["name"], p["outcome"], p["reason"][:160]) for p in report["phases"]]

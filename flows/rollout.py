@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
+from prefect.states import Completed, Failed, State
 
 from flows.approval import ApprovalRecord, await_approval, watch_while_halted
 from flows.checklist import checklist_confirmed
@@ -39,6 +40,12 @@ from tasks.cluster import annotate_release, check_permissions, read_target
 from tasks.metrics import check_metrics
 
 PROMOTED_OUTCOME, ROLLED_BACK_OUTCOME, HALTED_OUTCOME = "promoted", "rolled_back", "halted"
+# The name of the flow run's final state per outcome, what the Runs list shows. A halted
+# rollout is Failed-type, not Paused: the run has ended (nothing watches the release any
+# more, the process may exit), a Paused run would offer a Resume button that resumes nothing,
+# and Paused counts as live for the runbooks and for a resuming rollout (flows/runbook.py,
+# ``close_superseded_run``), which must act on a halted release.
+STATE_NAMES = {PROMOTED_OUTCOME: "Promoted", ROLLED_BACK_OUTCOME: "Rolled back", HALTED_OUTCOME: "Halted"}
 SLACK_AUTH_ERRORS = ("invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive",
                      "missing_scope", "channel_not_found", "not_in_channel")
 
@@ -193,11 +200,67 @@ def close_superseded_run(dead: str, successor: str | None) -> None:
         log.warning("could not close superseded flow run %s: %s", dead, exc)
 
 
+def tag_run(*tags: str) -> None:
+    """Add ``tags`` to this flow run, so the Runs list can be filtered by plan, target and
+    outcome. Best effort: a tag is no reason to stop or fail a rollout."""
+    from prefect.client.orchestration import get_client
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            current = list(client.read_flow_run(ctx.flow_run.id).tags)
+            client.update_flow_run(ctx.flow_run.id, tags=current + [t for t in tags if t not in current])
+    except Exception as exc:
+        get_run_logger().warning("could not tag flow run %s: %s", ctx.flow_run.id, exc)
+
+
+def outcome_state(report: dict[str, Any]) -> State[dict[str, Any]]:
+    """The run's final state for the report's outcome, the report as its result."""
+    outcome = report["outcome"]
+    tag_run(f"outcome:{outcome}")
+    name = STATE_NAMES[outcome]
+    if outcome == PROMOTED_OUTCOME:
+        message = report.get("note") or f"{report['image']} promoted to 100% of {report['target']}"
+    elif outcome == ROLLED_BACK_OUTCOME:
+        rb = report["rollback"]
+        message = (f"rolled back ({rb['final_strategy'] or rb['strategy']}) in {rb['phase']}: {rb['reason']}"
+                   + ("" if rb["ok"] else "; the rollback is NOT verified"))
+    else:
+        message = f"halted in {report['halted']['phase']}: {report['halted']['reason']}"
+    # The last line of the run's Logs tab says how it ended, in the words of its state.
+    get_run_logger().info("%s: %s", name, message)
+    state = Completed if outcome == PROMOTED_OUTCOME else Failed
+    return state(name=name, message=message, data=report)
+
+
+def report_of(state: State[dict[str, Any]]) -> dict[str, Any]:
+    """The report of a finished rollout run whatever its outcome; raises what a refused or
+    broken run raised (PreflightFailed, RolloutRefused, ...)."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return cast("dict[str, Any]", result)
+
+
+def run_rollout(plan_path: str, image: str, lock_timeout_seconds: float = 30.0,
+                take_over: bool = False) -> dict[str, Any]:
+    """Run the rollout flow and hand back its report: a rolled-back or halted run ends in a
+    Failed-type state, which calling the flow plainly would raise."""
+    state = progressive_rollout(plan_path, image, lock_timeout_seconds, take_over, return_state=True)
+    return report_of(cast("State[dict[str, Any]]", state))
+
+
 @flow(name="progressive-rollout", flow_run_name=run_name)
 def progressive_rollout(
     plan_path: str, image: str, lock_timeout_seconds: float = 30.0, take_over: bool = False
-) -> dict[str, Any]:
+) -> State[dict[str, Any]]:
     """Roll ``image`` out through every phase of the plan at ``plan_path``.
+
+    The run ends Completed "Promoted", Failed "Rolled back" or Failed "Halted" (``STATE_NAMES``),
+    with the report as its result either way (``run_rollout`` / ``report_of``), tagged
+    ``plan:``, ``target:`` and ``outcome:``. A refused or broken run raises.
 
     ``take_over``: the previous run of this same rollout is known to be dead; free its lock
     instead of waiting for its lease to expire.
@@ -208,6 +271,7 @@ def progressive_rollout(
     except PlanError as exc:
         raise PreflightFailed("the plan is invalid, nothing was deployed:\n" + "\n".join(exc.problems)) from None
     ref = target_ref(plan)
+    tag_run(f"plan:{plan.name}", f"target:{ref}")
     if not _finishing_a_rollback(plan, ref, image):
         # A rollback under way is finished whatever preflight would say now (Prometheus
         # down, a checklist since withdrawn): stopping it halfway helps nobody.
@@ -220,7 +284,7 @@ def progressive_rollout(
         # A failed lease renewal is logged, not raised (flows.lock): a short Prefect API outage
         # must not cancel a rollout mid-rollback.
         with hold(name, lock_timeout_seconds):
-            return drive(plan, ref, image)
+            return outcome_state(drive(plan, ref, image))
     except LockHeld:
         log.error("another rollout of %s holds the lock", ref)
         raise RolloutRefused(f"another rollout of {ref} is in progress (lock {name!r})") from None

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from phasegate.durations import format_duration
-from phasegate.entry.clikit import EXIT_BAD_INPUT, EXIT_HALTED, EXIT_OK, EXIT_ROLLED_BACK, err, load_or_exit, out
+from phasegate.entry.clikit import EXIT_BAD_INPUT, EXIT_BY_OUTCOME, err, load_or_exit, out
 from phasegate.plan import RolloutPlan
 
 app = typer.Typer(
@@ -87,8 +87,13 @@ def rehearse(
     """
     import os
 
-    # Prefect reads its settings at import: keep the terminal for the rollout, not the server's chatter.
+    # Prefect reads its settings at import: keep the terminal for the live view, not the server's
+    # chatter, while the rollout's own INFO lines (run and task loggers) still reach the run's
+    # Logs tab through Prefect's API handler; the console handler shows warnings only.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     loaded = load_or_exit(plan)
@@ -125,7 +130,7 @@ def rehearse(
         err.print(str(exc), markup=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     print_outcome(result)
-    raise typer.Exit({"promoted": EXIT_OK, "rolled_back": EXIT_ROLLED_BACK, "halted": EXIT_HALTED}[result["outcome"]])
+    raise typer.Exit(EXIT_BY_OUTCOME[result["outcome"]])
 
 
 def print_outcome(result: dict) -> None:

@@ -13,6 +13,9 @@ from phasegate.errors import PlanError
 from phasegate.plan import RolloutPlan, load_plan
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_ROLLED_BACK, EXIT_HALTED = 0, 1, 2, 3, 4
+# A rollout's exit code per report outcome, the same three the flow run's final state names
+# (flows/rollout.py STATE_NAMES: Completed "Promoted", Failed "Rolled back", Failed "Halted").
+EXIT_BY_OUTCOME = {"promoted": EXIT_OK, "rolled_back": EXIT_ROLLED_BACK, "halted": EXIT_HALTED}
 
 out = Console()
 err = Console(stderr=True)

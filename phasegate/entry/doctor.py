@@ -18,8 +18,11 @@ Design decisions:
 * The cluster is asked with few retries: a doctor should answer in seconds, while a
   rollout's adapter keeps retrying for as long as a flaky API server needs.
 * Both commands belong to the entry layer (``run`` builds the run context from settings
-  and starts the rollout flow); the Prefect import waits until ``run`` needs it, so
-  ``doctor`` starts fast.
+  and starts the rollout flow); the Prefect import waits until a check or ``run`` needs
+  it, so ``--help`` starts fast.
+* The Prefect API is checked first, by ``doctor`` and by ``run`` before anything else: a
+  rollout lasts days and waits for approvals in the Prefect UI, so a run on the temporary
+  server Prefect starts when ``PREFECT_API_URL`` is unset is refused, not started.
 * ``run`` exits as ``cli.py`` documents: 0 promoted, 3 rolled back, 4 halted; a refused
   preflight or a held lock is bad input (2) with nothing deployed.
 """
@@ -65,8 +68,8 @@ class Check:
 
 def doctor(settings: PhasegateSettings, plan: RolloutPlan | None = None,
            env: Mapping[str, str] = os.environ) -> list[Check]:
-    """Every check, in order: cluster, RBAC per namespace, targets (with a plan), Prometheus, Slack."""
-    checks = [*_cluster_checks(settings, plan), _prometheus_check(settings)]
+    """Every check, in order: Prefect API, cluster, RBAC per namespace, targets (with a plan), Prometheus, Slack."""
+    checks = [prefect_api_check(), *_cluster_checks(settings, plan), _prometheus_check(settings)]
     if plan is not None and checks[-1].ok:
         checks.extend(_series_checks(settings, plan))
     checks.append(_slack_check(settings, plan, env))
@@ -74,10 +77,33 @@ def doctor(settings: PhasegateSettings, plan: RolloutPlan | None = None,
     return [replace(c, detail=_scrub(c.detail, secrets)) for c in checks]
 
 
+def prefect_api_check() -> Check:
+    """The Prefect API a real run records itself in and pauses on for approvals, which must
+    outlive the run: without ``PREFECT_API_URL`` (environment or Prefect profile) Prefect
+    would start a temporary server that dies with the process, approval forms and all."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        return Check("prefect api", False, "PREFECT_API_URL is not set: a rollout would run on a temporary Prefect "
+                     "server that dies with this process, its approvals with it. Start one (`prefect server start`) "
+                     "and export PREFECT_API_URL=http://127.0.0.1:4200/api, or use Prefect Cloud")
+    with get_client(sync_client=True) as client:
+        problem = client.api_healthcheck()
+        if problem is not None:
+            return Check("prefect api", False, f"{url}: {_describe(problem)}")
+        try:
+            version = client.api_version()
+        except Exception as exc:
+            return Check("prefect api", False, f"{url}: {_describe(exc)}")
+    return Check("prefect api", True, f"{url}: online (server {version})")
+
+
 def _secrets(settings: PhasegateSettings, env: Mapping[str, str]) -> list[str]:
     prom = settings.prometheus
     values = [s.get_secret_value() for s in (prom.bearer_token, prom.password) if s is not None]
-    values += [env[k] for k in (ENV_BOT_TOKEN, ENV_WEBHOOK_URL) if env.get(k)]
+    values += [env[k] for k in (ENV_BOT_TOKEN, ENV_WEBHOOK_URL, "PREFECT_API_KEY") if env.get(k)]
     return sorted((v for v in values if v), key=len, reverse=True)
 
 
@@ -279,22 +305,26 @@ def run_command(
     Exit codes: 0 promoted, 3 rolled back, 4 halted for a person, 2 preflight refused (nothing deployed).
     """
     loaded = cli.load_or_exit(plan)
+    api = prefect_api_check()
+    if not api.ok:
+        cli.err.print(f"refusing to start, nothing was deployed: {api.detail}", markup=False, highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(cli.EXIT_BAD_INPUT)
     try:
         ctx = context_from_settings(loaded)
     except Exception as exc:  # kubeconfig, Prometheus URL, Slack channel: setup errors, nothing deployed yet
         cli.err.print(f"cannot set up the run: {type(exc).__name__}: {exc}", markup=False, highlight=False)
         raise typer.Exit(cli.EXIT_BAD_INPUT) from None
-    from flows.rollout import PreflightFailed, RolloutRefused, progressive_rollout
+    from flows.rollout import PreflightFailed, RolloutRefused, run_rollout
 
     try:
         with runctx.use(ctx):
-            result = progressive_rollout(str(plan), image, lock_timeout)
+            result = run_rollout(str(plan), image, lock_timeout)
     except (PreflightFailed, RolloutRefused) as exc:
         cli.err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(cli.EXIT_BAD_INPUT) from None
     cli.out.print(f"{result['rollout']}: {result['outcome']}", highlight=False)
-    codes = {"promoted": cli.EXIT_OK, "rolled_back": cli.EXIT_ROLLED_BACK, "halted": cli.EXIT_HALTED}
-    raise typer.Exit(codes[result["outcome"]])
+    raise typer.Exit(cli.EXIT_BY_OUTCOME[result["outcome"]])
 
 
 def checklist_command(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.checklist import pre_deployment_checklist
-from flows.rollout import progressive_rollout
+from flows.rollout import run_rollout
 from phasegate import runctx
 from phasegate.notify import Notifier
 from phasegate.plan import load_plan
@@ -83,7 +83,7 @@ def run_in(
         if checklist is not None and checklist.required and checklist.items:
             pre_deployment_checklist(str(plan_path), image=w.image, timeout_seconds=int(max(floor, 30)),
                                      poll_interval_seconds=1)
-        report = progressive_rollout(str(plan_path), w.image, lock_timeout_seconds=lock_timeout_seconds)
+        report = run_rollout(str(plan_path), w.image, lock_timeout_seconds=lock_timeout_seconds)
     report["scenario"] = w.scenario.name
     report["approvals_sent"] = approver.answers
     report["timings"] = timings(report, w)

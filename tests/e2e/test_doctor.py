@@ -38,10 +38,16 @@ PROMETHEUS_TOKEN = "prom-bearer-doctor-0123456789"
 
 
 @pytest.fixture
-def env(emulator_kubeconfig: Path, disposable_prometheus: PrometheusServer, slack_server: SlackServer) -> dict[str, str]:
-    """Only our configuration: no PHASEGATE_* or SLACK_* from the machine running the tests."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PHASEGATE_", "SLACK_", "KUBECONFIG"))}
+def env(emulator_kubeconfig: Path, disposable_prometheus: PrometheusServer, slack_server: SlackServer,
+        prefect_api: None, tmp_path: Path) -> dict[str, str]:
+    """Only our configuration: no PHASEGATE_* or SLACK_* from the machine running the tests, and
+    the session's Prefect API (no Prefect profile: a home of its own)."""
+    from prefect.settings import PREFECT_API_URL
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PHASEGATE_", "SLACK_", "KUBECONFIG", "PREFECT_"))}
     return {**base, **slack_server.env(), "PHASEGATE_KUBECONFIG": str(emulator_kubeconfig),
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_HOME": str(tmp_path / "prefect-home"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PHASEGATE_PROMETHEUS_URL": disposable_prometheus.url,
             # Prometheus ignores a token it does not ask for; the output must not show it.
             "PHASEGATE_PROMETHEUS_BEARER_TOKEN": PROMETHEUS_TOKEN}
@@ -65,8 +71,10 @@ def lines(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
 def test_doctor_reports_each_check_and_exits_0_when_all_pass(env: dict[str, str]) -> None:
     result = doctor(env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert lines(result) == {"cluster": "ok", "kubernetes version": "ok", "rbac bodhi": "ok", "prometheus": "ok", "slack": "ok"}
+    assert lines(result) == {"prefect api": "ok", "cluster": "ok", "kubernetes version": "ok", "rbac bodhi": "ok",
+                             "prometheus": "ok", "slack": "ok"}
     assert env["PHASEGATE_KUBECONFIG"] in result.stdout  # says what is configured
+    assert f"{env['PREFECT_API_URL']}: online (server 3." in result.stdout
     assert f"{env['PHASEGATE_PROMETHEUS_URL']} (bearer token): online" in result.stdout
 
 
@@ -75,7 +83,7 @@ def test_doctor_with_a_plan_checks_every_namespace_target_and_the_plans_channel(
     assert result.returncode == 0, result.stdout + result.stderr
     metrics = {f"metric {name}": "ok" for name in load_plan(SEED_PLAN).metrics}
     assert lines(result) == {
-        "cluster": "ok", "kubernetes version": "ok", "rbac bodhi": "ok", "rbac bodhi-staging": "ok", "target bodhi/bodhi-server": "ok",
+        "prefect api": "ok", "cluster": "ok", "kubernetes version": "ok", "rbac bodhi": "ok", "rbac bodhi-staging": "ok", "target bodhi/bodhi-server": "ok",
         "target bodhi-staging/bodhi-server": "ok", "prometheus": "ok", **metrics, "slack": "ok"}
     assert "channel #engineering" in result.stdout
 
@@ -111,6 +119,21 @@ def test_wrong_prometheus_url_exits_2_naming_prometheus(env: dict[str, str]) -> 
     assert lines(result)["prometheus"] == "FAIL"
     assert {name for name, mark in lines(result).items() if mark == "FAIL"} == {"prometheus"}
     assert "failed: prometheus" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("api", ["unset", "unreachable"])
+def test_doctor_without_a_persistent_prefect_api_exits_2_naming_it(env: dict[str, str], api: str) -> None:
+    if api == "unset":
+        env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    else:
+        env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api"}
+    result = doctor(env)
+    assert result.returncode == 2
+    assert {name for name, mark in lines(result).items() if mark == "FAIL"} == {"prefect api"}
+    line = next(x for x in result.stdout.splitlines() if "prefect api" in x)
+    assert ("PREFECT_API_URL is not set" in line if api == "unset"
+            else f"{env['PREFECT_API_URL']}: ConnectError" in line), line
     assert "Traceback" not in result.stderr
 
 

@@ -158,7 +158,7 @@ def test_approve_in_the_prefect_ui(prefect_server: PrefectServer, browser: Any, 
 
         # What the person sees afterwards: the run finished.
         page.reload()
-        expect(page.locator(".state-badge").first).to_contain_text("Completed")
+        expect(page.locator(".state-badge").first).to_contain_text("Promoted")
         page.screenshot(path=str(ARTIFACTS / "ui-approval-after.png"), full_page=True)
     finally:
         if proc.poll() is None:

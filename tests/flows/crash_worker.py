@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from flows.rollout import progressive_rollout
+from flows.rollout import run_rollout
 from phasegate.adapters.console import ConsoleNotifier
 from phasegate.adapters.kubernetes import KubernetesCluster
 from phasegate.adapters.prometheus import PrometheusProvider
@@ -65,7 +65,7 @@ def main() -> None:
         on_event=on_event,
     )
     with use(ctx):
-        report = progressive_rollout(args.plan, args.image, lock_timeout_seconds=90.0, take_over=args.take_over)
+        report = run_rollout(args.plan, args.image, lock_timeout_seconds=90.0, take_over=args.take_over)
     print(json.dumps(report, default=str))
 
 

@@ -35,6 +35,18 @@ def image_of(w, name="bodhi-server"):
     return next(c["image"] for c in t["spec"]["containers"] if c["name"] == "bodhi-server")
 
 
+def final_state(report):
+    """What the Runs list shows of the rollout's flow run: state type, state name, tags."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(UUID(report["flow_run_id"]))
+    assert flow_run.state is not None
+    return flow_run.state.type.value, flow_run.state.name, set(flow_run.tags)
+
+
 @pytest.fixture
 def run():
     """Run a rehearsal and hand back (report, world) with the world still up for inspection."""
@@ -57,6 +69,8 @@ def run():
 def test_healthy_seed_plan_is_promoted_through_every_phase_with_three_approvals(run):
     report, w, _before = run("healthy", plan=SEED)
     assert report["outcome"] == "promoted", [(p["name"], p["reason"]) for p in report["phases"]]
+    assert final_state(report) == (
+        "COMPLETED", "Promoted", {"plan:token-refresh-locking", "target:bodhi/bodhi-server", "outcome:promoted"})
     assert [p["name"] for p in report["phases"]] == ["staging", "canary-10pct", "canary-50pct", "full"]
     assert [a["decision"] for a in report["approvals"]] == ["approve"] * 3
     assert image_of(w) == w.image
@@ -72,6 +86,9 @@ def test_healthy_seed_plan_is_promoted_through_every_phase_with_three_approvals(
 def test_token_not_active_error_in_canary_rolls_back_canary_only(run):
     report, w, before = run("token-not-active")
     assert report["outcome"] == "rolled_back"
+    # Failed-type, so the Runs list shows it red, apart from a promoted run.
+    assert final_state(report) == (
+        "FAILED", "Rolled back", {"plan:two-phase", "target:bodhi/bodhi-server", "outcome:rolled_back"})
     rb = report["rollback"]
     assert (rb["strategy"], rb["phase"], rb["gates"]) == ("canary_only", "canary-10pct", ["token-not-active"])
     assert rb["ok"] and rb["cluster_verified"]
@@ -106,6 +123,9 @@ def test_rejected_approval_rolls_back_with_the_phase_rollback(run):
 def test_approval_timeout_halts_and_leaves_the_canary_for_a_person(run):
     report, w, _before = run("healthy", approve="timeout@canary-10pct")
     assert report["outcome"] == "halted"
+    # Failed-type, not Paused: the run has ended; a person acts on the release, not on this run.
+    assert final_state(report) == (
+        "FAILED", "Halted", {"plan:two-phase", "target:bodhi/bodhi-server", "outcome:halted"})
     assert report["approvals"][0]["decision"] == "timeout"
     assert template(w, "bodhi-server-canary") is not None  # halt: nothing is undone behind the team's back
 

@@ -56,3 +56,28 @@ def test_phasegate_emulator_without_kubeconfig_writes_it_to_a_temp_dir_not_the_c
     assert process.returncode == 0
     assert list(tmp_path.iterdir()) == []
     assert not path.exists()
+
+
+def test_phasegate_emulator_writes_the_kubeconfig_where_kubeconfig_says_and_prints_that_path(tmp_path: Path) -> None:
+    cwd, target = tmp_path / "repo", tmp_path / "configs" / "emulator.yaml"
+    cwd.mkdir()
+    phasegate = Path(sys.executable).with_name("phasegate")
+    process = subprocess.Popen([str(phasegate), "emulator", "--port", str(free_port()), "--kubeconfig", str(target)],
+                               cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        banner = ""
+        while "kubeconfig:" not in banner:
+            line = process.stdout.readline()
+            assert line, process.stderr.read() if process.stderr else "emulator exited"
+            banner += line
+        assert Path(banner.split("kubeconfig:", 1)[1].split()[0]) == target
+        adapter = KubernetesCluster.from_kubeconfig(str(target))
+        assert adapter.read_target(TargetRef("bodhi", "bodhi-server", "bodhi-server")).stable.replicas == 10
+        adapter.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=15)
+    assert process.returncode == 0
+    assert list(cwd.iterdir()) == []
+    assert target.is_file()  # the user's file stays: only a temporary one is removed
