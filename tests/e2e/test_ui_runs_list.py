@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_ui_approval import browser, chromium  # noqa: F401 - the Chromium fixtures
-from tests.fixtures.prefect_server import PrefectServer
+from tests.fixtures.prefect_server import PrefectServer, running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -59,17 +59,8 @@ class Rehearsed:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    from phasegate.rehearsal.prefect_server import ServerFailed
-
-    prefect = PrefectServer(tmp_path_factory.mktemp("prefect-home"))
-    try:
-        prefect.start(timeout=180)
-    except ServerFailed as exc:
-        pytest.fail(str(exc))
-    try:
+    with running_server(tmp_path_factory) as prefect:
         yield prefect
-    finally:
-        prefect.stop()
 
 
 def _plan_for(outcome: str, into: Path) -> tuple[Path, str]:
