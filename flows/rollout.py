@@ -238,7 +238,9 @@ def outcome_state(report: dict[str, Any]) -> State[dict[str, Any]]:
 def report_of(state: State[dict[str, Any]]) -> dict[str, Any]:
     """The report of a finished rollout run whatever its outcome; raises what a refused or
     broken run raised (PreflightFailed, RolloutRefused, ...)."""
-    result = state.result(raise_on_failure=False)
+    # _sync: Prefect dispatches result() to its coroutine whenever an event loop runs in the
+    # thread (Playwright's sync API, a notebook), and the caller wants the report, not a coroutine.
+    result = state.result(raise_on_failure=False, _sync=True)  # type: ignore[call-overload]
     if isinstance(result, BaseException):
         raise result
     return cast("dict[str, Any]", result)
