@@ -55,11 +55,8 @@ lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-# Two workers, a test file each at a time (--dist loadfile keeps a file's module fixtures, such
-# as the browser tests' Prefect server, in one process). PYTEST_WORKERS=0 runs serially.
-PYTEST_WORKERS ?= 2
 test: venv system-deps k8s lint
-	$(VENV)/bin/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	$(VENV)/bin/pytest -q
 
 # The seed's plan, rehearsed twice on loopback: "Token is not active" errors in the 10%
 # canary roll the canary back; then a healthy run goes through every phase to 100%.

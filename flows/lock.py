@@ -32,6 +32,7 @@ from uuid import UUID
 from prefect import get_run_logger
 
 LEASE_SECONDS = 60.0  # Prefect's shortest lease; a dead holder frees the target after it
+RENEW_SECONDS = LEASE_SECONDS / 4  # three renewals may fail before the lease lapses
 HTTP_LOCKED = 423
 
 
@@ -107,7 +108,7 @@ def _acquire(client: Any, name: str, timeout_seconds: float, lease_seconds: floa
 
 
 def _renew(client: Any, name: str, lease_id: UUID, lease_seconds: float, stop: threading.Event) -> None:
-    while not stop.wait(lease_seconds / 4):
+    while not stop.wait(min(RENEW_SECONDS, lease_seconds / 4)):
         try:
             client.renew_concurrency_lease(lease_id, lease_duration=lease_seconds)
         except Exception as exc:

@@ -108,6 +108,9 @@ def test_outsider_missing_decision_and_unticked_criteria_are_refused_then_alice_
 def _target_plan(folder: Path, name: str, namespace: str, deployment: str, *, half: bool = False) -> Path:
     """two-phase.yaml for another target; ``half`` adds a 50 % canary, a second approval pause."""
     text = (ROOT / "tests/plans/two-phase.yaml").read_text()
+    # Which run an approval moves is the subject here, not the p99 of a one-pod canary over a
+    # two-second window, which two worlds sharing a loaded CPU sometimes read 20 ms apart.
+    text = text.replace('      - {name: latency-within-range, metric: api_latency_p99_ms, kind: delta, op: "<", threshold: 20}\n', "")
     text = text.replace("name: two-phase", f"name: {name}").replace(
         "deployment: bodhi-server", f"deployment: {deployment}").replace(
         "production: bodhi}", f"production: {namespace}}}")

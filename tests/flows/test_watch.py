@@ -96,6 +96,8 @@ def test_a_prefect_api_outage_during_lease_renewal_does_not_cancel_the_rollout_o
         raise httpx.ConnectError("Prefect API unreachable")
 
     monkeypatch.setattr(SyncPrefectClient, "renew_concurrency_lease", unreachable)
+    # Renew every second, not every 15 s: a rehearsed rollout is over in ~20 s of wall time.
+    monkeypatch.setattr("flows.lock.RENEW_SECONDS", 1.0)
     with world(load_plan(TWO_PHASE), scenario="token-not-active", speed=SPEED,
                notifier=ConsoleNotifier(file=open(os.devnull, "w"))) as w:
         report = run_in(w, TWO_PHASE)
