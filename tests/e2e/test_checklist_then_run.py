@@ -22,6 +22,7 @@ import pytest
 from phasegate.adapters.console import ConsoleNotifier
 from phasegate.plan import load_plan
 from phasegate.rehearsal.world import world
+from tests.fixtures.prefect import prefect_api_at
 from tests.fixtures.prefect_server import PrefectServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -61,7 +62,6 @@ def _paused(server: PrefectServer, flow: str, proc: subprocess.Popen[bytes], log
 
 def test_checklist_then_run_from_a_clean_state(prefect_server: PrefectServer, tmp_path: Path) -> None:
     from prefect.flow_runs import resume_flow_run
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.checklist import checklist_form
 
@@ -89,7 +89,7 @@ def test_checklist_then_run_from_a_clean_state(prefect_server: PrefectServer, tm
         items = [name for name in checklist_form(plan).model_fields if name not in ("confirmed_by", "metadata")]
         assert plan.checklist is not None and len(items) == len(plan.checklist.items)
         answer = {**{name: True for name in items}, "confirmed_by": APPROVER}
-        with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        with prefect_api_at(prefect_server.api_url):
             resume_flow_run(run_id, run_input=answer)
         assert _exit_code(checklist, 60, log) == 0, log.read_text()
         assert "checklist confirmed" in log.read_text()

@@ -22,6 +22,7 @@ import pytest
 
 # The browser fixtures of the approval test: one way to start Chromium for every UI test.
 from tests.e2e.test_ui_approval import ARTIFACTS, REPO, browser, chromium  # noqa: F401
+from tests.fixtures.prefect import prefect_api_at
 from tests.fixtures.prefect_server import PrefectServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -53,7 +54,6 @@ def test_launch_an_immediate_rollback_from_the_prefect_ui(
     from playwright.sync_api import expect
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
     from phasegate.adapters.console import ConsoleNotifier
     from phasegate.entry.deployments import rollback_immediate
@@ -64,7 +64,7 @@ def test_launch_an_immediate_rollback_from_the_prefect_ui(
 
     monkeypatch.setenv("PREFECT_API_URL", prefect_server.api_url)  # the approver's threads read the environment
     notifier = ConsoleNotifier(file=open("/dev/null", "w"))  # noqa: SIM115 - closed with the process
-    with temporary_settings({PREFECT_API_URL: prefect_server.api_url, PREFECT_UI_URL: prefect_server.url}), \
+    with prefect_api_at(prefect_server.api_url, PREFECT_UI_URL=prefect_server.url), \
             world(load_plan(PLAN), speed=172800.0, notifier=notifier) as w:
         deployment_id = register(REPO / "prefect.yaml", ["rollback-immediate"])["rollback-immediate"]
         promoted = run_in(w, PLAN)

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from flows.lock import LockHeld, hold
+from tests.fixtures.prefect import prefect_api_at
 from tests.fixtures.prefect_server import PrefectServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -29,7 +30,6 @@ def test_lock_on_a_fresh_server_after_another_api_is_created_taken_and_freed_the
     prefect_api: None, prefect_server: PrefectServer
 ) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     # The session's API has seen this lock, and lost its limit (tests/flows/conftest.py
     # deletes it after each flow test, as an operator may).
@@ -39,7 +39,7 @@ def test_lock_on_a_fresh_server_after_another_api_is_created_taken_and_freed_the
         client.delete_global_concurrency_limit_by_name(NAME)
         harness_url = str(client.api_url).rstrip("/")
 
-    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+    with prefect_api_at(prefect_server.api_url):
         assert NAME not in _slots(prefect_server.api_url)  # a brand-new server: no limit yet
         with hold(NAME, timeout_seconds=10):
             assert _slots(prefect_server.api_url)[NAME] == 1
