@@ -23,6 +23,10 @@ Design decisions:
 * The Prefect API is checked first, by ``doctor`` and by ``run`` before anything else: a
   rollout lasts days and waits for approvals in the Prefect UI, so a run on the temporary
   server Prefect starts when ``PREFECT_API_URL`` is unset is refused, not started.
+* ``--prefect-yaml`` adds the work pool and deployments that file declares, as the Prefect
+  API in force has them. A pool that no worker polls fails: the scheduled reviews, the
+  sign-off and the runbooks launched from the UI would wait there, silently, for weeks.
+  It is asked for, not assumed from the current directory: ``phasegate run`` needs neither.
 * ``run`` exits as ``cli.py`` documents: 0 promoted, 3 rolled back, 4 halted; a refused
   preflight or a held lock is bad input (2) with nothing deployed.
 """
@@ -67,9 +71,13 @@ class Check:
 
 
 def doctor(settings: PhasegateSettings, plan: RolloutPlan | None = None,
-           env: Mapping[str, str] = os.environ) -> list[Check]:
-    """Every check, in order: Prefect API, cluster, RBAC per namespace, targets (with a plan), Prometheus, Slack."""
-    checks = [prefect_api_check(), *_cluster_checks(settings, plan), _prometheus_check(settings)]
+           env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = None) -> list[Check]:
+    """Every check, in order: Prefect API (with ``prefect_yaml``, its work pools and deployments),
+    cluster, RBAC per namespace, targets (with a plan), Prometheus, Slack."""
+    checks = [prefect_api_check()]
+    if prefect_yaml is not None and checks[0].ok:
+        checks.extend(deployment_checks(prefect_yaml))
+    checks += [*_cluster_checks(settings, plan), _prometheus_check(settings)]
     if plan is not None and checks[-1].ok:
         checks.extend(_series_checks(settings, plan))
     checks.append(_slack_check(settings, plan, env))
@@ -98,6 +106,59 @@ def prefect_api_check() -> Check:
         except Exception as exc:
             return Check("prefect api", False, f"{url}: {_describe(exc)}")
     return Check("prefect api", True, f"{url}: online (server {version})")
+
+
+def deployment_checks(prefect_yaml: Path) -> list[Check]:
+    """Each work pool ``prefect_yaml`` names exists, is not paused and has a worker polling it;
+    each deployment it declares is registered on the Prefect API, on the pool it names."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(prefect_yaml.read_text()) or {}
+        declared = {d["name"]: (d.get("work_pool") or {}).get("name") for d in spec.get("deployments") or []}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+        return [Check("deployments", False, f"{prefect_yaml}: cannot read its deployments: {_describe(exc)}")]
+    try:
+        return _deployment_checks(prefect_yaml, declared)
+    except Exception as exc:  # an API error must not hide the cluster, Prometheus and Slack checks
+        return [Check("deployments", False, f"{prefect_yaml}: {_describe(exc)}")]
+
+
+def _deployment_checks(prefect_yaml: Path, declared: dict[str, str | None]) -> list[Check]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.objects import WorkPoolStatus
+    from prefect.exceptions import ObjectNotFound
+
+    checks = []
+    with get_client(sync_client=True) as client:
+        for pool in sorted({p for p in declared.values() if p}):
+            try:
+                found = client.read_work_pool(pool)
+            except ObjectNotFound:
+                checks.append(Check(f"work pool {pool}", False, f"not found: `prefect work-pool create {pool} "
+                                    f"--type process`, then `prefect worker start --pool {pool}`"))
+                continue
+            if found.is_paused or found.status == WorkPoolStatus.PAUSED:
+                checks.append(Check(f"work pool {pool}", False, f"paused: `prefect work-pool resume {pool}`"))
+            elif found.status != WorkPoolStatus.READY:
+                checks.append(Check(f"work pool {pool}", False, "no worker is polling it: scheduled reviews, the "
+                                    "sign-off and runbooks started from the UI would wait there; "
+                                    f"`prefect worker start --pool {pool}`"))
+            else:
+                checks.append(Check(f"work pool {pool}", True, f"{found.type}, a worker is polling it"))
+        registered = {d.name: d.work_pool_name for d in client.read_deployments(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=sorted(declared))),
+            limit=max(len(declared), 1) * 4)}
+    missing = sorted(set(declared) - set(registered))
+    elsewhere = sorted(f"{name} (on {registered[name] or 'no pool'}, not {pool})" for name, pool in declared.items()
+                       if name in registered and pool and registered[name] != pool)
+    if missing or elsewhere:
+        problems = ([f"not registered: {', '.join(missing)}"] if missing else []) + (
+            [f"on another pool: {', '.join(elsewhere)}"] if elsewhere else [])
+        return [*checks, Check("deployments", False, f"{prefect_yaml}: {'; '.join(problems)} "
+                               f"(`prefect deploy --all` from {prefect_yaml.resolve().parent})")]
+    return [*checks, Check("deployments", True, f"{prefect_yaml}: all {len(declared)} registered")]
 
 
 def _secrets(settings: PhasegateSettings, env: Mapping[str, str]) -> list[str]:
@@ -278,6 +339,8 @@ def print_checks(checks: list[Check]) -> None:
 
 def doctor_command(
     plan: Path | None = typer.Option(None, help="Also check this plan's namespaces, targets and Slack channel."),
+    prefect_yaml: Path | None = typer.Option(
+        None, "--prefect-yaml", help="Also check the work pools and deployments this prefect.yaml declares."),
 ) -> None:
     """Show what is configured for a real run and check each connection (exit 2 naming what fails)."""
     loaded = cli.load_or_exit(plan) if plan is not None else None
@@ -286,7 +349,7 @@ def doctor_command(
     except ValueError as exc:  # pydantic names the field and hides a SecretStr's value
         cli.err.print(f"settings: {exc}", markup=False, highlight=False)
         raise typer.Exit(cli.EXIT_BAD_INPUT) from None
-    checks = doctor(settings, loaded)
+    checks = doctor(settings, loaded, prefect_yaml=prefect_yaml)
     print_checks(checks)
     failed = [c.name for c in checks if not c.ok]
     if failed:

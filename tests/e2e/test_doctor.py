@@ -15,10 +15,13 @@ import os
 import re
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from phasegate.clock import RealClock
 from phasegate.plan import load_plan
@@ -152,3 +155,56 @@ def test_tokens_never_appear_in_the_output(env: dict[str, str], valid: bool) -> 
     assert lines(result)["slack"] == ("ok" if valid else "FAIL")
     for secret in (token, PROMETHEUS_TOKEN):
         assert secret not in result.stdout + result.stderr
+
+
+def _own_prefect_yaml(tmp_path: Path) -> tuple[Path, str, list[str]]:
+    """The project's prefect.yaml with a pool and deployment names of this test's own, so what
+    other tests registered on the session's API cannot pass or fail it."""
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    pool = f"doctor-{uuid.uuid4().hex[:8]}"
+    for deployment in spec["deployments"]:
+        deployment["name"] = f"{deployment['name']}-{pool}"
+        deployment["work_pool"] = {**deployment["work_pool"], "name": pool}
+    path = tmp_path / "prefect.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path, pool, [d["name"] for d in spec["deployments"]]
+
+
+def test_doctor_checks_the_work_pool_and_deployments_a_prefect_yaml_declares(
+        env: dict[str, str], tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from phasegate.entry.register import register
+
+    prefect_yaml, pool, names = _own_prefect_yaml(tmp_path)
+    result = doctor(env, "--prefect-yaml", str(prefect_yaml))
+    assert result.returncode == 2
+    assert {name for name, mark in lines(result).items() if mark == "FAIL"} == {f"work pool {pool}", "deployments"}
+    out = result.stdout
+    assert f"prefect work-pool create {pool} --type process" in out
+    assert f"not registered: {', '.join(sorted(names))}" in out and "prefect deploy --all" in out
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    register(prefect_yaml, names, work_pool=pool)
+    result = doctor(env, "--prefect-yaml", str(prefect_yaml))
+    assert {name for name, mark in lines(result).items() if mark == "FAIL"} == {f"work pool {pool}"}, result.stdout
+    assert "no worker is polling it" in result.stdout and f"prefect worker start --pool {pool}" in result.stdout
+    assert f"all {len(names)} registered" in result.stdout
+
+    # A real worker, as the README starts one: its first poll makes the pool ready.
+    worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", pool],
+                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            result = doctor(env, "--prefect-yaml", str(prefect_yaml))
+            if result.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert lines(result)[f"work pool {pool}"] == "ok" and "a worker is polling it" in result.stdout
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
