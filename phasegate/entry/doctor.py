@@ -401,6 +401,14 @@ def checklist_command(
     2 bad input or setup.
     """
     loaded = cli.load_or_exit(plan)
+    # The form it waits on for up to a day, and the confirmation `run` later reads, must not
+    # live on a server that dies with this process. (`rollback` is not refused: in an
+    # incident a recorded rollback on a temporary server beats none.)
+    api = prefect_api_check()
+    if not api.ok:
+        cli.err.print(f"refusing to start the checklist: {api.detail}", markup=False, highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(cli.EXIT_BAD_INPUT)
     try:
         ctx = context_from_settings(loaded)
     except Exception as exc:  # kubeconfig, Prometheus URL, Slack channel: setup errors

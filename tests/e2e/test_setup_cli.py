@@ -32,19 +32,27 @@ def _clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
             **extra}
 
 
-def test_run_without_prefect_api_url_refuses_naming_it_and_deploys_nothing(
-    emulator_kubeconfig: Path, seeded_cluster: ClusterEmulator, tmp_path: Path,
+@pytest.mark.parametrize(("command", "refusal"), [
+    ("run", "refusing to start, nothing was deployed: PREFECT_API_URL is not set"),
+    ("checklist", "refusing to start the checklist: PREFECT_API_URL is not set"),
+])
+def test_without_prefect_api_url_run_and_checklist_refuse_naming_it_and_touch_nothing(
+    emulator_kubeconfig: Path, seeded_cluster: ClusterEmulator, tmp_path: Path, command: str, refusal: str,
 ) -> None:
-    before = seeded_cluster.store.get("apps/deployments", "bodhi-staging", "bodhi-server")["spec"]
+    def targets() -> list[dict]:
+        return [seeded_cluster.store.get("apps/deployments", ns, "bodhi-server") for ns in ("bodhi-staging", "bodhi")]
+
+    before = targets()
     env = _clean_env(tmp_path, PHASEGATE_KUBECONFIG=str(emulator_kubeconfig), PHASEGATE_PROMETHEUS_URL="http://127.0.0.1:9")
     result = subprocess.run(
-        [str(BIN / "phasegate"), "run", str(SEED_PLAN), "--image", "registry.example.com/bodhi/bodhi-server:1.6.0"],
+        [str(BIN / "phasegate"), command, str(SEED_PLAN), "--image", "registry.example.com/bodhi/bodhi-server:1.6.0"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "refusing to start, nothing was deployed: PREFECT_API_URL is not set" in result.stderr
+    assert refusal in result.stderr
     assert "Traceback" not in result.stderr
-    assert seeded_cluster.store.get("apps/deployments", "bodhi-staging", "bodhi-server")["spec"] == before
+    # Nothing written: not the spec, not a checklist record in the annotations.
+    assert targets() == before
     assert seeded_cluster.store.find("apps/deployments", "bodhi", "bodhi-server-canary") is None
 
 
