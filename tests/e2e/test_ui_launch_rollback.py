@@ -67,7 +67,9 @@ def test_launch_an_immediate_rollback_from_the_prefect_ui(
     with prefect_api_at(prefect_server.api_url, PREFECT_UI_URL=prefect_server.url), \
             world(load_plan(PLAN), speed=172800.0, notifier=notifier) as w:
         deployment_id = register(REPO / "prefect.yaml", ["rollback-immediate"])["rollback-immediate"]
-        promoted = run_in(w, PLAN)
+        # The approver answers as soon as each pause shows; the floor only bounds how long a
+        # busy server may take to show it (15 s, the default, timed out once on a loaded runner).
+        promoted = run_in(w, PLAN, approval_floor=120.0)
         assert promoted["outcome"] == "promoted", promoted.get("halted") or promoted.get("rollback")
 
         page = browser.pages[0] if browser.pages else browser.new_page()
