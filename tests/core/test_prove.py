@@ -1,0 +1,121 @@
+"""The proof's cases and how a rehearsal's report is judged against them (pure core)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from phasegate.plan import load_plan
+from phasegate.prove import Case, Proof, covered, judge, plan_cases
+
+SEED = Path(__file__).resolve().parents[2] / "deployments/plans/token-refresh-locking.yaml"
+
+
+def _cases() -> dict[str, Case]:
+    return {c.id: c for c in plan_cases(load_plan(SEED))}
+
+
+def test_the_seed_plan_gets_a_healthy_case_one_per_trigger_and_one_per_criterion() -> None:
+    plan = load_plan(SEED)
+    cases = plan_cases(plan)
+    assert cases[0].id == "healthy" and cases[0].expect == "promoted"
+    triggers = [(p.name, t.name, t.rollback.value) for p in plan.phases for t in p.triggers]
+    assert [(c.phase, c.gate, c.strategy) for c in cases if c.kind == "trigger"] == triggers
+    criteria = [(p.name, g.name) for p in plan.phases for g in p.success]
+    assert [(c.phase, c.gate) for c in cases if c.kind == "criterion"] == criteria
+    assert all(c.expect == "held" for c in cases if c.kind == "criterion")
+
+
+def test_a_fault_starts_after_the_phases_warm_up_and_two_trigger_rounds() -> None:
+    plan = load_plan(SEED)
+    case = _cases()["canary-10pct/token-not-active"]
+    phase = plan.phase("canary-10pct")
+    assert case.after_seconds == phase.initial_delay.total_seconds() + 2 * phase.trigger_every.total_seconds()
+    assert case.fault() == {"phase": "canary-10pct", "gate": "token-not-active", "push": 2.0,
+                            "after": f"{case.after_seconds:g}s"}
+
+
+def test_a_criterion_pushes_between_its_bound_and_a_looser_trigger_on_the_same_metric() -> None:
+    # canary: p99 delta < 20 ms (criterion) beside p99 delta < 50 ms (trigger): aim at 35 ms.
+    case = _cases()["canary-10pct/latency-within-range"]
+    assert case.push == pytest.approx(1.75)
+    assert case.covered_by is None
+
+
+def test_a_zero_criterion_beside_a_zero_trigger_on_its_metric_is_covered_by_the_triggers_case() -> None:
+    case = _cases()["full/zero-token-not-active"]
+    assert case.covered_by == "full/token-not-active"
+
+
+def _report(outcome: str, **rollback: Any) -> dict[str, Any]:
+    rb = {"phase": "canary-10pct", "strategy": "canary_only", "gates": ["token-not-active"], "ok": True,
+          **rollback} if outcome == "rolled_back" else None
+    return {"outcome": outcome, "rollback": rb, "phases": [{"reason": "why"}],
+            "timings": {"detected_after": 2.0, "budget": 2.0, "detected_after_plan": 3600.0} if rb else {}}
+
+
+@pytest.mark.parametrize(("report", "problem"), [
+    (_report("rolled_back"), ""),
+    (_report("rolled_back", strategy="full_undo"), "rolled back by full_undo, not canary_only"),
+    (_report("rolled_back", gates=["lock-timeout-rate"]), "rolled back on lock-timeout-rate, not token-not-active"),
+    (_report("rolled_back", phase="full"), "rolled back in full, not canary-10pct"),
+    (_report("rolled_back", ok=False), "the rollback was not verified"),
+    (_report("promoted"), "expected a rollback, got promoted"),
+    (_report("halted"), "expected a rollback, got halted"),
+])
+def test_a_trigger_case_matches_only_a_verified_rollback_by_its_trigger_and_strategy(report: dict[str, Any],
+                                                                                     problem: str) -> None:
+    result = judge(_cases()["canary-10pct/token-not-active"], report)
+    assert result.matched is (problem == "")
+    assert problem in result.problem
+
+
+def test_a_trigger_case_detected_later_than_one_and_a_half_scrape_plus_gate_intervals_does_not_match() -> None:
+    report = _report("rolled_back")
+    report["timings"].update(detected_after=3.1, budget=2.0)
+    result = judge(_cases()["canary-10pct/token-not-active"], report)
+    assert not result.matched and "over 3.0 s" in result.problem
+    report["timings"].update(detected_after=2.9)
+    assert judge(_cases()["canary-10pct/token-not-active"], report).matched
+
+
+@pytest.mark.parametrize(("outcome", "fired", "matched"), [
+    ("halted", [], True),
+    ("rolled_back", [], True),  # the hold's pause timed out into a rollback: still never promoted
+    ("rolled_back", ["p99-latency-increase"], False),  # the fault broke more than the criterion
+    ("promoted", [], False),
+])
+def test_a_criterion_case_matches_when_the_rollout_holds_without_firing_a_trigger(
+        outcome: str, fired: list[str], matched: bool) -> None:
+    report = _report(outcome, gates=fired)
+    assert judge(_cases()["canary-10pct/latency-within-range"], report).matched is matched
+
+
+def test_the_healthy_case_matches_only_a_promotion() -> None:
+    case = _cases()["healthy"]
+    assert judge(case, _report("promoted")).matched
+    assert not judge(case, _report("halted")).matched
+
+
+def test_a_covered_criterion_matches_as_its_trigger_case_does() -> None:
+    cases = _cases()
+    trigger = judge(cases["full/token-not-active"], _report("rolled_back", phase="full", strategy="full_undo"))
+    assert trigger.matched
+    assert covered(cases["full/zero-token-not-active"], trigger).matched
+    failed = judge(cases["full/token-not-active"], _report("promoted"))
+    assert not covered(cases["full/zero-token-not-active"], failed).matched
+
+
+def test_the_proof_matches_only_when_every_case_did_and_names_the_plan_by_its_content() -> None:
+    cases = _cases()
+    good = judge(cases["healthy"], _report("promoted"))
+    bad = judge(cases["canary-10pct/token-not-active"], _report("promoted"))
+    proof = Proof(str(SEED), "token-refresh-locking", "ab" * 32, [good], 28800.0, 1.0)
+    assert proof.matched and "every case matched" in proof.markdown()
+    proof.results.append(bad)
+    assert not proof.matched
+    assert "1 of 2 cases did not match" in proof.markdown()
+    assert "canary-10pct/token-not-active: expected a rollback, got promoted" in proof.table()
+    assert proof.to_json()["sha256"] == "ab" * 32
