@@ -508,7 +508,7 @@ class SyntheticApp:
                 for kid in kids:
                     pod.child(fam.name, kid).set(fx.level if fx.level is not None else levels.level)
                 continue
-            n = int(rng.poisson(work.event_rate(fam) * fx.rate_factor * dt))
+            n = int(rng.poisson(work.event_rate(fam, fx.error_share) * fx.rate_factor * dt))
             n += int(rng.poisson(fx.service_rate * dt / new_code_pods))
             weights = np.array([k.weight for k in kids])
             counts = rng.multinomial(n, weights / weights.sum())

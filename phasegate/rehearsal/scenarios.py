@@ -231,8 +231,10 @@ def resolve(scenario: Scenario, plan: RolloutPlan, workload: wl.Workload | None,
     problems: list[tuple[tuple[str | int, ...], str]] = []
     phases = {p.name: p for p in plan.phases}
     forms = {f.form for f in scenario.faults}
-    derived = bool(forms & {"gate", "metric"}) or not seed_covers
+    # Gate faults on a plan the seed's model covers are translated into that model's terms.
+    derived = "metric" in forms or not seed_covers
     timed: list[TimedEffects] = []
+    faults: list[Fault] = []
     for i, fault in enumerate(scenario.faults):
         path: tuple[str | int, ...] = ("faults", i)
         if fault.phase is not None and fault.phase not in phases:
@@ -242,9 +244,10 @@ def resolve(scenario: Scenario, plan: RolloutPlan, workload: wl.Workload | None,
         if fault.form == "seed":
             if derived:
                 problems.append((path, "this is a fault of the seed's token-refresh model, and "
-                                 + ("this scenario also has gate or metric faults" if seed_covers else
+                                 + ("this scenario also has metric faults" if seed_covers else
                                     f"plan {plan.name!r} reads other metrics")
                                  + ": name a gate (with push) or a metric family (with an effect)"))
+            faults.append(fault)
             continue
         if workload is None:
             problems.append((path, "no workload could be derived from the plan's queries"))
@@ -258,8 +261,16 @@ def resolve(scenario: Scenario, plan: RolloutPlan, workload: wl.Workload | None,
                                  f"{', '.join(g.name for g in phase.gates()) or 'none'}"))
                 continue
             try:
-                timed.append(TimedEffects(fault, wl.gate_effects(plan, workload, gate, fault.push)))
+                effects = wl.gate_effects(plan, workload, gate, fault.push)
             except wl.WorkloadError as exc:
+                problems.append(((*path, "gate"), str(exc)))
+                continue
+            if derived:
+                timed.append(TimedEffects(fault, effects))
+                continue
+            try:
+                faults.append(_in_seed_terms(fault, effects, workload))
+            except ValueError as exc:
                 problems.append(((*path, "gate"), str(exc)))
             continue
         assert fault.metric is not None
@@ -280,7 +291,45 @@ def resolve(scenario: Scenario, plan: RolloutPlan, workload: wl.Workload | None,
         name = source.name if source is not None else scenario.name
         raise ScenarioError([f"{name}:{source.line_of(p) if source is not None else 1}: "
                              f"{'.'.join(str(x) for x in p) or '(top)'}: {m}" for p, m in problems])
+    if not derived:
+        scenario = scenario.model_copy(update={"faults": faults})
     return Resolved(scenario, derived, tuple(timed))
+
+
+# How the seed's token-refresh model (app.py) expresses an effect on one of its families.
+_SEED_TERMS = {
+    ("api_response_time_ms", "latency"): "latency_add_ms",
+    ("token_refresh_lock_acquisition_duration_ms", "latency"): "lock_latency_add_ms",
+    ("http_requests", "error_share"): "error_rate_add",
+    ("token_refresh_lock_timeouts", "error_share"): "lock_timeout_ratio",
+    ("concurrency_lock_acquisitions", "error_share"): "lock_timeout_ratio",
+    ("token_refresh_errors", "error_share"): "token_not_active_per_s",
+}
+# The seed model's requests per replica per second in a rehearsal (world.REHEARSAL_TRAFFIC):
+# an error share of them is that many "Token is not active" errors a second.
+_SEED_REQUESTS_PER_S = 200.0
+
+
+def _in_seed_terms(fault: Fault, effects: Mapping[str, wl.FamilyEffect], workload: wl.Workload) -> Fault:
+    """A gate fault as the seed-model fault with the same effect, from the same moment."""
+    values: dict[str, float] = {}
+    for family, effect in effects.items():
+        if effect.latency_shift or effect.latency_scale != 1.0:
+            fam = workload.family(family)
+            assert fam is not None
+            healthy_p99 = workload.levels(fam).latency.quantile(0.99)
+            key = _SEED_TERMS.get((family, "latency"))
+            amount = effect.latency_shift + (effect.latency_scale - 1.0) * healthy_p99
+        elif effect.error_share is not None:
+            key = _SEED_TERMS.get((family, "error_share"))
+            amount = effect.error_share * (_SEED_REQUESTS_PER_S if key == "token_not_active_per_s" else 1.0)
+        else:
+            key, amount = None, 0.0
+        if key is None:
+            raise ValueError(f"the seed's token-refresh model cannot change {family!r} that way; "
+                             "give a token-refresh fault (token_not_active_per_s, latency_add_ms, ...)")
+        values[key] = values.get(key, 0.0) + amount
+    return Fault(phase=fault.phase, after=fault.after, despite_flag=fault.despite_flag, **values)
 
 
 def _wrong_kind(fault: Fault, family: wl.Family) -> str | None:

@@ -218,11 +218,11 @@ class Workload:
         level = own.level if own.level is not None else (d.level if d.level is not None else 1.0)
         return FamilyLevels(rate, share, Latency(median, sigma), level)
 
-    def event_rate(self, family: Family) -> float:
-        """Events per pod per second: an unlabelled error counter counts the error share of requests."""
+    def event_rate(self, family: Family, error_share: float | None = None) -> float:
+        """Events per pod per second: an error counter (by its name) counts the error share of requests."""
         lv = self.levels(family)
         if family.kind is Kind.COUNTER and not family.has_bad and _BAD_NAME.search(family.name):
-            return lv.requests_per_s * lv.error_share
+            return lv.requests_per_s * (lv.error_share if error_share is None else error_share)
         return lv.requests_per_s
 
     def selectors_of(self, metric: str) -> list[Selector]:
@@ -513,13 +513,14 @@ def gate_effects(plan: RolloutPlan, wl: Workload, gate: Gate, push: float) -> di
         else:
             effect = FamilyEffect(latency_shift=max(push * gate.threshold - v0, 0.0))
         return {fam.name: effect}
-    # Errors: a family whose error children a selector picks out, or an error counter.
-    errs = [f for f in fams.values() if f.has_bad]
-    if errs:
-        fam = errs[0]
+    # Errors: a family whose error children the metric's selectors pick out, or an error counter.
+    picked = [f for f in fams.values() if f.has_bad and any(_constrains_bad(s, f) for s in sels if _reads(s, f))]
+    counters = [f for f in fams.values() if f.kind is Kind.COUNTER and _BAD_NAME.search(f.name) and f not in picked]
+    if picked or counters:
+        fam = (picked or counters)[0]
         base = wl.levels(fam).error_share
-        bad_selected = any(_selects_bad(s, fam) for s in sels if family_name(s.series) == fam.name
-                           or s.series == fam.name)
+        # An error counter: more of it raises an error rate and lowers a success rate.
+        bad_selected = any(_selects_bad(s, fam) for s in sels if _reads(s, fam)) if picked else rising
         share: float
         if gate.kind is GateKind.ZERO:
             share = min(1.0, 0.01 * push)
@@ -535,11 +536,6 @@ def gate_effects(plan: RolloutPlan, wl: Workload, gate: Gate, push: float) -> di
             raise WorkloadError(f"gate {gate.name!r}: more errors move {gate.metric!r} away from its bound "
                                 f"({gate.bound}); give a raw effect instead")
         return {fam.name: FamilyEffect(error_share=share)}
-    counters = [f for f in fams.values() if f.kind is Kind.COUNTER and _BAD_NAME.search(f.name)]
-    if counters and rising:
-        rate = push * (t if t and gate.kind is GateKind.ABSOLUTE else 1.0)
-        return {f.name: FamilyEffect(service_rate=max(rate, 1.0) if gate.kind is GateKind.ZERO else rate)
-                for f in counters[:1]}
     gauges = [f for f in fams.values() if f.kind is Kind.GAUGE]
     if gauges and gate.kind is not GateKind.ZERO:
         fam = gauges[0]
@@ -555,6 +551,16 @@ def gate_effects(plan: RolloutPlan, wl: Workload, gate: Gate, push: float) -> di
         return {fam.name: FamilyEffect(level=level)}
     raise WorkloadError(f"gate {gate.name!r}: no effect of the workload derived from {gate.metric!r} moves it "
                         f"(families: {', '.join(fams) or 'none'}); give a raw effect on a metric instead")
+
+
+def _reads(s: Selector, fam: Family) -> bool:
+    return s.series == fam.name or family_name(s.series) == fam.name
+
+
+def _constrains_bad(s: Selector, fam: Family) -> bool:
+    """Whether ``s`` has a matcher on a label of ``fam`` that has error values."""
+    bad_labels = {label for label, choices in fam.values if any(bad for _, bad in choices)}
+    return any(m.label in bad_labels for m in s.matchers)
 
 
 def _selects_bad(s: Selector, fam: Family) -> bool:

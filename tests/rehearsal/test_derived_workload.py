@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from phasegate.plan import load_plan, load_plan_text
 from phasegate.rehearsal import workload as wl
 from phasegate.rehearsal.app import SyntheticApp, TrackObservation, pods_of
-from phasegate.rehearsal.scenarios import ScenarioError, load_scenario_source, parse_scenario_source, resolve
+from phasegate.rehearsal.scenarios import ScenarioError, parse_scenario_source, resolve
 from phasegate.rehearsal.world import default_image, prepare
 from tests.rehearsal.test_app import FakeClock
 
@@ -131,7 +131,6 @@ def test_push_on_an_absolute_latency_gate_moves_the_quantile_to_push_times_the_b
 
 
 def test_a_scenario_naming_what_the_plan_lacks_is_refused_at_file_and_line(orders) -> None:
-    scenario, source = load_scenario_source(UNKNOWN_GATE)
     with pytest.raises(ScenarioError) as caught:
         prepare(orders, str(UNKNOWN_GATE))
     assert caught.value.problems == [
@@ -167,6 +166,53 @@ def test_the_seed_plan_keeps_the_token_refresh_model_for_its_scenarios() -> None
     assert not resolved.derived and derived is None
     resolved, derived = prepare(load_plan(SEED), "healthy")
     assert derived is None
+
+
+@pytest.mark.parametrize(
+    ("phase", "gate", "push", "builtin", "field"),
+    [
+        # The built-in scenarios' sizes, said in the plan's language.
+        ("canary-10pct", "p99-latency-increase", 1.6, "latency-regression", "latency_add_ms"),
+        ("canary-10pct", "latency-within-range", 1.5, "latency-marginal", "latency_add_ms"),
+        ("canary-10pct", "error-rate-increase", 5.0, "error-rate", "error_rate_add"),
+        ("canary-10pct", "token-not-active", 1.0, "token-not-active", "token_not_active_per_s"),
+        ("canary-10pct", "lock-timeout-rate", 3.0, "lock-timeouts", "lock_timeout_ratio"),
+    ],
+)
+def test_a_gate_fault_on_the_seed_plan_is_the_built_in_scenario_in_the_plans_language(
+        phase: str, gate: str, push: float, builtin: str, field: str) -> None:
+    plan = load_plan(SEED)
+    scenario, _ = parse_scenario_source(f"name: x\nfaults:\n  - {{phase: {phase}, after: 10m, gate: {gate}, "
+                                        f"push: {push}}}\n")
+    resolved, derived = prepare(plan, scenario)
+    assert derived is None  # the token-refresh model, as for the built-ins
+    fault = resolved.scenario.faults[0]
+    expected = prepare(plan, builtin)[0].scenario.faults[0]
+    assert math.isclose(getattr(fault, field), getattr(expected, field))
+    assert (fault.phase, fault.after_seconds) == (expected.phase, expected.after_seconds)
+
+
+def test_a_gate_no_effect_can_move_is_refused_naming_it() -> None:
+    scenario, source = parse_scenario_source(
+        "name: x\nfaults:\n  - {phase: staging, gate: single-refresh, push: 2}\n", "s.yaml")
+    plan = load_plan(SEED)
+    with pytest.raises(ScenarioError, match=r"s.yaml:3: faults.0.gate: gate 'single-refresh': no effect"):
+        resolve(scenario, plan, wl.derive(plan), seed_covers=True, source=source)
+
+
+def test_an_error_counter_is_broken_by_its_share_of_requests() -> None:
+    plan = load_plan_text(ORDERS.read_text().replace(
+        "  p95_seconds:", "  failures:\n    query: sum(increase(order_failures_total{pod=~\"{{pods}}\"}[{{window}}]))\n"
+        "  p95_seconds:").replace(
+        "      - {name: p95-within-range,", "      - {name: no-failures, metric: failures, kind: zero}\n"
+        "      - {name: p95-within-range,"))
+    workload = wl.derive(plan)
+    failures = workload.family("order_failures_total")
+    assert failures is not None and failures.kind is wl.Kind.COUNTER
+    assert workload.event_rate(failures) == 0.0  # read by a zero gate: none when healthy
+    gate = next(g for g in plan.phase("canary-5pct").success if g.name == "no-failures")
+    effect = wl.gate_effects(plan, workload, gate, 2.0)["order_failures"]
+    assert workload.event_rate(failures, effect.error_share) == pytest.approx(4.0)  # 2 % of 200/s
 
 
 def test_rehearsal_names_come_from_the_plan(orders) -> None:
