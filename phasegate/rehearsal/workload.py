@@ -47,7 +47,7 @@ from typing import Any
 import promql_parser as pp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from phasegate import gates
+from phasegate import gates, templates
 from phasegate.plan import Gate, GateKind, RolloutPlan
 from phasegate.ports import CANARY
 from phasegate.yamlsource import Source, SourceError, load_file
@@ -240,7 +240,7 @@ def family_name(series: str) -> str:
     return series
 
 
-def _kind(series: str, under: tuple[str, ...]) -> Kind:
+def _kind(series: str) -> Kind:
     if series.endswith(_HISTOGRAM_SUFFIXES):
         return Kind.HISTOGRAM
     if series.endswith("_total"):
@@ -256,15 +256,23 @@ def _op(op: Any) -> str:
     return next(text for text, member in _OPS if op == member)
 
 
-def rendered_query(plan: RolloutPlan, metric: str) -> str:
-    """The metric's template as the rehearsal would run it for the canary."""
+def _variables(plan: RolloutPlan) -> dict[str, str]:
     phase = plan.phases[0]
     scope = gates.Scope(plan.namespace(phase), plan.target.deployment, CANARY)
-    return gates.render_metric(plan, plan.metrics[metric].query, scope, CANARY, "5m")
+    return gates.variables(plan, scope, CANARY, "5m")
 
 
-def selectors(metric: str, query: str, ignore: Iterable[str] = ()) -> list[Selector]:
-    """Every vector selector of ``query``, with the functions it sits under."""
+def rendered_query(plan: RolloutPlan, metric: str) -> str:
+    """The metric's template as the rehearsal would run it for the canary."""
+    return templates.render(plan.metrics[metric].query, _variables(plan))
+
+
+def selectors(metric: str, query: str, ignore: Iterable[str] = (), track_values: Iterable[str] = ()) -> list[Selector]:
+    """Every vector selector of ``query``, with the functions it sits under.
+
+    ``ignore``: label names, and ``track_values``: label values, that say which track a series
+    is on (the plan's placeholders filled in): discovery attaches those, not the app."""
+    from_track = set(track_values)
     try:
         expr = pp.parse(query)
     except (ValueError, RuntimeError) as exc:
@@ -279,7 +287,7 @@ def selectors(metric: str, query: str, ignore: Iterable[str] = ()) -> list[Selec
             for m in node.matchers.matchers:
                 if m.name == "__name__":
                     name = name or m.value
-                elif m.name not in skip:
+                elif m.name not in skip and m.value not in from_track:
                     matchers.append(Matcher(m.name, _op(m.op), m.value))
             if name:
                 out.append(Selector(metric, name, tuple(matchers), under))
@@ -312,15 +320,17 @@ def derive(plan: RolloutPlan, file: WorkloadFile | None = None) -> Workload:
     ignore: set[str] = set()
     if plan.labels is not None:
         ignore |= set(plan.labels.stable) | set(plan.labels.canary)
+    values = _variables(plan)
+    track_values = {v for k, v in values.items() if k not in ("window", "selector")}
     sels: list[Selector] = []
     for metric in plan.metrics:
-        sels.extend(selectors(metric, rendered_query(plan, metric), ignore))
+        sels.extend(selectors(metric, rendered_query(plan, metric), ignore, track_values))
     by_family: dict[str, list[Selector]] = {}
     kinds: dict[str, Kind] = {}
     for s in sels:
-        base = family_name(s.series) if _kind(s.series, s.under) is not Kind.GAUGE else s.series
+        kind = _kind(s.series)
+        base = family_name(s.series) if kind is not Kind.GAUGE else s.series
         by_family.setdefault(base, []).append(s)
-        kind = _kind(s.series, s.under)
         if kinds.get(base) is not Kind.HISTOGRAM:
             kinds[base] = kind
     families = tuple(_family(name, kinds[name], group) for name, group in by_family.items())
@@ -574,6 +584,18 @@ def _selects_bad(s: Selector, fam: Family) -> bool:
 
 
 # --- the workload file -----------------------------------------------------------------
+
+
+def check_file(workload: Workload, source: Source | None) -> None:
+    """Every family the workload file levels must be one the plan's queries read."""
+    known = ", ".join(f.name for f in workload.families)
+    problems = [
+        f"{source.name if source else '<workload>'}:{source.line_of(('metrics', name)) if source else 1}: "
+        f"metrics.{name}: no query of the plan reads a metric family {name!r}; it reads: {known}"
+        for name in workload.file.metrics if workload.family(name) is None
+    ]
+    if problems:
+        raise WorkloadError("\n".join(problems))
 
 
 def load_workload_file(path: str | Path) -> tuple[WorkloadFile, Source]:

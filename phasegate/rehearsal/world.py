@@ -79,11 +79,15 @@ def prepare(plan: RolloutPlan, scenario: Scenario | str = "healthy",
         scn, source = load_scenario_source(scenario)
     else:
         scn, source = scenario, None
-    file = wl.load_workload_file(workload_file)[0] if workload_file is not None else None
+    file, file_source = wl.load_workload_file(workload_file) if workload_file is not None else (None, None)
     try:
         derived: wl.Workload | None = wl.derive(plan, file)
     except wl.WorkloadError:
+        if file is not None:
+            raise
         derived = None
+    if derived is not None and file is not None:
+        wl.check_file(derived, file_source)
     seed_covers = derived is not None and {f.name for f in derived.families} <= SEED_FAMILIES
     if derived is None:
         # A query the parser does not take: the seed's model may still serve a seed-like plan.

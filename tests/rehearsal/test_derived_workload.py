@@ -107,6 +107,14 @@ def test_levels_come_from_the_workload_file(tmp_path: Path, orders) -> None:
     file.write_text("defaults: {request_rate: 50}\n")
     with pytest.raises(wl.WorkloadError, match=rf"{file}:1: defaults.request_rate: Extra inputs"):
         wl.load_workload_file(file)
+    file.write_text("metrics:\n  http_server_requests_seconds: {error_share: 0.01}\n  jvm_threads_live: {level: 3}\n")
+    with pytest.raises(wl.WorkloadError, match=rf"{file}:3: metrics.jvm_threads_live: no query of the plan reads"):
+        prepare(orders, "healthy", file)
+
+
+def test_labels_the_plan_fills_from_placeholders_are_left_to_discovery() -> None:
+    text = ORDERS.read_text().replace('pod=~"{{pods}}"', 'pod=~"{{pods}}",rs="{{pod_template_hash}}"')
+    assert [f.label_names for f in wl.derive(load_plan_text(text)).families] == [("status", "uri")]
 
 
 # --- faults in the plan's language ------------------------------------------------------
