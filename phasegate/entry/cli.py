@@ -170,14 +170,9 @@ def emulator(
     kwargs: dict[str, Any] = {}
     if plan is not None:
         loaded = load_or_exit(plan)
-        t = loaded.target
-        namespaces = tuple(dict.fromkeys([t.namespaces.production, *(loaded.namespace(p) for p in loaded.phases)]))
-        kwargs = {"namespaces": namespaces, "deployment": t.deployment, "container": t.container}
-        flag = loaded.feature_flag
-        if flag and flag.configmap:
-            kwargs.update(configmap=flag.configmap.name, flag_key=flag.configmap.key)
-        if flag and flag.env:
-            kwargs["env_flag"] = flag.env
+        from phasegate.rehearsal.world import seed_options
+
+        kwargs = seed_options(loaded)
     serve_emulator(str(plan) if plan else None, port, str(kubeconfig) if kubeconfig else None, **kwargs)
 
 

@@ -71,6 +71,24 @@ def default_image(plan: RolloutPlan | None = None) -> str:
     return f"{image_repo(plan)}:1.6.0"
 
 
+def seed_options(plan: RolloutPlan) -> dict[str, Any]:
+    """``cluster.seed``'s arguments for the plan's target: its names, replicas and switches."""
+    target, flag = plan.target, plan.feature_flag
+    # Without a feature flag the switches are the app's own configuration, named for it.
+    options: dict[str, Any] = {
+        "namespaces": tuple(dict.fromkeys([target.namespaces.production, *(plan.namespace(p) for p in plan.phases)])),
+        "deployment": target.deployment, "container": target.container, "image_repo": image_repo(plan),
+        "configmap": f"{target.deployment}-config", "flag_key": "log_format", "env_flag": "LOG_FORMAT",
+    }
+    if flag and flag.configmap:
+        options.update(configmap=flag.configmap.name, flag_key=flag.configmap.key)
+    if flag and flag.env:
+        options["env_flag"] = flag.env
+    if target.replicas:
+        options["replicas"] = {target.namespaces.production: target.replicas}
+    return options
+
+
 def prepare(plan: RolloutPlan, scenario: Scenario | str = "healthy",
             workload_file: str | Path | None = None) -> tuple[Resolved, wl.Workload | None]:
     """The scenario checked against the plan, and the derived workload if the rehearsal needs
@@ -317,20 +335,7 @@ def world(
         emulator.behaviour.bad_images.add(new_image)
     with contextlib.ExitStack() as stack:
         stack.enter_context(emulator)
-        production = plan.target.namespaces.production
-        namespaces = tuple(dict.fromkeys([production, *(plan.namespace(p) for p in plan.phases)]))
-        flag = plan.feature_flag
-        # Without a feature flag the switches are the app's own configuration, named for it.
-        options: dict[str, Any] = {"image_repo": image_repo(plan), "configmap": f"{plan.target.deployment}-config",
-                                   "flag_key": "log_format", "env_flag": "LOG_FORMAT"}
-        if flag and flag.configmap:
-            options.update(configmap=flag.configmap.name, flag_key=flag.configmap.key)
-        if flag and flag.env:
-            options["env_flag"] = flag.env
-        if plan.target.replicas:
-            options["replicas"] = {plan.target.namespaces.production: plan.target.replicas}
-        seed(emulator, namespaces=namespaces, deployment=plan.target.deployment, container=plan.target.container,
-             **options)
+        seed(emulator, **seed_options(plan))
         holder: dict[str, World] = {}
         prometheus = PrometheusServer(scrape_interval=SCRAPE_SECONDS, basic_auth=prometheus_auth)
         stack.callback(prometheus.close)

@@ -17,7 +17,7 @@ from phasegate.plan import load_plan, load_plan_text
 from phasegate.rehearsal import workload as wl
 from phasegate.rehearsal.app import SyntheticApp, TrackObservation, pods_of
 from phasegate.rehearsal.scenarios import ScenarioError, parse_scenario_source, resolve
-from phasegate.rehearsal.world import default_image, prepare
+from phasegate.rehearsal.world import default_image, prepare, seed_options
 from tests.rehearsal.test_app import FakeClock
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -226,6 +226,10 @@ def test_an_error_counter_is_broken_by_its_share_of_requests() -> None:
 def test_rehearsal_names_come_from_the_plan(orders) -> None:
     assert default_image(orders) == "registry.example.com/shop/orders:1.6.0"
     assert default_image(load_plan(SEED)) == "registry.example.com/bodhi/bodhi-server:1.6.0"
+    options = seed_options(orders)
+    assert (options["namespaces"], options["deployment"], options["container"], options["replicas"]) == (
+        ("shop",), "orders-api", "orders", {"shop": 8})
+    assert "bodhi" not in repr(options).lower() and "token" not in repr(options).lower()
 
 
 # --- the per-pod app --------------------------------------------------------------------
