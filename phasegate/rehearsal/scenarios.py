@@ -22,7 +22,9 @@ Design decisions:
   (also ``latency_scale``, ``error_share``, ``rate_factor``, ``counter_rate``, ``level``,
   ``absent``). Both act on the workload derived from the plan's queries. **The seed's
   token-refresh model** (``token_not_active_per_s``, ``lock_timeout_ratio``, ...) keeps the
-  built-in scenarios working for plans that read the seed's metrics.
+  built-in scenarios working for plans that read the seed's metrics; on such a plan a gate
+  fault is translated into that model's terms (``p99-latency-increase`` pushed 1.6× is the
+  built-in ``latency-regression``'s +80 ms), so the seed keeps its richer model.
 * A scenario is checked against the plan before anything starts (``resolve``): a phase, gate
   or metric family the plan lacks is an error at ``FILE:LINE``, as a plan's own errors are.
 """
