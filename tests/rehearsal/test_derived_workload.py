@@ -26,6 +26,7 @@ SEED = ROOT / "deployments/plans/token-refresh-locking.yaml"
 TWO_PHASE = ROOT / "tests/plans/two-phase.yaml"
 P95_FAULT = ROOT / "tests/plans/scenarios/orders-p95-regression.yaml"
 UNKNOWN_GATE = ROOT / "tests/plans/scenarios/orders-unknown-gate.yaml"
+ERRORS_AT_FULL = ROOT / "tests/plans/scenarios/orders-errors-at-full.yaml"
 FAMILY = "http_server_requests_seconds"
 
 
@@ -317,4 +318,14 @@ def test_a_p95_fault_in_the_plans_language_rolls_back_by_that_triggers_strategy(
     assert (rb["strategy"], rb["phase"], rb["gates"]) == ("canary_only", "canary-5pct", ["p95-ratio"])
     assert rb["ok"]
     assert canary is None
+    assert stable["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example.com/shop/orders:1.5.0"
+
+
+@pytest.mark.slow
+def test_an_error_fault_at_full_rolls_back_with_a_full_undo(rehearse_orders) -> None:
+    report, _canary, stable = rehearse_orders(str(ERRORS_AT_FULL))
+    assert report["outcome"] == "rolled_back"
+    rb = report["rollback"]
+    assert (rb["strategy"], rb["phase"], rb["gates"]) == ("full_undo", "full", ["error-rate"])
+    assert rb["ok"]
     assert stable["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example.com/shop/orders:1.5.0"
