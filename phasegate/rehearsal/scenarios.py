@@ -277,6 +277,10 @@ def resolve(scenario: Scenario, plan: RolloutPlan, workload: wl.Workload | None,
             continue
         assert fault.metric is not None
         family = workload.family(fault.metric)
+        if family is None and fault.metric in plan.metrics:
+            # A catalogue key stands for the one family its query reads.
+            reading = [f for f in workload.families if fault.metric in f.metrics]
+            family = reading[0] if len(reading) == 1 else None
         if family is None:
             problems.append(((*path, "metric"), f"no query of the plan reads a metric family {fault.metric!r}; "
                              f"it reads: {', '.join(f.name for f in workload.families)}"))

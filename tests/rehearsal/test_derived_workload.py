@@ -201,6 +201,13 @@ def test_a_gate_fault_on_the_seed_plan_is_the_built_in_scenario_in_the_plans_lan
     assert (fault.phase, fault.after_seconds) == (expected.phase, expected.after_seconds)
 
 
+def test_a_raw_fault_may_name_the_family_a_series_or_the_catalogue_key(orders, orders_workload) -> None:
+    for name in (FAMILY, f"{FAMILY}_bucket", "p95_seconds"):
+        scenario, source = parse_scenario_source(f"name: x\nfaults:\n  - {{metric: {name}, latency_shift: 0.1}}\n")
+        resolved = resolve(scenario, orders, orders_workload, seed_covers=False, source=source)
+        assert resolved.faults[0].effects == {FAMILY: wl.FamilyEffect(latency_shift=0.1)}
+
+
 def test_a_gate_no_effect_can_move_is_refused_naming_it() -> None:
     scenario, source = parse_scenario_source(
         "name: x\nfaults:\n  - {phase: staging, gate: single-refresh, push: 2}\n", "s.yaml")
