@@ -11,8 +11,9 @@ Design decisions:
   and every vector selector in the syntax tree is collected with the function it sits
   under.
 * **A series' type follows Prometheus naming and use**: a ``_bucket`` (under
-  ``histogram_quantile``), ``_count`` or ``_sum`` is a histogram's, exported as one
-  histogram family; a ``_total`` a counter's; anything else a gauge.
+  ``histogram_quantile``) is a histogram's, and so is a ``_count`` or ``_sum`` under
+  ``rate``/``increase`` or beside such buckets — all exported as one histogram family, whose
+  ``_count`` is the counter a rate reads; a ``_total`` is a counter's; anything else a gauge.
 * **Target labels are not the app's** (``namespace``, ``pod``, ``container``, ``service``,
   ``endpoint``, ``job``, ``instance`` and the plan's own ``labels:`` convention): they come
   from discovery, as on a cluster. Every other matcher becomes a label the app exports, with
@@ -240,9 +241,17 @@ def family_name(series: str) -> str:
     return series
 
 
-def _kind(series: str) -> Kind:
-    if series.endswith(_HISTOGRAM_SUFFIXES):
+_COUNTER_FUNCTIONS = frozenset({"rate", "irate", "increase", "resets"})
+
+
+def _kind(series: str, under: tuple[str, ...], buckets: set[str]) -> Kind:
+    """``buckets``: families some query reads a ``_bucket`` of."""
+    if series.endswith("_bucket"):
         return Kind.HISTOGRAM
+    if series.endswith(("_count", "_sum")):
+        # A histogram's count (rate of it, or beside its buckets); else a gauge named so.
+        counted = bool(_COUNTER_FUNCTIONS & set(under)) or family_name(series) in buckets
+        return Kind.HISTOGRAM if counted else Kind.GAUGE
     if series.endswith("_total"):
         return Kind.COUNTER
     return Kind.GAUGE
@@ -327,8 +336,9 @@ def derive(plan: RolloutPlan, file: WorkloadFile | None = None) -> Workload:
         sels.extend(selectors(metric, rendered_query(plan, metric), ignore, track_values))
     by_family: dict[str, list[Selector]] = {}
     kinds: dict[str, Kind] = {}
+    buckets = {family_name(s.series) for s in sels if s.series.endswith("_bucket")}
     for s in sels:
-        kind = _kind(s.series)
+        kind = _kind(s.series, s.under, buckets)
         base = family_name(s.series) if kind is not Kind.GAUGE else s.series
         by_family.setdefault(base, []).append(s)
         if kinds.get(base) is not Kind.HISTOGRAM:

@@ -86,6 +86,13 @@ def test_types_follow_prometheus_naming_in_the_seed_plan() -> None:
     assert kinds["concurrency_locks_active"] is wl.Kind.GAUGE
 
 
+def test_a_count_read_without_rate_is_a_gauge_of_that_name() -> None:
+    plan = load_plan_text(ORDERS.read_text().replace(
+        "  p95_seconds:", "  classes:\n    query: sum(jvm_classes_loaded_count{pod=~\"{{pods}}\"})\n  p95_seconds:"))
+    kinds = {f.name: f.kind for f in wl.derive(plan).families}
+    assert kinds == {FAMILY: wl.Kind.HISTOGRAM, "jvm_classes_loaded_count": wl.Kind.GAUGE}
+
+
 def test_a_family_read_by_a_zero_gate_has_no_errors_when_healthy() -> None:
     workload = wl.derive(load_plan(TWO_PHASE))
     errors = workload.family("token_refresh_errors")
