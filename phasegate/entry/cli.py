@@ -80,6 +80,8 @@ def rehearse(
     approve: str = typer.Option("auto", help="auto | reject@PHASE | timeout@PHASE | ui"),
     image: str | None = typer.Option(None, help="The new image (default: the next version of the seeded one)."),
     report: Path | None = typer.Option(None, help="Write the JSON report here."),
+    workload: Path | None = typer.Option(
+        None, help="Levels for the workload derived from the plan's queries (request rate, latency, error share)."),
 ) -> None:
     """Run the real rollout flow against a loopback cluster, app and Prometheus, with faults.
 
@@ -99,15 +101,16 @@ def rehearse(
     loaded = load_or_exit(plan)
     try:
         from phasegate.entry.rehearse import rehearse as run_rehearsal
-        from phasegate.rehearsal.scenarios import ScenarioError, load_scenario
-        from phasegate.rehearsal.world import Approver
+        from phasegate.rehearsal.scenarios import ScenarioError
+        from phasegate.rehearsal.world import Approver, prepare
     except ImportError as exc:  # the flow image ships without the rehearsal world
         err.print(f"phasegate rehearse needs the rehearsal extra (pip install 'phasegate[rehearsal]'): {exc}",
                   markup=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
     try:
-        load_scenario(scenario)
+        # Checked against the plan before anything starts: a phase, gate or metric it lacks is FILE:LINE.
+        prepare(loaded, scenario, workload)
         Approver(approve)
     except (ScenarioError, ValueError) as exc:
         err.print(f"{exc}", markup=False)
@@ -125,7 +128,7 @@ def rehearse(
     try:
         with LiveView(loaded, out) as view:
             result = run_rehearsal(plan, scenario=scenario, speed=speed, approve=approve, image=image,
-                                   report_path=report, notifier=notifier, on_event=view)
+                                   report_path=report, notifier=notifier, on_event=view, workload_file=workload)
     except (PreflightFailed, RolloutRefused) as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -167,14 +170,9 @@ def emulator(
     kwargs: dict[str, Any] = {}
     if plan is not None:
         loaded = load_or_exit(plan)
-        t = loaded.target
-        namespaces = tuple(dict.fromkeys([t.namespaces.production, *(loaded.namespace(p) for p in loaded.phases)]))
-        kwargs = {"namespaces": namespaces, "deployment": t.deployment, "container": t.container}
-        flag = loaded.feature_flag
-        if flag and flag.configmap:
-            kwargs.update(configmap=flag.configmap.name, flag_key=flag.configmap.key)
-        if flag and flag.env:
-            kwargs["env_flag"] = flag.env
+        from phasegate.rehearsal.world import seed_options
+
+        kwargs = seed_options(loaded)
     serve_emulator(str(plan) if plan else None, port, str(kubeconfig) if kubeconfig else None, **kwargs)
 
 

@@ -33,10 +33,13 @@ def rehearse(
     approval_floor: float | None = None,
     lock_timeout_seconds: float = 30.0,
     on_event: EventObserver | None = None,
+    workload_file: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run the real rollout flow for ``plan_path`` against a fresh loopback world."""
+    """Run the real rollout flow for ``plan_path`` against a fresh loopback world
+    (``workload_file``: levels for the workload derived from the plan's queries)."""
     plan = load_plan(plan_path)
-    with world(plan, image=image, scenario=scenario, speed=speed, notifier=notifier) as w:
+    with world(plan, image=image, scenario=scenario, speed=speed, notifier=notifier,
+               workload_file=workload_file) as w:
         report = run_in(w, plan_path, approve=approve, approval_floor=approval_floor,
                         lock_timeout_seconds=lock_timeout_seconds, on_event=on_event)
     if report_path:

@@ -32,6 +32,12 @@ Design decisions:
   app first observes that phase. A fault's rate (errors per second) is the service's, split
   across the pods running the new version.
 
+* That token-refresh model is one of two. A plan that reads other metrics gets the workload
+  derived from its own queries (``workload.derive``: families, types, labelled children),
+  given as ``workload=``: every family on every pod, events Poisson, histogram observations
+  log-normal, error children taking the error share; the faults then come as effects per
+  family (``scenarios.Resolved``), on the same pods and from the same moments.
+
 ``GATE_QUERIES`` below are the PromQL for the seed's gates, as ``templates.render`` input,
 selecting pods by name (``{{pods}}``) as on a stock kube-prometheus.
 """
@@ -54,7 +60,8 @@ from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 from phasegate.clock import Clock, RealClock
 from phasegate.gates import K8S_ALPHABET
-from phasegate.rehearsal.scenarios import HEALTHY, Effects, Scenario
+from phasegate.rehearsal import workload as wl
+from phasegate.rehearsal.scenarios import HEALTHY, Effects, Resolved, Scenario
 
 OLD_IMAGE = "registry.example/bodhi-server:1.4.2"
 NEW_IMAGE = "registry.example/bodhi-server:1.5.0"
@@ -257,6 +264,46 @@ class _Pod:
         self.requests = Counter("http_requests", "HTTP requests by status code", ("code",), registry=r)
 
 
+# What the token-refresh model exports (prometheus_client family names): a plan reading only
+# these is rehearsed with it; any other plan with the workload derived from its queries.
+SEED_FAMILIES = frozenset({
+    "token_refresh_errors", "token_refresh_lock_timeouts", "token_refresh_lock_acquisition_duration_ms",
+    "token_refresh_with_lock_duration_ms", "api_response_time_ms", "auth_failures", "concurrency_locks_active",
+    "concurrency_lock_acquisitions", "token_refresh_double_check_hits", "token_refresh_calls", "token_expirations",
+    "http_requests",
+})
+
+
+class _DerivedPod:
+    """One pod's registry with every family of a derived workload."""
+
+    def __init__(self, workload: wl.Workload) -> None:
+        self.registry = CollectorRegistry()
+        self.collectors: dict[str, Any] = {}
+        self.dropped: set[str] = set()
+        for fam in workload.families:
+            labels = fam.label_names
+            if fam.kind is wl.Kind.HISTOGRAM:
+                buckets = tuple(b * fam.unit_scale for b in LATENCY_BUCKETS_MS)
+                metric: Any = Histogram(fam.name, f"{fam.name} (derived)", labels, buckets=buckets,
+                                        registry=self.registry)
+            elif fam.kind is wl.Kind.COUNTER:
+                metric = Counter(fam.name, f"{fam.name} (derived)", labels, registry=self.registry)
+            else:
+                metric = Gauge(fam.name, f"{fam.name} (derived)", labels, registry=self.registry)
+            self.collectors[fam.name] = metric
+
+    def child(self, family: str, child: wl.Child) -> Any:
+        metric = self.collectors[family]
+        return metric.labels(*(v for _, v in child.labels)) if child.labels else metric
+
+    def drop(self, family: str) -> None:
+        """The new version exports no such family: its series go stale, as after a rename."""
+        if family not in self.dropped:
+            self.registry.unregister(self.collectors[family])
+            self.dropped.add(family)
+
+
 def _inc(counter: Any, amount: int, *labels: str) -> None:
     """Increment only if something happened: a labelled child must not appear at 0."""
     if amount > 0:
@@ -279,13 +326,19 @@ class SyntheticApp:
         seed: int | None = None,
         pod_target_labels: Sequence[str] = (),
         on_targets: Callable[[TargetGroups], None] | None = None,
+        workload: wl.Workload | None = None,
+        resolved: Resolved | None = None,
     ) -> None:
         """``pod_target_labels``: pod labels copied onto every series (a PodMonitor's or
         ServiceMonitor's ``podTargetLabels``); none by default, as on a stock install.
-        ``on_targets``: told the file_sd target groups whenever the set of pods changes."""
+        ``on_targets``: told the file_sd target groups whenever the set of pods changes.
+        ``workload``: export these families instead of the token-refresh model's, with the
+        faults of ``resolved``."""
         self.observe = observe
         self.new_image = new_image
         self.scenario = scenario
+        self.workload = workload
+        self.resolved = resolved
         self.clock = clock or RealClock()
         profile = profile or TrafficProfile()
         if requests_per_replica_per_s is not None:
@@ -300,7 +353,7 @@ class SyntheticApp:
         self.port = 0
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
-        self._pods: dict[tuple[str, str], _Pod] = {}
+        self._pods: dict[tuple[str, str], Any] = {}
         self._groups: TargetGroups = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -418,7 +471,7 @@ class SyntheticApp:
                 del self._pods[key]
             for key in current:
                 if key not in self._pods:
-                    self._pods[key] = _Pod()
+                    self._pods[key] = _Pod() if self.workload is None else _DerivedPod(self.workload)
             groups = [self._group(o) for o in current.values()]
             changed = groups != self._groups
             self._groups = groups
@@ -430,7 +483,50 @@ class SyntheticApp:
         if changed and self.on_targets is not None:
             self.on_targets(self.target_groups())
 
-    def _simulate(self, pod: _Pod, obs: PodObservation, dt: float, new_code_pods: int) -> None:
+    def family_effects_for(self, obs: PodObservation) -> dict[str, wl.FamilyEffect] | None:
+        """A derived workload's active effects for ``obs``; ``None`` if it runs the old version."""
+        if obs.image != self.new_image:
+            return None
+        if self.resolved is None:
+            return {}
+        return self.resolved.family_effects(self.clock.now(), self.phase_seen, self.origin,
+                                            flag_enabled=obs.flag_enabled)
+
+    def _simulate_derived(self, pod: _DerivedPod, obs: PodObservation, dt: float, new_code_pods: int) -> None:
+        assert self.workload is not None
+        work, rng = self.workload, self._rng
+        effects = self.family_effects_for(obs) or {}
+        for fam in work.families:
+            fx = effects.get(fam.name, wl.NO_EFFECT)
+            if fx.absent:
+                pod.drop(fam.name)
+                continue
+            levels = work.levels(fam)
+            share = fx.error_share if fx.error_share is not None else levels.error_share
+            kids = fam.children(share)
+            if fam.kind is wl.Kind.GAUGE:
+                for kid in kids:
+                    pod.child(fam.name, kid).set(fx.level if fx.level is not None else levels.level)
+                continue
+            n = int(rng.poisson(work.event_rate(fam, fx.error_share) * fx.rate_factor * dt))
+            n += int(rng.poisson(fx.service_rate * dt / new_code_pods))
+            weights = np.array([k.weight for k in kids])
+            counts = rng.multinomial(n, weights / weights.sum())
+            for kid, count in zip(kids, counts, strict=True):
+                if not count:
+                    continue  # a labelled child appears on its first event, never at 0
+                child = pod.child(fam.name, kid)
+                if fam.kind is wl.Kind.COUNTER:
+                    child.inc(int(count))
+                    continue
+                latency = levels.latency
+                values = rng.lognormal(math.log(latency.median), latency.sigma, int(count))
+                _observe_many(child, values * fx.latency_scale + fx.latency_shift)
+
+    def _simulate(self, pod: Any, obs: PodObservation, dt: float, new_code_pods: int) -> None:
+        if isinstance(pod, _DerivedPod):
+            self._simulate_derived(pod, obs, dt, new_code_pods)
+            return
         p, rng = self.profile, self._rng
         effects = self.effects_for(obs)
         new_code = effects is not None

@@ -316,8 +316,8 @@ def _with_image(d: Obj, container: str, image: str) -> Obj:
 def serve_emulator(plan_path: str | None, port: int, kubeconfig: str | None, *,
                    namespaces: tuple[str, ...] = SEED_NAMESPACES, deployment: str = SEED_DEPLOYMENT,
                    container: str = SEED_CONTAINER, configmap: str = SEED_CONFIGMAP,
-                   flag_key: str = SEED_FLAG_KEY, env_flag: str = SEED_ENV_FLAG,
-                   ready_delay: float = 1.0) -> None:
+                   flag_key: str = SEED_FLAG_KEY, env_flag: str = SEED_ENV_FLAG, image_repo: str = SEED_IMAGE_REPO,
+                   replicas: dict[str, int] | None = None, ready_delay: float = 1.0) -> None:
     """Serve a seeded emulator in the foreground until SIGINT or SIGTERM.
 
     ``plan_path`` is only named in the banner: the caller (the CLI) reads the plan and passes
@@ -335,7 +335,7 @@ def serve_emulator(plan_path: str | None, port: int, kubeconfig: str | None, *,
     try:
         with ClusterEmulator(port=port, ready_delay=ready_delay) as emulator:
             seed(emulator, namespaces=namespaces, deployment=deployment, container=container,
-                 configmap=configmap, flag_key=flag_key, env_flag=env_flag)
+                 configmap=configmap, flag_key=flag_key, env_flag=env_flag, image_repo=image_repo, replicas=replicas)
             path = emulator.write_kubeconfig(kubeconfig or Path(scratch or ".") / "kubeconfig",
                                              namespace=namespaces[0])
             print(f"Kubernetes API emulator at {emulator.url}" + (f" for plan {plan_path}" if plan_path else ""),

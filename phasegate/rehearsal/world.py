@@ -9,6 +9,13 @@ person would (or waits for a click in the UI).
 
 Faults come from a scenario: the app misbehaves on whichever track runs the new image; a
 Prometheus outage is acted out here by stopping and restarting the server.
+
+Everything is named from the plan, never from the seed: the namespaces, Deployment,
+container, replica count and feature-flag switches of its ``target``, and the images
+(``registry.example.com/<production namespace>/<container>:<tag>``, which for the seed plan
+is the seed's own repository). The workload is the seed's token-refresh model when the plan
+reads only its metrics and the scenario speaks its language; otherwise the one derived from
+the plan's queries (``workload.derive``), levelled by an optional workload file.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -27,10 +35,11 @@ from phasegate.notify import Notifier
 from phasegate.plan import RolloutPlan
 from phasegate.ports import MetricsProvider
 from phasegate.record import ANN_PHASE, ANN_PHASE_STATE, PhaseState
-from phasegate.rehearsal.app import PodObservation, SyntheticApp, TrafficProfile
+from phasegate.rehearsal import workload as wl
+from phasegate.rehearsal.app import SEED_FAMILIES, PodObservation, SyntheticApp, TrafficProfile
 from phasegate.rehearsal.cluster import SEED_IMAGE_REPO, ClusterEmulator, seed
 from phasegate.rehearsal.prometheus import PrometheusServer
-from phasegate.rehearsal.scenarios import Scenario, load_scenario
+from phasegate.rehearsal.scenarios import Resolved, Scenario, load_scenario_source, resolve
 from phasegate.runctx import EventObserver, Pacing, PauseObserver, RunContext, run_in_thread
 
 SCRAPE_SECONDS = 0.5
@@ -50,9 +59,59 @@ K8S_TIME_SCALE = 0.005
 MIN_OUTAGE_WALL = 4.0  # a 600 s progress deadline takes 3 s of wall time
 
 
-def default_image() -> str:
+def image_repo(plan: RolloutPlan | None = None) -> str:
+    """The repository of the plan's container: the emulator seeds its history (…:1.5.0 stable)."""
+    if plan is None:
+        return SEED_IMAGE_REPO
+    return f"registry.example.com/{plan.target.namespaces.production}/{plan.target.container}"
+
+
+def default_image(plan: RolloutPlan | None = None) -> str:
     """The next version after the one the emulator seeds as stable (1.5.0)."""
-    return f"{SEED_IMAGE_REPO}:1.6.0"
+    return f"{image_repo(plan)}:1.6.0"
+
+
+def seed_options(plan: RolloutPlan) -> dict[str, Any]:
+    """``cluster.seed``'s arguments for the plan's target: its names, replicas and switches."""
+    target, flag = plan.target, plan.feature_flag
+    # Without a feature flag the switches are the app's own configuration, named for it.
+    options: dict[str, Any] = {
+        "namespaces": tuple(dict.fromkeys([target.namespaces.production, *(plan.namespace(p) for p in plan.phases)])),
+        "deployment": target.deployment, "container": target.container, "image_repo": image_repo(plan),
+        "configmap": f"{target.deployment}-config", "flag_key": "log_format", "env_flag": "LOG_FORMAT",
+    }
+    if flag and flag.configmap:
+        options.update(configmap=flag.configmap.name, flag_key=flag.configmap.key)
+    if flag and flag.env:
+        options["env_flag"] = flag.env
+    if target.replicas:
+        options["replicas"] = {target.namespaces.production: target.replicas}
+    return options
+
+
+def prepare(plan: RolloutPlan, scenario: Scenario | str = "healthy",
+            workload_file: str | Path | None = None) -> tuple[Resolved, wl.Workload | None]:
+    """The scenario checked against the plan, and the derived workload if the rehearsal needs
+    one; ``ScenarioError`` / ``WorkloadError`` name FILE:LINE of what is wrong."""
+    if isinstance(scenario, str):
+        scn, source = load_scenario_source(scenario)
+    else:
+        scn, source = scenario, None
+    file, file_source = wl.load_workload_file(workload_file) if workload_file is not None else (None, None)
+    try:
+        derived: wl.Workload | None = wl.derive(plan, file)
+    except wl.WorkloadError:
+        if file is not None:
+            raise
+        derived = None
+    if derived is not None and file is not None:
+        wl.check_file(derived, file_source)
+    seed_covers = derived is not None and {f.name for f in derived.families} <= SEED_FAMILIES
+    if derived is None:
+        # A query the parser does not take: the seed's model may still serve a seed-like plan.
+        seed_covers = True
+    resolved = resolve(scn, plan, derived, seed_covers=seed_covers and file is None, source=source)
+    return resolved, derived if resolved.derived else None
 
 
 @dataclass
@@ -259,13 +318,15 @@ def world(
     notifier: Notifier | None = None,
     ready_delay: float = 0.05,
     prometheus_auth: tuple[str, str] | None = None,
+    workload_file: str | Path | None = None,
 ) -> Iterator[World]:
     """Start the loopback world for ``plan``; everything is stopped on exit.
 
     ``prometheus_auth``: (user, password) the world's Prometheus demands, as one behind
-    basic auth in production does."""
-    scn = load_scenario(scenario) if isinstance(scenario, str) else scenario
-    new_image = image or default_image()
+    basic auth in production does. ``workload_file``: levels for the derived workload."""
+    resolved, derived = prepare(plan, scenario, workload_file)
+    scn = resolved.scenario
+    new_image = image or default_image(plan)
     clock = ScaledClock(speed)
     # Kubernetes durations (progressDeadlineSeconds) are compressed less than plan time: at
     # the plan's speed a 10-minute deadline would expire before any pod could be ready.
@@ -274,18 +335,7 @@ def world(
         emulator.behaviour.bad_images.add(new_image)
     with contextlib.ExitStack() as stack:
         stack.enter_context(emulator)
-        production = plan.target.namespaces.production
-        namespaces = tuple(dict.fromkeys([production, *(plan.namespace(p) for p in plan.phases)]))
-        flag = plan.feature_flag
-        options: dict[str, Any] = {}
-        if flag and flag.configmap:
-            options.update(configmap=flag.configmap.name, flag_key=flag.configmap.key)
-        if flag and flag.env:
-            options["env_flag"] = flag.env
-        if plan.target.replicas:
-            options["replicas"] = {plan.target.namespaces.production: plan.target.replicas}
-        seed(emulator, namespaces=namespaces, deployment=plan.target.deployment, container=plan.target.container,
-             **options)
+        seed(emulator, **seed_options(plan))
         holder: dict[str, World] = {}
         prometheus = PrometheusServer(scrape_interval=SCRAPE_SECONDS, basic_auth=prometheus_auth)
         stack.callback(prometheus.close)
@@ -294,6 +344,7 @@ def world(
         app = SyntheticApp(
             lambda: holder["world"].observe() if "world" in holder else [], new_image, scn, clock,
             profile=REHEARSAL_TRAFFIC, tick_seconds=0.1, on_targets=prometheus.set_target_groups,
+            workload=derived, resolved=resolved,
         )
         stack.enter_context(app)
         prometheus.start()
@@ -301,8 +352,8 @@ def world(
         w = World(plan, new_image, scn, clock, emulator, app, prometheus, notifier or notifier_for(plan), checks)
         holder["world"] = w
         # Enough samples of every seeded pod for a {{window}} of rate() before preflight reads it.
-        prometheus.wait_for_data(f"min(count_over_time(api_response_time_ms_count[{4 * SCRAPE_SECONDS:g}s])) >= 4",
-                                 timeout=30)
+        series = "api_response_time_ms_count" if derived is None else 'up{namespace!=""}'
+        prometheus.wait_for_data(f"min(count_over_time({series}[{4 * SCRAPE_SECONDS:g}s])) >= 4", timeout=30)
         outage = threading.Thread(target=w._act_out_outage, name="outage", daemon=True)
         outage.start()
         stack.callback(w._stop.set)
