@@ -16,8 +16,9 @@ Design decisions:
   ``BACKOFF_WALL`` seconds (a dead API must not cost a timeout every round) except for the
   phase's last round, which is always tried.
 * **A per-rollout summary** (``publish_summary``): per phase and gate the verdict (the
-  core's ``assess``, not a re-implementation), the last value against the bound, and a
-  sparkline of the phase's values with the bound's level marked. Built from the rollout's
+  core's ``assess``, not a re-implementation), the last value against the bound, a text
+  sparkline with the bound's level marked (readable anywhere the markdown goes), and an
+  inline SVG of each gate against its bound (the Prefect UI renders it). Built from the rollout's
   report, so it needs no state of its own; published at each phase end and at the end,
   updating the same artifact.
 * **Short keys.** Prefect keys allow lowercase letters, digits and dashes. A rollout id is
@@ -138,7 +139,8 @@ class PhaseGates:
 
     rollout: str
     phase: str
-    gates: Sequence[str] = ()
+    # Gate name → its bound, in the plan's order: the table's columns, the bounds in its description.
+    gates: Mapping[str, str] = field(default_factory=dict)
     recent: list[_Row] = field(default_factory=list)
     not_passing: list[_Row] = field(default_factory=list)
     rounds: int = 0
@@ -181,7 +183,9 @@ class PhaseGates:
         text = f"{self.phase}: {self.rounds} gate rounds, {self.not_passing_total} not passing; newest first"
         if shown < self.rounds:
             text += f" (showing {shown}: the last {RECENT_ROUNDS} and the {KEPT_NOT_PASSING} latest not passing)"
-        return text
+        bounds = "; ".join(f"{name}: {bound}" for name, bound in self.gates.items())
+        # Each cell is the number held to its gate's bound (for a delta gate, the difference).
+        return f"{text}. Bounds — {bounds}" if bounds else text
 
     def publish(self, *, urgent: bool = False, final: bool = False) -> bool:
         """Send the table if due (urgent: a round that did not pass; final: the phase's last
@@ -269,6 +273,57 @@ def sparkline(values: Sequence[float | None], threshold: float | None, worse_hig
         f" bound at {SPARKS[level(threshold)]}" if threshold is not None and span else "")
 
 
+SVG_WIDTH, SVG_ROW, SVG_LABEL = 560, 30, 200
+
+
+def svg_chart(series: Sequence[tuple[str, Sequence[Measurement], float | None]]) -> str:
+    """Small multiples, one row per gate: its values over the phase (the number held to the
+    bound), the bound as a dashed line, rounds that did not pass as red dots.
+
+    Inline SVG on lines of its own with no blank line inside: Markdown keeps that one HTML
+    block, and the Prefect UI renders it through DOMPurify's SVG profile (``style``
+    attributes are stripped there, so only presentation attributes are used)."""
+    plot = SVG_WIDTH - SVG_LABEL - 10
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{SVG_WIDTH}" height="{SVG_ROW * len(series) + 4}" '
+             f'viewBox="0 0 {SVG_WIDTH} {SVG_ROW * len(series) + 4}" role="img" aria-label="gate values">']
+    for i, (name, measurements, threshold) in enumerate(series):
+        top = i * SVG_ROW + 4
+        height = SVG_ROW - 10
+        parts.append(f'<text x="0" y="{top + height - 4}" font-size="12" fill="#667">{_xml(name)}</text>')
+        values = [(j, m.compared if m.compared is not None else m.value, m.outcome)
+                  for j, m in enumerate(measurements)]
+        finite = [v for _, v, _ in values if v is not None and math.isfinite(v)]
+        seen = finite + ([threshold] if threshold is not None else [])
+        if not seen:
+            continue
+        low, high = min(seen), max(seen)
+        span = (high - low) or 1.0
+        count = max(len(values) - 1, 1)
+
+        def xy(j: float, v: float, top: float = top, height: float = height, low: float = low,
+               span: float = span, count: int = count) -> tuple[float, float]:
+            return SVG_LABEL + plot * j / count, top + height - height * (v - low) / span
+
+        step = max(1, len(values) // plot)  # at most a point per pixel
+        points = " ".join("{:.1f},{:.1f}".format(*xy(j, v)) for j, v, _ in values[::step]
+                          if v is not None and math.isfinite(v))
+        if threshold is not None:
+            _, y = xy(0, threshold)
+            parts.append(f'<line x1="{SVG_LABEL}" y1="{y:.1f}" x2="{SVG_LABEL + plot}" y2="{y:.1f}" '
+                         f'stroke="#c33" stroke-width="1" stroke-dasharray="4 3"/>')
+        parts.append(f'<polyline points="{points}" fill="none" stroke="#369" stroke-width="1.5"/>')
+        bad = [(j, v) for j, v, o in values if o is not Outcome.SUCCESSFUL and v is not None and math.isfinite(v)]
+        for j, v in bad[-KEPT_NOT_PASSING:]:
+            x, y = xy(j, v)
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#c33"/>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _measurement(row: Mapping[str, Any]) -> Measurement:
     return Measurement(gate=row["gate"], outcome=Outcome(row["outcome"]), at=row.get("at", 0.0),
                        value=row.get("value"), baseline=row.get("baseline"), compared=row.get("compared"),
@@ -286,6 +341,7 @@ def summary_markdown(plan: RolloutPlan, report: Mapping[str, Any], outcome: str 
         rounds = [[_measurement(m) for m in rnd] for rnd in p.get("rounds", [])]
         lines += [f"## {p['name']}: {p['outcome']}", "", p.get("reason", "") or "", "",
                   "| gate | verdict | rounds | last | bound | over the phase |", "|---|---|---|---|---|---|"]
+        charted: list[tuple[str, Sequence[Measurement], float | None]] = []
         for gate in (phase.gates() if phase else []):
             series = [m for rnd in rounds for m in rnd if m.gate == gate.name]
             if not series:
@@ -295,11 +351,14 @@ def summary_markdown(plan: RolloutPlan, report: Mapping[str, Any], outcome: str 
             last = series[-1]
             shown = [m.compared if m.compared is not None else m.value for m in series]
             threshold = None if gate.kind is GateKind.JUDGE else (0.0 if gate.kind is GateKind.ZERO else gate.threshold)
+            charted.append((gate.name, series, threshold))
             chart = sparkline(shown, threshold, worse_high=not gate.op.startswith(">"))
             lines.append(f"| {gate.name} | {MARK[verdict.outcome]} {verdict.outcome.value} | {len(series)} | "
                          f"{fmt(last.compared if last.compared is not None else last.value)} | {gate.bound} | "
                          f"`{chart}` |")
         lines.append("")
+        if charted:
+            lines += [svg_chart(charted), ""]
     rb = report.get("rollback")
     if rb:
         lines.append(f"Rollback: {rb['strategy']} in {rb['phase']} — {rb['reason']} (verified: {rb['ok']})")

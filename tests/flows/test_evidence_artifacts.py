@@ -43,7 +43,8 @@ def round_of(*outcomes: Outcome) -> list[Measurement]:
 
 
 def test_a_577_round_phase_keeps_a_small_table_newest_first_with_its_failed_round():
-    table = evidence.PhaseGates("two-phase:registry.example.com/bodhi-server:v2", "canary-10pct", ["gate-0", "gate-1"])
+    table = evidence.PhaseGates("two-phase:registry.example.com/bodhi-server:v2", "canary-10pct",
+                                  {"gate-0": "value < 9", "gate-1": "value < 9"})
     for n in range(1, 578):
         table.add(n, round_of(Outcome.SUCCESSFUL, Outcome.FAILED if n == 10 else Outcome.SUCCESSFUL), 300.0 * n)
     rows = table.table()
@@ -54,6 +55,7 @@ def test_a_577_round_phase_keeps_a_small_table_newest_first_with_its_failed_roun
     assert failed["result"] == "✗ Failed" and failed["gate-1"].startswith("✗ 1")
     assert rows[0]["result"] == "✓ Successful" and rows[0]["soak"] == "48h05m"
     assert "577 gate rounds, 1 not passing" in table.description()
+    assert table.description().endswith("Bounds — gate-0: value < 9; gate-1: value < 9")
 
 
 def test_not_passing_rounds_are_capped_too():
@@ -88,6 +90,15 @@ def test_keys_are_short_and_what_prefect_accepts(rollout, phase, expected):
 def test_sparkline_marks_the_bound_and_shows_a_breach_above_it():
     line = evidence.sparkline([0.0] * 30 + [2.0] * 10, threshold=1.0)
     assert line.startswith("▁") and "█" in line and line.endswith("bound at ▅")
+
+
+def test_the_chart_is_one_html_block_with_the_bound_dashed_and_failed_rounds_red():
+    series = [Measurement("error-rate-increase", Outcome.FAILED if i == 7 else Outcome.SUCCESSFUL, 0.0,
+                          value=0.1, compared=0.5 if i == 7 else 0.1) for i in range(10)]
+    svg = evidence.svg_chart([("error-rate-increase", series, 0.3), ("lock-success", series[:3], None)])
+    assert svg.startswith("<svg") and svg.endswith("</svg>") and "\n\n" not in svg  # Markdown keeps it whole
+    assert svg.count("<polyline") == 2 and svg.count("stroke-dasharray") == 1
+    assert svg.count('<circle') == 1 and ">error-rate-increase</text>" in svg
 
 
 @pytest.mark.slow
@@ -133,3 +144,4 @@ def test_a_rehearsed_rollback_leaves_one_gates_table_per_phase_and_a_summary_of_
             line = next(x for x in part.splitlines() if x.startswith(f"| {gate.name} |"))
             assert gate.bound in line and re.search(f"`[{evidence.SPARKS} ]+", line), line
     assert re.search(r"\| token-not-active \| ✗ Failed \| \d+ \| [1-9]", full_part)
+    assert text.count("<svg") == 2  # a chart per phase
