@@ -123,7 +123,9 @@ def _elapsed(seconds: float) -> str:
 def _cell(m: Measurement) -> str:
     shown = m.compared if m.compared is not None else m.value
     text = f"{MARK[m.outcome]} {fmt(shown)}"
-    return text if m.outcome is Outcome.SUCCESSFUL or not m.message else f"{text} ({m.message})"
+    # A failed value speaks for itself next to the bound; without data, the message says why.
+    explain = m.outcome in (Outcome.ERROR, Outcome.INCONCLUSIVE) and m.message
+    return f"{text} ({m.message})" if explain else text
 
 
 @dataclass
@@ -180,7 +182,8 @@ class PhaseGates:
 
     def description(self) -> str:
         shown = len(self.table())
-        text = f"{self.phase}: {self.rounds} gate rounds, {self.not_passing_total} not passing; newest first"
+        text = (f"{self.phase}: {self.rounds} gate round{'s' if self.rounds != 1 else ''}, "
+                f"{self.not_passing_total} not passing; newest first")
         if shown < self.rounds:
             text += f" (showing {shown}: the last {RECENT_ROUNDS} and the {KEPT_NOT_PASSING} latest not passing)"
         bounds = "; ".join(f"{name}: {bound}" for name, bound in self.gates.items())
@@ -274,6 +277,7 @@ def sparkline(values: Sequence[float | None], threshold: float | None, worse_hig
 
 
 SVG_WIDTH, SVG_ROW, SVG_LABEL = 560, 30, 200
+LINE, BAD = "#3b82f6", "#e5484d"
 
 
 def svg_chart(series: Sequence[tuple[str, Sequence[Measurement], float | None]]) -> str:
@@ -289,7 +293,8 @@ def svg_chart(series: Sequence[tuple[str, Sequence[Measurement], float | None]])
     for i, (name, measurements, threshold) in enumerate(series):
         top = i * SVG_ROW + 4
         height = SVG_ROW - 10
-        parts.append(f'<text x="0" y="{top + height - 4}" font-size="12" fill="#667">{_xml(name)}</text>')
+        # currentColor: readable in the UI's dark and light themes alike.
+        parts.append(f'<text x="0" y="{top + height - 4}" font-size="12" fill="currentColor">{_xml(name)}</text>')
         values = [(j, m.compared if m.compared is not None else m.value, m.outcome)
                   for j, m in enumerate(measurements)]
         finite = [v for _, v, _ in values if v is not None and math.isfinite(v)]
@@ -310,12 +315,16 @@ def svg_chart(series: Sequence[tuple[str, Sequence[Measurement], float | None]])
         if threshold is not None:
             _, y = xy(0, threshold)
             parts.append(f'<line x1="{SVG_LABEL}" y1="{y:.1f}" x2="{SVG_LABEL + plot}" y2="{y:.1f}" '
-                         f'stroke="#c33" stroke-width="1" stroke-dasharray="4 3"/>')
-        parts.append(f'<polyline points="{points}" fill="none" stroke="#369" stroke-width="1.5"/>')
+                         f'stroke="{BAD}" stroke-width="1" stroke-dasharray="4 3"/>')
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{LINE}" stroke-width="1.5"/>')
+        last = next(((j, v) for j, v, _ in reversed(values) if v is not None and math.isfinite(v)), None)
+        if last is not None:  # the latest value, visible even when the phase had one round
+            x, y = xy(*last)
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="{LINE}"/>')
         bad = [(j, v) for j, v, o in values if o is not Outcome.SUCCESSFUL and v is not None and math.isfinite(v)]
         for j, v in bad[-KEPT_NOT_PASSING:]:
             x, y = xy(j, v)
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#c33"/>')
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{BAD}"/>')
     parts.append("</svg>")
     return "\n".join(parts)
 

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tasks import evidence
 from tests.e2e.test_ui_approval import browser, chromium  # noqa: F401 - the Chromium fixtures
 from tests.fixtures.prefect_server import PrefectServer, running_server
 
@@ -173,10 +174,10 @@ def test_a_rehearsed_runs_logs_hold_the_rollouts_info_lines_and_the_terminal_doe
     assert not any(line in run.output for line in expected.values()), run.output[-3000:]
 
 
-def _artifact(server: PrefectServer, flow_run_ids: list[str], key_suffix: str) -> dict[str, Any]:
+def _artifact(server: PrefectServer, flow_run_ids: list[str], key: str) -> dict[str, Any]:
     found = httpx.post(f"{server.api_url}/artifacts/filter", timeout=10,
                        json={"artifacts": {"flow_run_id": {"any_": flow_run_ids}}}).json()
-    matching = [a for a in found if (a["key"] or "").endswith(key_suffix)]
+    matching = [a for a in found if a["key"] == key]
     assert len(matching) == 1, [a["key"] for a in found]
     return matching[0]
 
@@ -190,8 +191,10 @@ def test_the_rolled_back_runs_gates_table_and_summary_chart_show_in_the_artifact
     parent = run.report["flow_run_id"]
     phases = httpx.post(f"{server.api_url}/flow_runs/filter", timeout=10,
                         json={"flow_runs": {"parent_flow_run_id": {"any_": [parent]}}}).json()
-    gates = _artifact(server, [p["id"] for p in phases if p["name"].startswith("full ")], "-full-gates")
-    summary = _artifact(server, [parent], "-summary")
+    rollout = run.report["rollout"]
+    gates = _artifact(server, [p["id"] for p in phases if p["name"].startswith("full ")],
+                      evidence._key(rollout, "full", "gates"))
+    summary = _artifact(server, [parent], evidence._key(rollout, "summary"))
     page = browser.pages[0] if browser.pages else browser.new_page()
     page.set_default_timeout(20_000)
     page.goto(f"{server.url}/artifacts/artifact/{gates['id']}")

@@ -98,7 +98,7 @@ def test_the_chart_is_one_html_block_with_the_bound_dashed_and_failed_rounds_red
     svg = evidence.svg_chart([("error-rate-increase", series, 0.3), ("lock-success", series[:3], None)])
     assert svg.startswith("<svg") and svg.endswith("</svg>") and "\n\n" not in svg  # Markdown keeps it whole
     assert svg.count("<polyline") == 2 and svg.count("stroke-dasharray") == 1
-    assert svg.count('<circle') == 1 and ">error-rate-increase</text>" in svg
+    assert svg.count(f'fill="{evidence.BAD}"') == 1 and ">error-rate-increase</text>" in svg
 
 
 @pytest.mark.slow
