@@ -43,6 +43,9 @@ from uuid import UUID
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
 from prefect.artifacts import update_progress_artifact as _update_progress
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 from prefect.context import FlowRunContext, TaskRunContext
 
 from phasegate.analysis import Measurement, Outcome, assess
@@ -167,12 +170,10 @@ class PhaseGates:
             data[gate] = _cell(by_gate[gate]) if gate in by_gate else ""
         row = _Row(round_no, outcome, data)
         self.rounds += 1
-        if outcome is Outcome.SUCCESSFUL:
-            self.recent = [*self.recent[-(RECENT_ROUNDS - 1):], row]
-        else:
+        self.recent = [*self.recent[-(RECENT_ROUNDS - 1):], row]
+        if outcome is not Outcome.SUCCESSFUL:
             self.not_passing_total += 1
             self.not_passing = [*self.not_passing[-(KEPT_NOT_PASSING - 1):], row]
-            self.recent = [*self.recent[-(RECENT_ROUNDS - 1):], row]
         self.dirty = True
         return news
 
@@ -191,8 +192,8 @@ class PhaseGates:
         return f"{text}. Bounds — {bounds}" if bounds else text
 
     def publish(self, *, urgent: bool = False, final: bool = False) -> bool:
-        """Send the table if due (urgent: a round that did not pass; final: the phase's last
-        round — both send now); whether it was sent."""
+        """Send the table if due (urgent: news from ``add``; final: the phase's last round —
+        both send now); whether it was sent."""
         if not self.dirty or not _in_run():
             return False
         now = time.monotonic()
@@ -207,9 +208,6 @@ class PhaseGates:
                 # A sync flow gets the UUID (the async dispatch returns a coroutine only in async code).
                 self.artifact_id = created if isinstance(created, UUID) else None
             else:
-                from prefect.client.orchestration import get_client
-                from prefect.client.schemas.actions import ArtifactUpdate
-
                 with get_client(sync_client=True) as client:
                     # As create_table_artifact stores it: a JSON string (the UI parses it).
                     client.update_artifact(self.artifact_id,
@@ -382,10 +380,6 @@ def publish_summary(plan: RolloutPlan, report: Mapping[str, Any], outcome: str |
     try:
         markdown = summary_markdown(plan, report, outcome)
         description = f"rollout summary: {outcome or 'in progress'}"
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.actions import ArtifactUpdate
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
-
         ctx = FlowRunContext.get()
         run_id = ctx.flow_run.id if ctx and ctx.flow_run else None
         with get_client(sync_client=True) as client:

@@ -14,6 +14,7 @@ import os
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 
@@ -99,6 +100,27 @@ def test_the_chart_is_one_html_block_with_the_bound_dashed_and_failed_rounds_red
     assert svg.startswith("<svg") and svg.endswith("</svg>") and "\n\n" not in svg  # Markdown keeps it whole
     assert svg.count("<polyline") == 2 and svg.count("stroke-dasharray") == 1
     assert svg.count(f'fill="{evidence.BAD}"') == 1 and ">error-rate-increase</text>" in svg
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_failed_publish_is_swallowed_and_backs_off_but_the_phases_last_round_is_still_tried(
+    caplog: pytest.LogCaptureFixture,
+):
+    from prefect import flow
+
+    @flow
+    def phase() -> tuple[bool, bool, bool]:
+        table = evidence.PhaseGates("p:bodhi-server:v1", "full")
+        table.artifact_id = uuid4()  # one the API does not have: the update is refused
+        table.add(1, round_of(Outcome.SUCCESSFUL), 0.0)
+        first = table.publish()
+        table.add(2, round_of(Outcome.FAILED), 300.0)
+        backing_off = table.publish(urgent=True)
+        table.artifact_id = None
+        return first, backing_off, table.publish(final=True)
+
+    assert phase() == (False, False, True)
+    assert "could not publish the full gate table" in caplog.text
 
 
 @pytest.mark.slow
