@@ -12,7 +12,7 @@ Design decisions:
   counts what was left out.
 * **Cheap per round.** Every full round is added to the table in memory (so the table has
   no gaps), but the API is called at most once per ``EVERY_WALL`` seconds — at once for a
-  round that did not pass or that ends the phase. A failed publish backs off for
+  round that turns Failed or Error, and for the one that ends the phase. A failed publish backs off for
   ``BACKOFF_WALL`` seconds (a dead API must not cost a timeout every round) except for the
   phase's last round, which is always tried.
 * **A per-rollout summary** (``publish_summary``): per phase and gate the verdict (the
@@ -160,10 +160,13 @@ class PhaseGates:
         return _key(self.rollout, self.phase, "gates")
 
     def add(self, round_no: int, measurements: Sequence[Measurement], soak_elapsed: float) -> bool:
-        """Record one round; whether it is news worth sending at once: worse than the round
-        before (a streak of the same bad outcome is sent at the usual pace)."""
+        """Record one round; whether it is news worth sending at once: a Failed or Error
+        round worse than the round before. A streak of the same outcome, and a round without
+        data (noise a plan tolerates, which at a compressed clock can come every few rounds),
+        are sent at the usual pace."""
         outcome = worst_outcome(measurements)
-        news = outcome.severity > (self.recent[-1].outcome.severity if self.recent else 0)
+        before = self.recent[-1].outcome.severity if self.recent else 0
+        news = outcome.severity >= Outcome.ERROR.severity and outcome.severity > before
         data = {"round": str(round_no), "soak": _elapsed(soak_elapsed), "result": f"{MARK[outcome]} {outcome.value}"}
         by_gate = {m.gate: m for m in measurements}
         for gate in [*self.gates, *(g for g in by_gate if g not in self.gates)]:

@@ -70,8 +70,9 @@ def test_not_passing_rounds_are_capped_too():
 def test_only_a_worse_round_is_news_to_send_at_once():
     table = evidence.PhaseGates("p:img:v1", "full")
     news = [table.add(n, round_of(o), 0.0) for n, o in enumerate(
-        [Outcome.SUCCESSFUL, Outcome.ERROR, Outcome.ERROR, Outcome.FAILED, Outcome.SUCCESSFUL], 1)]
-    assert news == [False, True, False, True, False]
+        [Outcome.SUCCESSFUL, Outcome.INCONCLUSIVE, Outcome.ERROR, Outcome.ERROR, Outcome.FAILED,
+         Outcome.SUCCESSFUL], 1)]
+    assert news == [False, False, True, False, True, False]
 
 
 @pytest.mark.parametrize(("rollout", "phase", "expected"), [
