@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -128,18 +127,19 @@ def test_a_failed_publish_is_swallowed_and_backs_off_but_the_phases_last_round_i
 @pytest.mark.usefixtures("prefect_api")
 def test_a_rehearsed_rollback_leaves_one_gates_table_per_phase_and_a_summary_of_every_gate():
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
     plan = load_plan(TWO_PHASE)
-    since = datetime.now(UTC) - timedelta(seconds=1)
     with world(plan, scenario=parse_scenario(FAULT_IN_FULL, source="test"), speed=28800.0,
                notifier=ConsoleNotifier(file=open(os.devnull, "w"))) as w:
         report = run_in(w, TWO_PHASE)
     assert report["outcome"] == "rolled_back"
     canary, full = report["phases"]
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)))
-        ours = {r.id for r in runs}
+        parent = UUID(report["flow_run_id"])
+        phases = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])))
+        ours = {parent, *(r.id for r in phases)}
         artifacts = [a for a in client.read_artifacts(limit=200) if a.flow_run_id in ours]
     keys = [a.key for a in artifacts if a.key]
     assert all(KEY.match(k) and len(k) <= 64 for k in keys), keys
