@@ -369,6 +369,9 @@ def summary_markdown(plan: RolloutPlan, report: Mapping[str, Any], outcome: str 
         lines.append("")
         if charted:
             lines += [svg_chart(charted), ""]
+    halted = report.get("halted")
+    if halted:
+        lines.append(f"Halted in {halted['phase']}: {halted['reason']}")
     rb = report.get("rollback")
     if rb:
         lines.append(f"Rollback: {rb['strategy']} in {rb['phase']} — {rb['reason']} (verified: {rb['ok']})")
