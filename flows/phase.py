@@ -13,9 +13,10 @@ Design decisions:
   long the queries took, so "every 5m" stays every 5m.
 * A round is not a Prefect task run of its own: a 48 h soak is 577 full rounds and 2,880
   trigger rounds, and a task run each would swamp the run's page and cost more
-  orchestration than the queries themselves. Each round is recorded as an event, and its
-  evidence is published at most once per ``EVIDENCE_EVERY_WALL`` seconds — at once when a
-  gate did not pass, and always at the end — which at real speed is every round.
+  orchestration than the queries themselves. Each round is recorded as an event and a row
+  of the phase's one gates table (``evidence.PhaseGates``), which reaches the API at most
+  every ``evidence.EVERY_WALL`` seconds — at once when a gate did not pass, and always at
+  the end — which at real speed is every round.
 * The flow only orders the steps; every decision is ``decide.after_round``'s.
 """
 
@@ -105,9 +106,6 @@ def deploy(rollout: Rollout, phase: Phase) -> str | None:
     return None
 
 
-EVIDENCE_EVERY_WALL = 2.0
-
-
 def triggers_only(phase: Phase) -> Phase:
     return phase.model_copy(update={"success": []})
 
@@ -178,8 +176,8 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
     trigger_wall = max(clock.to_wall(phase.trigger_every.total_seconds()), pacing.min_interval_wall, 0.001)
     trigger_phase = triggers_only(phase)
     progress = evidence.start_progress(rollout.release.id, phase.name)
+    gates_table = evidence.PhaseGates(rollout.release.id, phase.name, {g.name: g.bound for g in phase.gates()})
     history: dict[str, list[Measurement]] = defaultdict(list)
-    published = 0.0
 
     def due(k: int) -> float:
         return min(soak_started + k * interval, soak_end)
@@ -212,12 +210,14 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
                 action = drifted
         if full:
             result.last_round = measurements
+        # Trigger-only rounds that pass are left out of the table (four times as many as the
+        # full rounds, and nothing to see); one that did not pass is what the table is for.
         worth_showing = any(m.outcome is not Outcome.SUCCESSFUL for m in measurements)
-        if full and (worth_showing or action.step is not Step.CONTINUE
-                     or time.monotonic() - published >= EVIDENCE_EVERY_WALL):
-            published = time.monotonic()
-            evidence.publish_round(rollout.release.id, phase.name, len(result.rounds), measurements)
-            evidence.update_progress(progress, 100.0 * (now - soak_started) / max(phase.soak.total_seconds(), 1e-9))
+        ends = action.step is not Step.CONTINUE
+        if full or worth_showing or ends:
+            news = gates_table.add(len(result.rounds), measurements, now - soak_started)
+            if gates_table.publish(urgent=news, final=ends):
+                evidence.update_progress(progress, 100.0 * (now - soak_started) / max(phase.soak.total_seconds(), 1e-9))
         rollout.record(
             "round", phase=phase.name, round=len(result.rounds), step=action.step.value, full=full,
             outcomes={m.gate: m.outcome.value for m in measurements}, reason=action.reason,

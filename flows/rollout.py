@@ -360,6 +360,7 @@ def drive(plan: RolloutPlan, ref: TargetRef, image: str) -> dict[str, Any]:
             rollout.events.extend(result.events)
             rollout.reload()
             report["phases"].append(phase_report(result))
+            evidence.publish_summary(plan, report)
             action = result.action
             evidence_md = evidence.markdown_table(result.last_round)
             table = evidence.markdown_table(result.last_round, with_query=True)
@@ -418,7 +419,7 @@ def finish_promoted(rollout: Rollout, report: dict[str, Any]) -> dict[str, Any]:
     rollout.save()
     rollout.notify("rollout:promoted", Kind.PROMOTED, f"{rollout.image} is promoted to 100% of {rollout.ref}",
                    links=rollout.ui_link())
-    evidence.publish_markdown(rollout.release.id, "rollout-summary", _summary_md(report, "promoted"), "rollout")
+    evidence.publish_summary(rollout.plan, report, "promoted")
     return _close(rollout, report, PROMOTED_OUTCOME)
 
 
@@ -434,7 +435,7 @@ def finish_rollback(rollout: Rollout, report: dict[str, Any], phase: Phase, acti
     annotate_release(
         rollout.ref.namespace, rollout.ref.deployment, {ANN_ROLLED_BACK: f"{phase.name}:{action.strategy.value}"}
     )
-    evidence.publish_markdown(rollout.release.id, "rollout-summary", _summary_md(report, "rolled back"), "rollout")
+    evidence.publish_summary(rollout.plan, report, "rolled back")
     return _close(rollout, report, ROLLED_BACK_OUTCOME)
 
 
@@ -448,14 +449,5 @@ def finish_halt(rollout: Rollout, report: dict[str, Any], phase: Phase, reason: 
     if rollback is not None:
         return finish_rollback(rollout, report, phase, rollback)
     report["halted"] = {"phase": phase.name, "reason": reason}
-    evidence.publish_markdown(rollout.release.id, "rollout-summary", _summary_md(report, "halted"), "rollout")
+    evidence.publish_summary(rollout.plan, report, "halted")
     return _close(rollout, report, HALTED_OUTCOME)
-
-
-def _summary_md(report: dict[str, Any], outcome: str) -> str:
-    lines = [f"# {report['rollout']}: {outcome}", "", "| phase | outcome | reason |", "|---|---|---|"]
-    lines += [f"| {p['name']} | {p['outcome']} | {p['reason']} |" for p in report["phases"]]
-    if report.get("rollback"):
-        rb = report["rollback"]
-        lines += ["", f"Rollback: {rb['strategy']} in {rb['phase']} — {rb['reason']} (verified: {rb['ok']})"]
-    return "\n".join(lines)

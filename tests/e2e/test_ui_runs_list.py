@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tasks import evidence
 from tests.e2e.test_ui_approval import browser, chromium  # noqa: F401 - the Chromium fixtures
 from tests.fixtures.prefect_server import PrefectServer, running_server
 
@@ -171,3 +172,41 @@ def test_a_rehearsed_runs_logs_hold_the_rollouts_info_lines_and_the_terminal_doe
     # ... and none of them on the terminal, which shows the live view and warnings only.
     assert "| INFO" not in run.output, run.output[-3000:]
     assert not any(line in run.output for line in expected.values()), run.output[-3000:]
+
+
+def _artifact(server: PrefectServer, flow_run_ids: list[str], key: str) -> dict[str, Any]:
+    found = httpx.post(f"{server.api_url}/artifacts/filter", timeout=10,
+                       json={"artifacts": {"flow_run_id": {"any_": flow_run_ids}}}).json()
+    matching = [a for a in found if a["key"] == key]
+    assert len(matching) == 1, [a["key"] for a in found]
+    return matching[0]
+
+
+def test_the_rolled_back_runs_gates_table_and_summary_chart_show_in_the_artifact_pages(
+    server: PrefectServer, rehearsed: dict[str, Rehearsed], browser: Any,  # noqa: F811 - a fixture
+) -> None:
+    from playwright.sync_api import expect
+
+    run = rehearsed["rolled_back"]
+    parent = run.report["flow_run_id"]
+    phases = httpx.post(f"{server.api_url}/flow_runs/filter", timeout=10,
+                        json={"flow_runs": {"parent_flow_run_id": {"any_": [parent]}}}).json()
+    rollout = run.report["rollout"]
+    gates = _artifact(server, [p["id"] for p in phases if p["name"].startswith("full ")],
+                      evidence._key(rollout, "full", "gates"))
+    summary = _artifact(server, [parent], evidence._key(rollout, "summary"))
+    page = browser.pages[0] if browser.pages else browser.new_page()
+    page.set_default_timeout(20_000)
+    page.goto(f"{server.url}/artifacts/artifact/{gates['id']}")
+    table = page.locator("table").first
+    expect(table.locator("th").filter(has_text="token-not-active")).to_have_count(1)
+    # Newest round first, and it is the one that rolled back, marked.
+    expect(table.locator("tbody tr").first).to_contain_text("✗ Failed")
+    page.screenshot(path=str(ARTIFACTS / "ui-gates-table.png"), full_page=True)
+    page.goto(f"{server.url}/artifacts/artifact/{summary['id']}")
+    expect(page.get_by_text("rolled back").first).to_be_visible()
+    chart = page.locator(".markdown-renderer svg")
+    expect(chart).to_have_count(1)  # one phase, one chart: a row per gate with its bound
+    expect(chart.locator("polyline")).to_have_count(len(run.report["phases"][0]["rounds"][0]))
+    expect(chart.locator("line[stroke-dasharray]").first).to_be_attached()
+    page.screenshot(path=str(ARTIFACTS / "ui-rollout-summary.png"), full_page=True)
