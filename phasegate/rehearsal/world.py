@@ -14,6 +14,7 @@ Prometheus outage is acted out here by stopping and restarting the server.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -232,6 +233,14 @@ def _owning_deployment(store: Any, namespace: str, pod: dict[str, Any]) -> str |
     return controller(rs, "Deployment") if rs is not None else None
 
 
+def _pod_http(app: SyntheticApp, namespace: str, pod: str, port: int) -> str | None:
+    """Where the synthetic app serves ``pod``'s container port, if it serves it: the app's
+    one HTTP port (8080, named ``http``), for pods it has seen start."""
+    if port != 8080 or app.registry(namespace, pod) is None:
+        return None
+    return f"http://{app.address}/pods/{namespace}/{pod}"
+
+
 def _loopback(url: str, port: int) -> str:
     """Checks in the plan address the cluster's Service; here the synthetic app answers them."""
     from urllib.parse import urlsplit, urlunsplit
@@ -296,6 +305,8 @@ def world(
             profile=REHEARSAL_TRAFFIC, tick_seconds=0.1, on_targets=prometheus.set_target_groups,
         )
         stack.enter_context(app)
+        # The service proxy reaches a pod's HTTP port where the synthetic app serves that pod.
+        emulator.api.pod_http = functools.partial(_pod_http, app)
         prometheus.start()
         checks = stack.enter_context(CheckServer())
         w = World(plan, new_image, scn, clock, emulator, app, prometheus, notifier or notifier_for(plan), checks)
