@@ -34,6 +34,7 @@ from phasegate import checkroute, runctx
 from phasegate.checkroute import PlannedCheck, Route, ServiceURL
 from phasegate.errors import ClusterUnavailable
 from phasegate.plan import Check, RolloutPlan
+from phasegate.ports import ServiceProxy
 from phasegate.yamlsource import SourceError, load_file
 from tasks.common import NO_CACHE, RETRYING
 
@@ -147,9 +148,9 @@ def run_phase_checks(checks: list[Check], namespaces: Sequence[str] = ()) -> lis
     return results
 
 
-def planned_checks(plan: RolloutPlan, plan_path: str | Path | None = None) -> list[PlannedCheck]:
-    """Every check of the plan with its route in this run and its line in the plan file."""
-    ctx = runctx.get()
+def planned_checks(plan: RolloutPlan, plan_path: str | Path | None = None, *, proxy_available: bool,
+                   cluster_domain: str = checkroute.DEFAULT_CLUSTER_DOMAIN) -> list[PlannedCheck]:
+    """Every check of the plan with its route and its line in the plan file."""
     namespaces = sorted({plan.namespace(p) for p in plan.phases})
     source = None
     if plan_path is not None:
@@ -162,8 +163,8 @@ def planned_checks(plan: RolloutPlan, plan_path: str | Path | None = None) -> li
         for j, check in enumerate(phase.checks):
             line = source.line_of(("phases", i, "checks", j, "url")) if source is not None else None
             where = f"{plan_path}:{line}" if line else str(plan_path or plan.name)
-            how, target = checkroute.route(check.url, proxy_available=ctx.service_proxy is not None,
-                                           namespaces=namespaces, cluster_domain=ctx.cluster_domain)
+            how, target = checkroute.route(check.url, proxy_available=proxy_available, namespaces=namespaces,
+                                           cluster_domain=cluster_domain)
             out.append(PlannedCheck(phase.name, check.name, check.method, check.url, where, how, target))
     return out
 
@@ -178,39 +179,42 @@ def _resolves(host: str) -> bool:
     return True
 
 
-def assess_checks(plan: RolloutPlan, plan_path: str | Path | None = None) -> tuple[list[PlannedCheck], list[str]]:
-    """Every check with its route in this run, and why any could reach its Service by neither
-    route (RBAC denies the proxy, the Service or its port is missing, or a direct host does
-    not resolve here)."""
-    ctx = runctx.get()
-    planned = planned_checks(plan, plan_path)
+def assess_checks(plan: RolloutPlan, plan_path: str | Path | None = None, *, proxy: ServiceProxy | None,
+                  cluster_domain: str = checkroute.DEFAULT_CLUSTER_DOMAIN,
+                  url_for_check: Callable[[str], str] = str) -> tuple[list[PlannedCheck], list[str]]:
+    """Every check with its route (through ``proxy`` if one is given), and why any could reach
+    its Service by neither route (RBAC denies the proxy, the Service or its port is missing,
+    or a direct host does not resolve here). Also what ``phasegate doctor --plan`` shows."""
+    planned = planned_checks(plan, plan_path, proxy_available=proxy is not None, cluster_domain=cluster_domain)
     denied, unresolved = [], []
     service_problems: dict[str, str] = {}
     allowed: dict[tuple[str, str, str], bool] = {}
     for c in planned:
-        if c.route is Route.API_PROXY and c.target is not None and ctx.service_proxy is not None:
+        if c.route is Route.API_PROXY and c.target is not None and proxy is not None:
             t = c.target
             key = (t.namespace, t.proxy_name, checkroute.proxy_verb(c.method))
             if key not in allowed:
-                allowed[key] = ctx.service_proxy.proxy_allowed(*key)
+                allowed[key] = proxy.proxy_allowed(*key)
             if not allowed[key]:
                 denied.append(c)
             service = f"{t.namespace}/{t.service}:{t.port}"
             if service not in service_problems:
-                problem = ctx.service_proxy.service_port_problem(t.namespace, t.service, t.port)
+                problem = proxy.service_port_problem(t.namespace, t.service, t.port)
                 if problem:
                     service_problems[service] = problem
-        elif not _resolves(urlsplit(ctx.url_for_check(c.url)).hostname or ""):
+        elif not _resolves(urlsplit(url_for_check(c.url)).hostname or ""):
             unresolved.append(c)
     return planned, checkroute.check_problems(planned, proxy_denied=denied, service_problems=service_problems,
-                                              unresolved=unresolved, proxy_available=ctx.service_proxy is not None)
+                                              unresolved=unresolved, proxy_available=proxy is not None)
 
 
 @task(name="plan_checks", **RETRYING)
 def plan_checks(plan: RolloutPlan, plan_path: str | None = None) -> list[str]:
     """Preflight: log which checks go through the API server's service proxy, before anything
     is deployed, and return the problems of ``assess_checks``."""
-    planned, problems = assess_checks(plan, plan_path)
+    ctx = runctx.get()
+    planned, problems = assess_checks(plan, plan_path, proxy=ctx.service_proxy, cluster_domain=ctx.cluster_domain,
+                                      url_for_check=ctx.url_for_check)
     for c in planned:
         if c.route is Route.API_PROXY:
             get_run_logger().info("%s", c.describe())

@@ -8,6 +8,7 @@ the pods' process, recording what reached it.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Iterator
@@ -20,9 +21,11 @@ import pytest
 
 from phasegate import runctx
 from phasegate.adapters.kubernetes import KubernetesCluster
-from phasegate.checkroute import service_url
+from phasegate.checkroute import PlannedCheck, service_url
 from phasegate.clock import RealClock
 from phasegate.plan import Check, load_plan
+from phasegate.rehearsal import world as world_module
+from phasegate.rehearsal.app import PodObservation, SyntheticApp
 from phasegate.rehearsal.cluster import ClusterEmulator
 from tasks.checks import assess_checks, run_check
 
@@ -176,14 +179,12 @@ def test_a_check_refused_by_the_api_server_says_so_and_fails(kube_cluster: Kuber
     assert not result.passed and "HTTP 403 from the API server, not the Service: Forbidden" in result.detail
 
 
-def _context(cluster: KubernetesCluster, proxy: bool = True) -> runctx.RunContext:
-    return runctx.RunContext(cluster=cluster, metrics=MagicMock(), notifier=MagicMock(), clock=RealClock(),
-                             service_proxy=cluster if proxy else None)
+def _assess(cluster: KubernetesCluster, proxy: bool = True) -> tuple[list[PlannedCheck], list[str]]:
+    return assess_checks(load_plan(SEED_PLAN), SEED_PLAN, proxy=cluster if proxy else None)
 
 
 def test_preflight_names_each_proxied_check_and_passes_when_rbac_allows(kube_cluster: KubernetesCluster) -> None:
-    with runctx.use(_context(kube_cluster)):
-        planned, problems = assess_checks(load_plan(SEED_PLAN), SEED_PLAN)
+    planned, problems = _assess(kube_cluster)
     assert problems == []
     assert [(c.phase, c.name, c.route.value) for c in planned] == [("staging", "smoke", "api-proxy"),
                                                                    ("staging", "load", "api-proxy")]
@@ -194,8 +195,7 @@ def test_preflight_names_each_proxied_check_and_passes_when_rbac_allows(kube_clu
 def test_preflight_refuses_checks_the_proxy_is_forbidden_for_naming_check_and_line(
         kube_cluster: KubernetesCluster, seeded_cluster: ClusterEmulator) -> None:
     seeded_cluster.rbac.deny("get", "services/proxy")
-    with runctx.use(_context(kube_cluster)):
-        _, problems = assess_checks(load_plan(SEED_PLAN), SEED_PLAN)
+    _, problems = _assess(kube_cluster)
     lines = SEED_PLAN.read_text().splitlines()
     for problem, name in zip(problems, ("smoke", "load"), strict=True):
         line = next(n for n, text in enumerate(lines, 1) if f"name: {name}, kind: {name}" in text)
@@ -207,13 +207,43 @@ def test_preflight_refuses_a_port_the_service_does_not_have(kube_cluster: Kubern
                                                             seeded_cluster: ClusterEmulator) -> None:
     seeded_cluster.store.mutate("services", "bodhi-staging", "bodhi-server", lambda s: {
         **s, "spec": {**s["spec"], "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})
-    with runctx.use(_context(kube_cluster)):
-        _, problems = assess_checks(load_plan(SEED_PLAN), SEED_PLAN)
+    _, problems = _assess(kube_cluster)
     assert len(problems) == 2 and all(
         "Service bodhi-staging/bodhi-server has no port 8080 (its ports: http 80)" in p for p in problems), problems
 
 
 def test_inside_the_cluster_a_service_name_that_does_not_resolve_is_refused(kube_cluster: KubernetesCluster) -> None:
-    with runctx.use(_context(kube_cluster, proxy=False)):
-        _, problems = assess_checks(load_plan(SEED_PLAN), SEED_PLAN)
+    _, problems = _assess(kube_cluster, proxy=False)
     assert len(problems) == 2 and all("bodhi-server.bodhi-staging.svc does not resolve" in p for p in problems)
+
+
+def test_in_a_rehearsal_world_the_proxy_reaches_the_synthetic_pods(seeded_cluster: ClusterEmulator,
+                                                                   kube_cluster: KubernetesCluster) -> None:
+    """The world's hook: the proxy forwards to the synthetic app's path for the chosen pod,
+    which answers a check as the service would — and a pod the app has never seen start
+    (or that was deleted) is the API server's dial error, not a 200."""
+    def observe() -> list[PodObservation]:
+        return [PodObservation("bodhi-staging", p["metadata"]["name"], p["spec"]["containers"][0]["image"], True,
+                               True, None, ip=p["status"]["podIP"]) for p in seeded_cluster.pods("bodhi-staging")]
+
+    with SyntheticApp(observe, "registry.example/new:1") as app:
+        seeded_cluster.api.pod_http = functools.partial(world_module._pod_http, app)
+        assert _get(kube_cluster, SMOKE) == (200, None)
+        assert _raw(kube_cluster, "/api/v1/namespaces/bodhi-staging/services/http:bodhi-server:8080/proxy/health") \
+            == (200, "ok\n")
+        status, api_error = _get(kube_cluster, "http://bodhi-server.bodhi.svc:8080/health")  # pods it never saw
+        assert status == 500 and api_error is not None and "error trying to reach service" in api_error
+
+
+def test_an_unreachable_api_server_fails_the_check_without_showing_the_token() -> None:
+    from tests.fixtures.common import free_port
+
+    token = "kube-token-never-shown-0123456789"
+    cluster = KubernetesCluster.from_url(f"http://127.0.0.1:{free_port()}", token=token)
+    ctx = runctx.RunContext(cluster=cluster, metrics=MagicMock(), notifier=MagicMock(), clock=RealClock(),
+                            service_proxy=cluster)
+    with runctx.use(ctx):
+        result = run_check(Check(name="smoke", url=SMOKE, timeout="2s"))
+    cluster.close()
+    assert not result.passed and "API server unreachable" in result.detail
+    assert token not in repr(result)
