@@ -69,6 +69,9 @@ class World:
     prometheus: PrometheusServer
     notifier: Notifier
     checks: CheckServer
+    # How the plan's checks reach the workload: "loopback" (the check server, fast) or
+    # "api-proxy" (through the emulator's service proxy to the pods, as a run from a laptop).
+    check_route: str = "loopback"
     outage_log: list[tuple[str, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -154,8 +157,10 @@ class World:
         """``metrics``: what the gates query; default: a provider on this world's Prometheus.
         ``notifier``: who is told; default: the world's."""
         port = self.checks.port
+        cluster = KubernetesCluster.from_url(self.emulator.url, poll_interval=0.05, backoff=0.05, max_backoff=0.5)
+        proxied = self.check_route == "api-proxy"
         return RunContext(
-            cluster=KubernetesCluster.from_url(self.emulator.url, poll_interval=0.05, backoff=0.05, max_backoff=0.5),
+            cluster=cluster,
             metrics=metrics if metrics is not None else self.prometheus.provider(timeout=5.0),
             notifier=notifier if notifier is not None else self.notifier,
             clock=self.clock,
@@ -167,7 +172,8 @@ class World:
                 min_approval_wall=approval_floor,
                 approval_poll_seconds=1,
             ),
-            url_for_check=lambda url: _loopback(url, port),
+            url_for_check=(lambda url: url) if proxied else (lambda url: _loopback(url, port)),
+            service_proxy=cluster if proxied else None,
             on_pause=on_pause,
             ui_url=_prefect_ui_url(),
             on_event=on_event,
@@ -268,11 +274,12 @@ def world(
     notifier: Notifier | None = None,
     ready_delay: float = 0.05,
     prometheus_auth: tuple[str, str] | None = None,
+    check_route: str = "loopback",
 ) -> Iterator[World]:
     """Start the loopback world for ``plan``; everything is stopped on exit.
 
     ``prometheus_auth``: (user, password) the world's Prometheus demands, as one behind
-    basic auth in production does."""
+    basic auth in production does. ``check_route``: ``World.check_route``."""
     scn = load_scenario(scenario) if isinstance(scenario, str) else scenario
     new_image = image or default_image()
     clock = ScaledClock(speed)
@@ -309,7 +316,8 @@ def world(
         emulator.api.pod_http = functools.partial(_pod_http, app)
         prometheus.start()
         checks = stack.enter_context(CheckServer())
-        w = World(plan, new_image, scn, clock, emulator, app, prometheus, notifier or notifier_for(plan), checks)
+        w = World(plan, new_image, scn, clock, emulator, app, prometheus, notifier or notifier_for(plan), checks,
+                  check_route)
         holder["world"] = w
         # Enough samples of every seeded pod for a {{window}} of rate() before preflight reads it.
         prometheus.wait_for_data(f"min(count_over_time(api_response_time_ms_count[{4 * SCRAPE_SECONDS:g}s])) >= 4",
