@@ -152,9 +152,9 @@ def check_problems(planned: Iterable[PlannedCheck], *, proxy_denied: Iterable[Pl
                    unresolved: Iterable[PlannedCheck] = (), proxy_available: bool) -> list[str]:
     """Why checks cannot reach their Service, one line each, naming the check and its plan line.
 
-    ``proxy_denied``: proxied checks RBAC refuses; ``service_problems``: Service (``ns/name``)
-    → why the proxy cannot reach it (missing, no such port); ``unresolved``: direct checks
-    whose host does not resolve from here."""
+    ``proxy_denied``: proxied checks RBAC refuses; ``service_problems``: Service port
+    (``ns/name:port``) → why the proxy cannot reach it (missing, no such port);
+    ``unresolved``: direct checks whose host does not resolve from here."""
     problems: list[str] = []
     service_problems = service_problems or {}
     for c in proxy_denied:
@@ -166,8 +166,7 @@ def check_problems(planned: Iterable[PlannedCheck], *, proxy_denied: Iterable[Pl
             "the cluster")
     for c in planned:
         if c.route is Route.API_PROXY and c.target is not None:
-            key = f"{c.target.namespace}/{c.target.service}"
-            problem = service_problems.get(f"{key}:{c.target.port}") or service_problems.get(key)
+            problem = service_problems.get(f"{c.target.namespace}/{c.target.service}:{c.target.port}")
             if problem:
                 problems.append(f"{c.label}: {c.url}: {problem}")
     for c in unresolved:

@@ -426,9 +426,11 @@ class ApiServer:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED
                    and k.lower() != "authorization"}
         headers["X-Forwarded-Proto"] = scheme
+        if request.url.query:
+            url += f"?{request.url.query}"  # as sent: repeated keys and their order kept
         try:
-            answer = await self._proxy_client.request(request.method, url, params=request.query_params,
-                                                      headers=headers, content=await request.body())
+            answer = await self._proxy_client.request(request.method, url, headers=headers,
+                                                      content=await request.body())
         except httpx.HTTPError as exc:
             raise ApiError(500, "", f"error trying to reach service: {type(exc).__name__}") from None
         kept = {k: v for k, v in answer.headers.items() if k.lower() not in _NOT_FORWARDED}
