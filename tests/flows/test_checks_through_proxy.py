@@ -6,6 +6,8 @@ checks the proxy would refuse stops at preflight, before anything is deployed.
 from __future__ import annotations
 
 import io
+import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,12 +25,34 @@ PROXY_PATH = "/api/v1/namespaces/bodhi-staging/services/http:bodhi-server:8080/p
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 
 
-def test_staging_checks_reach_the_new_pods_through_the_api_servers_proxy() -> None:
+def _logs(since: datetime) -> list[str]:
+    """Every log message the Prefect API holds from ``since`` on (the rollout's, its phases'
+    subflows' and their tasks'), oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTimestamp
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # logs are shipped in batches by a background worker
+    with get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(
+            log_filter=LogFilter(timestamp=LogFilterTimestamp(after_=since)), sort=LogSort.TIMESTAMP_ASC, limit=200)]
+
+
+def test_staging_checks_reach_the_new_pods_through_the_api_servers_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The suite keeps Prefect at WARNING; this test reads the run's INFO lines, as the UI shows them.
+    monkeypatch.setattr(logging.getLogger("prefect.task_runs"), "level", logging.INFO)
+    since = datetime.now(UTC)
     with world(load_plan(THREE_PHASE), speed=172800.0, notifier=ConsoleNotifier(file=io.StringIO()),
                check_route="api-proxy") as w:
         report = run_in(w, THREE_PHASE)
         proxied = [r.path for r in w.emulator.requests if r.path.startswith(PROXY_PATH)]
     assert report["outcome"] == "promoted", report.get("reason")
+    # Preflight said so in the run's log, before staging was deployed.
+    logs = _logs(since)
+    said = next(i for i, m in enumerate(logs) if "check staging/load: GET http://bodhi-server.bodhi-staging.svc:8080"
+                "/token/refresh goes through the API server's service proxy" in m)
+    assert said < next(i for i, m in enumerate(logs) if "bodhi-staging/bodhi-server container" in m), logs
     staging = next(p for p in report["phases"] if p["name"] == "staging")
     assert [(c["name"], c["route"], c["failures"]) for c in staging["checks"]] == [
         ("smoke", "api-proxy", 0), ("load", "api-proxy", 0)]
