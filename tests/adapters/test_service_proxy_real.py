@@ -11,6 +11,7 @@ proxied answer is tested on the emulator, tests/rehearsal/test_service_proxy.py)
 
 from __future__ import annotations
 
+import time
 from unittest.mock import MagicMock
 
 import pytest
@@ -22,8 +23,9 @@ from phasegate.clock import RealClock
 from phasegate.plan import Check
 from phasegate.rehearsal.cluster import SEED_DEPLOYMENT
 from tasks.checks import run_check
-from tests.adapters.test_rbac_real import RolloutAccount, reading_account  # noqa: F401  (a fixture)
-from tests.fixtures.backends import Backend, EmulatorBackend, RealBackend
+from tests.adapters.test_rbac import ROLLOUT_ACCOUNT
+from tests.adapters.test_rbac_real import RolloutAccount, reading_account, rollout_account  # noqa: F401  (fixtures)
+from tests.fixtures.backends import Backend, EmulatorBackend, RealBackend, RealControlPlane
 
 
 def _service(backend: Backend, name: str, selector: dict[str, str]) -> None:
@@ -90,3 +92,29 @@ def test_an_account_without_services_proxy_is_told_by_the_real_authorizer(
     status, api_error = _answer(cluster, f"http://{SEED_DEPLOYMENT}.{ns}.svc:8080/health")
     assert status == 403 and api_error is not None
     assert f'cannot get resource "services/proxy" in API group "" in the namespace "{ns}"' in api_error
+
+
+def test_a_role_granting_services_proxy_names_the_proxy_id_not_the_service(
+        rollout_account: RolloutAccount, real_control_plane: RealControlPlane) -> None:  # noqa: F811
+    """What README tells a laptop user to grant: RBAC sees ``http:bodhi-server:8080`` as the
+    resource name, so a Role naming only ``bodhi-server`` grants nothing."""
+    admin, ns = real_control_plane.observer, rollout_account.staging
+    assert admin is not None
+    account, account_ns = ROLLOUT_ACCOUNT
+    for role, names in (("proxy-by-service-name", [SEED_DEPLOYMENT]), ("proxy-by-id", [f"http:{SEED_DEPLOYMENT}:9999"])):
+        admin.post(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles", {
+            "metadata": {"name": role}, "rules": [{"apiGroups": [""], "resources": ["services/proxy"],
+                                                   "verbs": ["get", "create"], "resourceNames": names}]})
+        admin.post(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings", {
+            "metadata": {"name": role}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                                    "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": account_ns}]})
+    cluster = rollout_account.cluster
+    deadline = time.monotonic() + 10  # the authorizer's informers see the new bindings within moments
+    while not cluster.proxy_allowed(ns, f"http:{SEED_DEPLOYMENT}:9999", "get") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cluster.proxy_allowed(ns, f"http:{SEED_DEPLOYMENT}:9999", "get")
+    assert not cluster.proxy_allowed(ns, f"http:{SEED_DEPLOYMENT}:8080", "get")
+    # Authorized, the request reaches the Service lookup (a port it lacks: nothing is dialled).
+    assert _answer(cluster, f"http://{SEED_DEPLOYMENT}.{ns}.svc:9999/health") == (
+        503, f'ServiceUnavailable: no service port 9999 found for service "{SEED_DEPLOYMENT}"')
