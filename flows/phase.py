@@ -149,7 +149,7 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
             log.error("deploy failed: %s", failure)
             return finish(after_deploy_failure(phase, f"deploy did not become ready — {failure}"))
         if phase.checks:
-            result.checks = run_phase_checks(list(phase.checks))
+            result.checks = run_phase_checks(list(phase.checks), sorted({plan.namespace(p) for p in plan.phases}))
             action = after_checks(phase, [f"{c.name}: {c.detail}" for c in result.checks if not c.passed])
             if action.step is not Step.CONTINUE:
                 return finish(action)

@@ -36,6 +36,7 @@ from phasegate.plan import Phase, RolloutPlan, Strategy, load_plan
 from phasegate.ports import TargetRef, TargetState
 from phasegate.record import ANN_ROLLED_BACK, PhaseState, Release, rollout_id
 from tasks import evidence
+from tasks.checks import plan_checks
 from tasks.cluster import annotate_release, check_permissions, read_target
 from tasks.metrics import check_metrics
 
@@ -62,8 +63,9 @@ def lock_name(plan: RolloutPlan) -> str:
     return f"phasegate:{plan.target.namespaces.production}.{plan.target.deployment}"
 
 
-def preflight(plan: RolloutPlan, image: str) -> TargetRef:
-    """Read what preflight needs; ``decide.preflight_problems`` says what stops the rollout."""
+def preflight(plan: RolloutPlan, image: str, plan_path: str | None = None) -> TargetRef:
+    """Read what preflight needs; ``decide.preflight_problems`` says what stops the rollout.
+    ``plan_path``: the plan's file, for the lines check problems name."""
     ref = target_ref(plan)
     refs = [ref] + [TargetRef(plan.namespace(p), ref.deployment, ref.container) for p in plan.phases]
     targets: dict[str, TargetState | str] = {}
@@ -97,9 +99,12 @@ def preflight(plan: RolloutPlan, image: str) -> TargetRef:
             slack_problem = status.detail
         else:
             get_run_logger().warning("Slack is unavailable (%s); the rollout goes on without it", status.detail)
+    reachable = not any(isinstance(t, str) and t.startswith("cluster unreachable") for t in targets.values())
     problems = preflight_problems(
         targets=targets, denied=denied, checklist_required=required, checklist_confirmed=confirmed,
         metric_problems=check_metrics(plan), slack_problem=slack_problem, image=image,
+        # Which checks go through the API server's proxy is logged there, before any deploy.
+        check_problems=plan_checks(plan, plan_path) if reachable else (),
     )
     if isinstance(production, TargetState) and production.stable.replicas > 0:
         problems += share_problems(plan, production)
@@ -277,7 +282,7 @@ def progressive_rollout(
     if not _finishing_a_rollback(plan, ref, image):
         # A rollback under way is finished whatever preflight would say now (Prometheus
         # down, a checklist since withdrawn): stopping it halfway helps nobody.
-        preflight(plan, image)
+        preflight(plan, image, plan_path)
     name = lock_name(plan)
     ensure_lock(name)
     if take_over:

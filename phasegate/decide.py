@@ -288,12 +288,16 @@ def preflight_problems(
     metric_problems: Sequence[str],
     slack_problem: str | None,
     image: str,
+    check_problems: Sequence[str] = (),
 ) -> list[str]:
     """Everything that keeps a rollout from starting, all at once; empty: start.
 
     ``targets`` maps each target to its state or to why it could not be read; ``denied``
     each namespace to the RBAC verbs it refuses; ``slack_problem`` is a refused token
-    (an outage is not a problem: notifications never stop a rollout).
+    (an outage is not a problem: notifications never stop a rollout); ``check_problems``
+    the smoke and load checks that could reach their Service by no route
+    (``checkroute.check_problems``): a staging deploy whose checks are bound to fail only
+    costs a rollback.
     """
     problems: list[str] = []
     for name, state in targets.items():
@@ -307,6 +311,7 @@ def preflight_problems(
         problems.append("the pre-deployment checklist is not confirmed for this release: run "
                         "`phasegate checklist PLAN --image IMAGE` (the pre-deployment-checklist deployment) first")
     problems.extend(metric_problems)
+    problems.extend(check_problems)
     if slack_problem:
         problems.append(f"Slack: {slack_problem}")
     last = image.rsplit("/", 1)[-1]

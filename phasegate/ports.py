@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from phasegate.checkroute import ServiceURL
+
 TRACK_LABEL = "track"
 STABLE = "stable"
 CANARY = "canary"
@@ -162,6 +164,44 @@ class Cluster(Protocol):
         resource[/name]`` (empty: all allowed). ``configmap``: the flag ConfigMap, if the plan
         has one; ``canary``: whether a phase runs a canary in that namespace; ``autoscaler``:
         the HorizontalPodAutoscaler scaling the target, if one does."""
+        ...
+
+
+@dataclass(frozen=True)
+class ProxyAnswer:
+    """One answer through the API server's service proxy."""
+
+    status: int
+    # The API server's own refusal (a ``Status``: no endpoints, no such port, forbidden, its
+    # dial error), which is not the Service's answer; None when the Service answered.
+    api_error: str | None = None
+
+
+class ServiceProxySession(Protocol):
+    """A pool of connections to the API server for one check's requests."""
+
+    def request(self, method: str, target: ServiceURL, timeout: float) -> ProxyAnswer:
+        """Raise ``ClusterUnavailable`` when the API server cannot be reached at all."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ServiceProxy(Protocol):
+    """The API server's service proxy (what ``kubectl proxy`` serves): how a run outside the
+    cluster reaches a Service's DNS name with the cluster's own credentials."""
+
+    def open_session(self, connections: int) -> ServiceProxySession:
+        """A session holding up to ``connections`` connections open at once."""
+        ...
+
+    def proxy_allowed(self, namespace: str, proxy_name: str, verb: str) -> bool:
+        """Whether RBAC lets this identity ``verb`` ``services/proxy`` named ``proxy_name``."""
+        ...
+
+    def service_port_problem(self, namespace: str, service: str, port: str) -> str | None:
+        """Why the proxy cannot reach ``port`` of the Service (missing, no such port); None if it
+        can, or if this identity may not read Services (the check's answer will say)."""
         ...
 
 

@@ -29,10 +29,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from phasegate.checkroute import DEFAULT_CLUSTER_DOMAIN
 from phasegate.clock import Clock
 from phasegate.errors import PermanentError
 from phasegate.notify import Notifier
-from phasegate.ports import Cluster, MetricsProvider
+from phasegate.ports import Cluster, MetricsProvider, ServiceProxy
 
 
 class RunContextMissing(PermanentError):
@@ -84,6 +85,11 @@ class RunContext:
     pacing: Pacing = field(default_factory=Pacing)
     # Rewrites a check URL from the plan (cluster DNS) to one reachable from where the flow runs.
     url_for_check: Callable[[str], str] = _same_url
+    # Outside the cluster: the API server's service proxy, which checks naming a Service
+    # (``*.svc``) go through (``phasegate.checkroute``); None: every check URL is requested
+    # as ``url_for_check`` gives it (inside the cluster, where Service names resolve).
+    service_proxy: ServiceProxy | None = None
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     ui_url: str | None = None
     on_pause: PauseObserver | None = None
     on_event: EventObserver | None = None

@@ -34,11 +34,20 @@ Design decisions:
   the caller's timeout; a canary that never starts costs no serving capacity. Stable is
   scaled back up before the canary is deleted, so capacity never dips on the way back
   either.
+* Checks from outside the cluster go through the API server's service proxy
+  (``phasegate.checkroute`` says why and when). ``open_session`` gives each check a client
+  of its own, on a copy of this adapter's configuration (same server, TLS and
+  credentials, whatever the kubeconfig's auth is), with a pool as large as the check's
+  concurrency: the shared pool is sized for the rollout's own calls, and a load check
+  squeezed through it would measure the pool, not the Service. A proxied request is sent
+  once and never retried — a check counts failures, it does not hide them — and the
+  token never leaves the client (answers carry only a status and the API server's message).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import random
@@ -51,7 +60,16 @@ from kubernetes import client, config
 
 from phasegate import drift, errors
 from phasegate.capacity import canary_split, scaled_bounds, stable_while_surging
-from phasegate.ports import CANARY, TRACK_LABEL, AutoscalerState, TargetRef, TargetState, WorkloadState
+from phasegate.checkroute import ServiceURL
+from phasegate.ports import (
+    CANARY,
+    TRACK_LABEL,
+    AutoscalerState,
+    ProxyAnswer,
+    TargetRef,
+    TargetState,
+    WorkloadState,
+)
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -287,6 +305,45 @@ def _pooled(configuration: client.Configuration) -> client.Configuration:
     # rollout's rollback beside its notifications) discarded connections and re-handshook.
     configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, 32)
     return configuration
+
+
+def api_status_message(status: int, content_type: str, data: bytes) -> str | None:
+    """The message of a ``Status`` the API server answered with itself, else None: a proxied
+    Service's own answer passes through untouched, whatever its status."""
+    if status < 400 or "json" not in content_type:
+        return None
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("kind") != "Status" or body.get("apiVersion") != "v1":
+        return None
+    return f"{body.get('reason') or status}: {body.get('message', '')}"
+
+
+class ServiceProxySession:
+    """One check's requests through the API server's service proxy, on a pool of its own."""
+
+    def __init__(self, configuration: client.Configuration, connections: int) -> None:
+        configuration = copy.deepcopy(configuration)
+        configuration.connection_pool_maxsize = max(connections, 1)
+        self._api = client.ApiClient(configuration)
+
+    def request(self, method: str, target: ServiceURL, timeout: float) -> ProxyAnswer:
+        path = target.proxy_path + (f"?{target.query}" if target.query else "")
+        params = self._api.param_serialize(method=method, resource_path=path, header_params={"Accept": "*/*"},
+                                           auth_settings=["BearerToken"])
+        try:
+            response = self._api.call_api(*params, _request_timeout=timeout)
+            data = response.read()
+        except (urllib3.exceptions.HTTPError, OSError, client.ApiException) as exc:
+            # The exception's text names the URL, never the header carrying the token.
+            raise errors.ClusterUnavailable(f"API server unreachable: {type(exc).__name__}") from None
+        content_type = str(response.headers.get("Content-Type", ""))
+        return ProxyAnswer(response.status, api_status_message(response.status, content_type, data or b""))
+
+    def close(self) -> None:
+        self._api.close()
 
 
 class KubernetesCluster:
@@ -729,3 +786,28 @@ class KubernetesCluster:
                 missing.append(f"{permission.verb} {permission.resource}"
                                + (f"/{attributes['name']}" if permission.name else ""))
         return missing
+
+    # -- the service proxy (checks from outside the cluster) -----------------------------
+
+    def open_session(self, connections: int) -> ServiceProxySession:
+        return ServiceProxySession(self.api.configuration, connections)
+
+    def proxy_allowed(self, namespace: str, proxy_name: str, verb: str) -> bool:
+        review = self._request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body={
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"namespace": namespace, "verb": verb, "group": "", "resource": "services",
+                                            "subresource": "proxy", "name": proxy_name}}})
+        return bool((review.get("status") or {}).get("allowed"))
+
+    def service_port_problem(self, namespace: str, service: str, port: str) -> str | None:
+        try:
+            svc = self._request("GET", f"/api/v1/namespaces/{namespace}/services/{service}")
+        except errors.TargetNotFound:
+            return f"Service {namespace}/{service} not found"
+        except errors.Forbidden:
+            return None  # may proxy without reading Services: the check's own answer will tell
+        ports = (svc.get("spec") or {}).get("ports") or []
+        if any(str(p.get("port")) == port or p.get("name") == port for p in ports):
+            return None
+        have = ", ".join(f"{p.get('name') or '(unnamed)'} {p.get('port')}" for p in ports) or "none"
+        return f"Service {namespace}/{service} has no port {port} (its ports: {have})"

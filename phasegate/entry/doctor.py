@@ -50,10 +50,12 @@ from phasegate.adapters.slack import (
     SlackBotNotifier,
     SlackWebhookNotifier,
 )
+from phasegate.checkroute import Route
 from phasegate.entry import clikit as cli
 from phasegate.entry.settings import PhasegateSettings, context_from_settings
 from phasegate.plan import RolloutPlan
 from phasegate.ports import TargetRef
+from tasks.checks import assess_checks
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # auth.test needs no channel; without a plan the real one is only known at run time.
@@ -71,13 +73,15 @@ class Check:
 
 
 def doctor(settings: PhasegateSettings, plan: RolloutPlan | None = None,
-           env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = None) -> list[Check]:
+           env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = None,
+           plan_path: Path | None = None) -> list[Check]:
     """Every check, in order: Prefect API (with ``prefect_yaml``, its work pools and deployments),
-    cluster, RBAC per namespace, targets (with a plan), Prometheus, Slack."""
+    cluster, RBAC per namespace, targets and the route of each smoke/load check (with a plan;
+    ``plan_path`` for the lines problems name), Prometheus, Slack."""
     checks = [prefect_api_check()]
     if prefect_yaml is not None and checks[0].ok:
         checks.extend(deployment_checks(prefect_yaml))
-    checks += [*_cluster_checks(settings, plan), _prometheus_check(settings)]
+    checks += [*_cluster_checks(settings, plan, plan_path), _prometheus_check(settings)]
     if plan is not None and checks[-1].ok:
         checks.extend(_series_checks(settings, plan))
     checks.append(_slack_check(settings, plan, env))
@@ -208,20 +212,21 @@ def plan_targets(plan: RolloutPlan) -> list[TargetRef]:
     return [TargetRef(ns, t.deployment, t.container) for ns in namespaces]
 
 
-def _cluster_checks(settings: PhasegateSettings, plan: RolloutPlan | None) -> list[Check]:
+def _cluster_checks(settings: PhasegateSettings, plan: RolloutPlan | None,
+                    plan_path: Path | None = None) -> list[Check]:
     source = _cluster_source(settings)
     try:
         cluster = settings.cluster(attempts=2, backoff=0.2, request_timeout=(3.0, 10.0))
     except Exception as exc:  # a missing or broken kubeconfig must not hide the other checks
         return [Check("cluster", False, f"{source}: cannot load: {_describe(exc)}")]
     try:
-        return _cluster_checks_with(cluster, source, settings, plan)
+        return _cluster_checks_with(cluster, source, settings, plan, plan_path)
     finally:
         cluster.close()
 
 
 def _cluster_checks_with(cluster: KubernetesCluster, source: str, settings: PhasegateSettings,
-                         plan: RolloutPlan | None) -> list[Check]:
+                         plan: RolloutPlan | None, plan_path: Path | None = None) -> list[Check]:
     where = f"{source} ({cluster.api.configuration.host})"
     try:
         targets = plan_targets(plan) if plan is not None else None
@@ -248,7 +253,28 @@ def _cluster_checks_with(cluster: KubernetesCluster, source: str, settings: Phas
             checks.append(Check(f"target {ref}", False, _describe(exc)))
         else:
             checks.append(Check(f"target {ref}", True, f"{stable.image}, {stable.replicas} replicas"))
+    if plan is not None:
+        checks.extend(_route_checks(cluster, settings, plan, plan_path))
     return checks
+
+
+def _route_checks(cluster: KubernetesCluster, settings: PhasegateSettings, plan: RolloutPlan,
+                  plan_path: Path | None) -> list[Check]:
+    """Each smoke/load check: the route it will take from here, or why it cannot reach its Service."""
+    try:
+        planned, problems = assess_checks(plan, plan_path, proxy=cluster if settings.uses_service_proxy() else None,
+                                          cluster_domain=settings.cluster_domain)
+    except Exception as exc:
+        return [Check("checks", False, _describe(exc))]
+    out = []
+    for c in planned:
+        # The check's name leads the line already; its plan line stays in the detail.
+        mine = [p.removeprefix(f"phases[{c.phase}].checks[{c.name}] ") for p in problems
+                if p.startswith(f"{c.label}: ")]
+        route = ("through the API server's service proxy" if c.route is Route.API_PROXY
+                 else "directly")
+        out.append(Check(f"check {c.phase}/{c.name}", not mine, "; ".join(mine) or f"{c.method} {c.url} {route}"))
+    return out
 
 
 def _version_check(cluster: KubernetesCluster) -> Check:
@@ -349,7 +375,7 @@ def doctor_command(
     except ValueError as exc:  # pydantic names the field and hides a SecretStr's value
         cli.err.print(f"settings: {exc}", markup=False, highlight=False)
         raise typer.Exit(cli.EXIT_BAD_INPUT) from None
-    checks = doctor(settings, loaded, prefect_yaml=prefect_yaml)
+    checks = doctor(settings, loaded, prefect_yaml=prefect_yaml, plan_path=plan)
     print_checks(checks)
     failed = [c.name for c in checks if not c.ok]
     if failed:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +33,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from phasegate.adapters.kubernetes import KubernetesCluster
 from phasegate.adapters.prometheus import PrometheusProvider, PrometheusSettings
 from phasegate.adapters.slack import load_secret, make_notifier
+from phasegate.checkroute import DEFAULT_CLUSTER_DOMAIN
 from phasegate.clock import RealClock
 from phasegate.notify import Notifier
 from phasegate.plan import RolloutPlan
@@ -75,6 +76,15 @@ class PhasegateSettings(BaseSettings):
         validation_alias=AliasChoices("ui_url", "PHASEGATE_UI_URL", "PREFECT_UI_URL"),
         description="Prefect UI base URL for links in notifications; default: what Prefect derives from its API URL.",
     )
+    check_route: Literal["auto", "direct", "api-proxy"] = Field(
+        default="auto",
+        description="How smoke and load checks whose URL names a cluster Service (<svc>.<ns>.svc) are sent: "
+        "'auto' goes through the API server's service proxy unless in-cluster, 'direct' always requests the URL "
+        "(a laptop on the cluster's network and DNS), 'api-proxy' always uses the proxy.",
+    )
+    cluster_domain: str = Field(
+        default=DEFAULT_CLUSTER_DOMAIN, description="The cluster's DNS domain, for <svc>.<ns>.svc.<domain> URLs."
+    )
     approval_poll_seconds: int = Field(
         default=10, ge=1, description="How often an approval or checklist pause checks for an answer, in seconds."
     )
@@ -100,6 +110,13 @@ class PhasegateSettings(BaseSettings):
             return KubernetesCluster.in_cluster(**options)
         path = str(self.kubeconfig) if self.kubeconfig else None
         return KubernetesCluster.from_kubeconfig(path, self.kube_context, **options)
+
+    def uses_service_proxy(self) -> bool:
+        """Whether checks naming a Service go through the API server: outside the cluster
+        its DNS names do not resolve (``phasegate.checkroute``)."""
+        if self.check_route == "auto":
+            return not self.in_cluster
+        return self.check_route == "api-proxy"
 
     def notifier(self, channel: str | None, mention: str | None = None, secret_block: str | None = None,
                  env: Mapping[str, str] = os.environ) -> Notifier:
@@ -129,11 +146,14 @@ def context_from_settings(
     needs ``SLACK_CHANNEL``, or ``make_notifier`` refuses (a setup error, raised here).
     """
     settings = settings if settings is not None else PhasegateSettings()
+    cluster = settings.cluster()
     return RunContext(
-        cluster=settings.cluster(),
+        cluster=cluster,
         metrics=PrometheusProvider.from_settings(settings.prometheus_settings()),
         notifier=settings.plan_notifier(plan),
         clock=RealClock(),
         pacing=Pacing(approval_poll_seconds=settings.approval_poll_seconds),
         ui_url=settings.ui_url or _prefect_ui_url(),
+        service_proxy=cluster if settings.uses_service_proxy() else None,
+        cluster_domain=settings.cluster_domain,
     )

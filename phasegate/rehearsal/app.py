@@ -413,13 +413,18 @@ class SyntheticApp:
     def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         parts = environ.get("PATH_INFO", "").strip("/").split("/")
         pod = None
-        if len(parts) == 4 and parts[0] == "pods" and parts[3] == "metrics":
+        if len(parts) >= 3 and parts[0] == "pods":
             with self._lock:
                 pod = self._pods.get((parts[1], parts[2]))
         if pod is None:
             # A deleted pod's address answers nothing, as in a cluster.
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"no such pod\n"]
+        if parts[3:] != ["metrics"]:
+            # Any other path is the service's API (a smoke or load check through the API
+            # server's service proxy): a running pod answers it.
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+            return [b"ok\n"]
         body = generate_latest(pod.registry)
         start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
         return [body]

@@ -242,7 +242,7 @@ def seed(emulator: ClusterEmulator, *, namespaces: tuple[str, ...] = SEED_NAMESP
                                         "data": {flag_key: "true", "log_level": "info"}}, manager=SEED_MANAGER)
         store.create("services", ns, {"metadata": {"name": deployment, "labels": {"app": deployment}},
                                       "spec": {"selector": {"app": deployment},
-                                               "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+                                               "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]}},
                      manager=SEED_MANAGER)
         for n, tag in enumerate(history):
             image = f"{image_repo}:{tag}"
@@ -287,7 +287,7 @@ def seed_over_api(http: KubeHttp, *, namespaces: tuple[str, ...] = SEED_NAMESPAC
             "data": {flag_key: "true", "log_level": "info"}})
         http.post(f"/api/v1/namespaces/{ns}/services", {
             "metadata": {"name": deployment, "labels": {"app": deployment}},
-            "spec": {"selector": {"app": deployment}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})
+            "spec": {"selector": {"app": deployment}, "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]}})
         count = (replicas or {}).get(ns, 10 if ns == namespaces[0] else 2)
         http.post(f"/apis/apps/v1/namespaces/{ns}/deployments",
                   _deployment(deployment, container, f"{image_repo}:{history[0]}", count, env_flag, configmap))

@@ -3,7 +3,18 @@
 Covered: discovery (legacy, non-aggregated: kubectl 1.32 falls back to it when the answer
 is plain ``application/json``), get/list/watch/create/update/patch/delete on the resources
 in ``k8s_store.RESOURCES``, the ``status`` and ``scale`` subresources, ``Table`` output for
-``kubectl get``, SelfSubjectAccessReview, and ``Status`` bodies for every error.
+``kubectl get``, SelfSubjectAccessReview, the service proxy, and ``Status`` bodies for
+every error.
+
+The service proxy (``/api/v1/namespaces/NS/services/[SCHEME:]NAME[:PORT]/proxy/PATH``)
+follows kube-apiserver v1.20's ``ResourceLocation`` step by step, messages included: RBAC
+on ``services/proxy`` first; a port *number* is looked up among the Service's ports (503
+"no service port N found"), a name or none is matched against the endpoint port names;
+endpoints are what the endpoints controller would write — the Service's port resolved to
+each selected pod's container port, Ready pods with an IP as addresses — and none is 503
+"no endpoints available for service". A random ready address is chosen and the request
+forwarded to whatever serves that pod's port (``pod_http``: the synthetic workload in a
+rehearsal); nothing serving it is kube-apiserver's dial error (500, reason Unknown).
 
 Writes are attributed to their field manager (``?fieldManager=``, else the User-Agent's
 product token) in ``managedFields``.
@@ -20,9 +31,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +63,12 @@ SERVER_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-phasegate-
                   "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.23.0", "compiler": "gc",
                   "platform": "linux/amd64"}
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
+_SERVICE_PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/services/([^/]+)/proxy(/.*)?$")
+_PROXY_VERBS = {"GET": "get", "HEAD": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+# Hop-by-hop and length headers are the proxy's own to set on the way back.
+_NOT_FORWARDED = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "host"})
+# (namespace, pod, container port) -> base URL of what serves it, or None if nothing does.
+PodHttp = Callable[[str, str, int], "str | None"]
 
 
 @dataclass
@@ -321,13 +339,20 @@ class ApiServer:
         self.requests: list[LoggedRequest] = []
         self.closing = threading.Event()
         self.address = "127.0.0.1:0"
+        # What serves each pod's ports, for the service proxy; None: no pod serves anything.
+        self.pod_http: PodHttp | None = None
+        self._proxy_client: Any = None
+        self._random = random.Random()
         self.app = Starlette(routes=[Route("/{path:path}", self._handle,
-                                           methods=["GET", "POST", "PUT", "PATCH", "DELETE"])])
+                                           methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])])
 
     async def _handle(self, request: Request) -> Response:
         path = request.url.path
         self.requests.append(LoggedRequest(request.method, path, request.url.query))
         try:
+            proxied = _SERVICE_PROXY.match(path)
+            if proxied:
+                return await self._service_proxy(request, proxied[1], proxied[2], proxied[3] or "")
             discovery = self._discovery(path)
             if discovery is not None:
                 return JSONResponse(discovery)
@@ -356,6 +381,60 @@ class ApiServer:
             return JSONResponse(exc.status(), status_code=exc.code)
         except json.JSONDecodeError as exc:
             return JSONResponse(ApiError(400, "BadRequest", f"invalid JSON: {exc}").status(), status_code=400)
+
+    async def _service_proxy(self, request: Request, namespace: str, proxy_id: str, path: str) -> Response:
+        verb = _PROXY_VERBS.get(request.method, request.method.lower())
+        if not self.rbac.allows(verb, "services/proxy"):
+            raise ApiError(403, "Forbidden", f'services "{proxy_id}" is forbidden: User "{self.user}" cannot {verb} '
+                                             f'resource "services/proxy" in API group "" in the namespace '
+                                             f'"{namespace}"', kind="services", name=proxy_id, group="")
+        scheme, name, port = _split_scheme_name_port(proxy_id)
+        with self.store.lock:
+            service = self.store.find("services", namespace, name)
+            pods = self.store.list("pods", namespace)
+        if port.isdigit():
+            if service is None:
+                raise ApiError(404, "NotFound", f'services "{name}" not found', kind="services", name=name)
+            declared = next((p for p in (service.get("spec") or {}).get("ports") or []
+                             if str(p.get("port")) == port), None)
+            if declared is None:
+                raise ApiError(503, "ServiceUnavailable", f'no service port {port} found for service "{name}"')
+            port = declared.get("name") or ""
+        elif service is None:
+            raise ApiError(404, "NotFound", f'endpoints "{name}" not found', kind="endpoints", name=name)
+        subsets = _endpoints(service, pods)
+        if not subsets:
+            raise ApiError(503, "ServiceUnavailable", f'no endpoints available for service "{name}"')
+        addresses = [(pod, ip, number) for port_name, pod, ip, number, ready in subsets
+                     if ready and port_name == port]
+        if not addresses:
+            raise ApiError(503, "ServiceUnavailable", f'no endpoints available for service "{proxy_id}"')
+        pod, ip, number = self._random.choice(addresses)
+        base = self.pod_http(namespace, pod, number) if self.pod_http is not None else None
+        if base is None:
+            raise ApiError(500, "", f"error trying to reach service: dial tcp {ip}:{number}: connect: connection "
+                                    "refused")
+        return await self._forward(request, f"{base}{path}", scheme or "http")
+
+    async def _forward(self, request: Request, url: str, scheme: str) -> Response:
+        import httpx
+
+        if self._proxy_client is None:
+            # Created on first use, in the server's own event loop, and kept: a load check
+            # through the proxy sends its thousand requests over a few pooled connections.
+            self._proxy_client = httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_connections=256))
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED
+                   and k.lower() != "authorization"}
+        headers["X-Forwarded-Proto"] = scheme
+        if request.url.query:
+            url += f"?{request.url.query}"  # as sent: repeated keys and their order kept
+        try:
+            answer = await self._proxy_client.request(request.method, url, headers=headers,
+                                                      content=await request.body())
+        except httpx.HTTPError as exc:
+            raise ApiError(500, "", f"error trying to reach service: {type(exc).__name__}") from None
+        kept = {k: v for k, v in answer.headers.items() if k.lower() not in _NOT_FORWARDED}
+        return Response(answer.content, status_code=answer.status_code, headers=kept)
 
     def _forbidden(self, verb: str, target: _Target) -> ApiError:
         rt = target.rt
@@ -525,6 +604,44 @@ class ApiServer:
                 await asyncio.sleep(0.02)
 
         return StreamingResponse(stream(), media_type="application/json")
+
+
+def _split_scheme_name_port(proxy_id: str) -> tuple[str, str, str]:
+    """``name``, ``name:port`` or ``scheme:name:port`` (apimachinery's SplitSchemeNamePort)."""
+    parts = proxy_id.split(":")
+    scheme, name, port = {1: ("", parts[0], ""), 2: ("", parts[0], parts[-1]),
+                          3: tuple(parts)}.get(len(parts), ("", "", ""))
+    if not name or scheme not in ("", "http", "https"):
+        raise ApiError(400, "BadRequest", f'invalid service request "{proxy_id}"')
+    return scheme, name, port
+
+
+def _endpoints(service: Obj, pods: list[Obj]) -> list[tuple[str, str, str, int, bool]]:
+    """What the endpoints controller writes for ``service``, flattened: (port name, pod, pod IP,
+    container port, ready) for each selected pod with an IP and each Service port it has."""
+    spec = service.get("spec") or {}
+    selector = spec.get("selector") or {}
+    if not selector:
+        return []  # a Service without a selector has the endpoints someone writes by hand: none here
+    out = []
+    for pod in pods:
+        labels = pod["metadata"].get("labels") or {}
+        status = pod.get("status") or {}
+        if any(labels.get(k) != v for k, v in selector.items()) or not status.get("podIP") \
+                or pod["metadata"].get("deletionTimestamp"):
+            continue
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        for sp in spec.get("ports") or []:
+            target = sp.get("targetPort", sp.get("port"))
+            if isinstance(target, str) and not target.isdigit():
+                number = next((cp.get("containerPort") for c in pod["spec"].get("containers") or []
+                               for cp in c.get("ports") or [] if cp.get("name") == target), None)
+                if number is None:
+                    continue
+            else:
+                number = int(target)
+            out.append((sp.get("name") or "", pod["metadata"]["name"], status["podIP"], int(number), ready))
+    return out
 
 
 def _event(kind: str, obj: Obj) -> bytes:

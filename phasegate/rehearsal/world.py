@@ -21,6 +21,7 @@ the plan's queries (``workload.derive``), levelled by an optional workload file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -127,6 +128,9 @@ class World:
     prometheus: PrometheusServer
     notifier: Notifier
     checks: CheckServer
+    # How the plan's checks reach the workload: "loopback" (the check server, fast) or
+    # "api-proxy" (through the emulator's service proxy to the pods, as a run from a laptop).
+    check_route: str = "loopback"
     outage_log: list[tuple[str, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -212,8 +216,10 @@ class World:
         """``metrics``: what the gates query; default: a provider on this world's Prometheus.
         ``notifier``: who is told; default: the world's."""
         port = self.checks.port
+        cluster = KubernetesCluster.from_url(self.emulator.url, poll_interval=0.05, backoff=0.05, max_backoff=0.5)
+        proxied = self.check_route == "api-proxy"
         return RunContext(
-            cluster=KubernetesCluster.from_url(self.emulator.url, poll_interval=0.05, backoff=0.05, max_backoff=0.5),
+            cluster=cluster,
             metrics=metrics if metrics is not None else self.prometheus.provider(timeout=5.0),
             notifier=notifier if notifier is not None else self.notifier,
             clock=self.clock,
@@ -225,7 +231,8 @@ class World:
                 min_approval_wall=approval_floor,
                 approval_poll_seconds=1,
             ),
-            url_for_check=lambda url: _loopback(url, port),
+            url_for_check=(lambda url: url) if proxied else (lambda url: _loopback(url, port)),
+            service_proxy=cluster if proxied else None,
             on_pause=on_pause,
             ui_url=_prefect_ui_url(),
             on_event=on_event,
@@ -291,6 +298,14 @@ def _owning_deployment(store: Any, namespace: str, pod: dict[str, Any]) -> str |
     return controller(rs, "Deployment") if rs is not None else None
 
 
+def _pod_http(app: SyntheticApp, namespace: str, pod: str, port: int) -> str | None:
+    """Where the synthetic app serves ``pod``'s container port, if it serves it: the app's
+    one HTTP port (8080, named ``http``), for pods it has seen start."""
+    if port != 8080 or app.registry(namespace, pod) is None:
+        return None
+    return f"http://{app.address}/pods/{namespace}/{pod}"
+
+
 def _loopback(url: str, port: int) -> str:
     """Checks in the plan address the cluster's Service; here the synthetic app answers them."""
     from urllib.parse import urlsplit, urlunsplit
@@ -319,11 +334,13 @@ def world(
     ready_delay: float = 0.05,
     prometheus_auth: tuple[str, str] | None = None,
     workload_file: str | Path | None = None,
+    check_route: str = "loopback",
 ) -> Iterator[World]:
     """Start the loopback world for ``plan``; everything is stopped on exit.
 
     ``prometheus_auth``: (user, password) the world's Prometheus demands, as one behind
-    basic auth in production does. ``workload_file``: levels for the derived workload."""
+    basic auth in production does. ``workload_file``: levels for the derived workload.
+    ``check_route``: ``World.check_route``."""
     resolved, derived = prepare(plan, scenario, workload_file)
     scn = resolved.scenario
     new_image = image or default_image(plan)
@@ -347,9 +364,12 @@ def world(
             workload=derived, resolved=resolved,
         )
         stack.enter_context(app)
+        # The service proxy reaches a pod's HTTP port where the synthetic app serves that pod.
+        emulator.api.pod_http = functools.partial(_pod_http, app)
         prometheus.start()
         checks = stack.enter_context(CheckServer())
-        w = World(plan, new_image, scn, clock, emulator, app, prometheus, notifier or notifier_for(plan), checks)
+        w = World(plan, new_image, scn, clock, emulator, app, prometheus, notifier or notifier_for(plan), checks,
+                  check_route)
         holder["world"] = w
         # Enough samples of every seeded pod for a {{window}} of rate() before preflight reads it.
         series = "api_response_time_ms_count" if derived is None else 'up{namespace!=""}'

@@ -150,3 +150,29 @@ def test_without_a_plan_a_slack_bot_needs_slack_channel(monkeypatch: pytest.Monk
     monkeypatch.setenv("SLACK_CHANNEL", "#rollouts")
     notifier = context_from_settings(None, settings).notifier
     assert isinstance(notifier, SlackBotNotifier) and notifier.channel == "#rollouts"
+
+
+@pytest.mark.parametrize(
+    ("in_cluster", "route", "proxied"),
+    [(False, None, True), (True, None, False), (False, "direct", False), (True, "api-proxy", True)],
+)
+def test_checks_go_through_the_api_servers_proxy_only_from_outside_the_cluster_unless_told(
+        monkeypatch: pytest.MonkeyPatch, in_cluster: bool, route: str | None, proxied: bool) -> None:
+    if route:
+        monkeypatch.setenv("PHASEGATE_CHECK_ROUTE", route)
+    assert PhasegateSettings(in_cluster=in_cluster).uses_service_proxy() is proxied
+
+
+def test_a_kubeconfig_run_gives_checks_the_clusters_own_client_as_their_proxy(
+        monkeypatch: pytest.MonkeyPatch, kubeconfig: Path) -> None:
+    monkeypatch.setenv("PHASEGATE_CLUSTER_DOMAIN", "corp.internal")
+    rt = context_from_settings(None, PhasegateSettings(kubeconfig=kubeconfig))
+    assert rt.service_proxy is rt.cluster and rt.cluster_domain == "corp.internal"
+    direct = context_from_settings(None, PhasegateSettings(kubeconfig=kubeconfig, check_route="direct"))
+    assert direct.service_proxy is None
+
+
+def test_an_unknown_check_route_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PHASEGATE_CHECK_ROUTE", "job")
+    with pytest.raises(ValueError, match="check_route"):
+        PhasegateSettings()

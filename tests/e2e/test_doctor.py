@@ -87,8 +87,24 @@ def test_doctor_with_a_plan_checks_every_namespace_target_and_the_plans_channel(
     metrics = {f"metric {name}": "ok" for name in load_plan(SEED_PLAN).metrics}
     assert lines(result) == {
         "prefect api": "ok", "cluster": "ok", "kubernetes version": "ok", "rbac bodhi": "ok", "rbac bodhi-staging": "ok", "target bodhi/bodhi-server": "ok",
-        "target bodhi-staging/bodhi-server": "ok", "prometheus": "ok", **metrics, "slack": "ok"}
+        "target bodhi-staging/bodhi-server": "ok", "check staging/smoke": "ok", "check staging/load": "ok",
+        "prometheus": "ok", **metrics, "slack": "ok"}
     assert "channel #engineering" in result.stdout
+    # From a kubeconfig (outside the cluster) the plan's *.svc checks go through the API server.
+    assert "http://bodhi-server.bodhi-staging.svc:8080/health through the API server's service proxy" in result.stdout
+
+
+def test_doctor_refuses_a_check_the_service_proxy_is_forbidden_for_naming_its_plan_line(
+        env: dict[str, str], seeded_cluster: ClusterEmulator) -> None:
+    seeded_cluster.rbac.deny("get", "services/proxy")
+    result = doctor(env, "--plan", str(SEED_PLAN))
+    assert result.returncode == 2
+    assert {name for name, mark in lines(result).items() if mark == "FAIL"} == {"check staging/smoke",
+                                                                                "check staging/load"}
+    line = next(x for x in result.stdout.splitlines() if "check staging/smoke" in x)
+    smoke_line = next(n for n, text in enumerate(SEED_PLAN.read_text().splitlines(), 1) if "name: smoke" in text)
+    assert f"({SEED_PLAN}:{smoke_line}): http://bodhi-server.bodhi-staging.svc:8080/health" in line
+    assert "RBAC denies get services/proxy (http:bodhi-server:8080) in namespace bodhi-staging" in line
 
 
 @pytest.fixture
