@@ -95,15 +95,24 @@ def approval_form(phase: Phase) -> type[RunInput]:
     return create_model(f"Approve{camel}", __base__=_Decided, **fields)
 
 
+_BOUND = re.compile(r"^.+ (?P<op><=|>=|==|<|>) (?P<threshold>\S+)$")
+
+
 def evidence_table(measurements: Sequence[Measurement]) -> str:
-    """The last gate round for the Resume dialog, narrow enough for it: the dialog is ~470 px
-    wide, and the artifact's six columns (value, baseline, compared, bound...) clip there."""
+    """The last gate round for the Resume dialog, narrow enough for it.
+
+    Prefect's markdown tables do not wrap and hide their scrollbar, so the artifact's six
+    columns (value, baseline, compared, bound, ...) are cut off on the right of the ~450 px
+    dialog. Here: gate, outcome, and the compared number against the bound's own operator and
+    threshold (``3.2 < 20``); the phase's summary artifact keeps the full table."""
     lines = ["| gate | outcome | value vs bound |", "|---|---|---|"]
     for m in measurements:
         # The compared number is the one the bound speaks of (a delta or a ratio, else the value).
         shown = m.compared if m.compared is not None else m.value
-        value = "no data" if shown is None else f"{shown:.4g}"
-        lines.append(f"| {m.gate} | {m.outcome.value} | {value} ({m.bound or 'no bound'}) |")
+        value = "no data" if shown is None else f"{shown:.6g}"
+        bound = _BOUND.match(m.bound)
+        versus = f"{value} {bound['op']} {bound['threshold']}" if bound else f"{value} ({m.bound or 'no bound'})"
+        lines.append(f"| {m.gate} | {m.outcome.value} | {versus} |")
     return "\n".join(lines) if measurements else "(no gate round)"
 
 
@@ -139,6 +148,8 @@ def describe(rollout: Rollout, phase: Phase, next_phase: Phase | None, action: A
         "",
         "### Gate evidence (last round)",
         evidence_md,
+        "",
+        "Values, baselines and queries of every gate: the phase's summary artifact.",
     ])
 
 

@@ -243,7 +243,8 @@ class Check(_Model):
 
 
 class Approval(_Model):
-    required: bool = Field(True, description="Pause for a person before the next phase.")
+    required: bool = Field(True, description="Pause for a person before the next phase; in the last phase, "
+                           "before promotion if it has manual_criteria to attest.")
     approvers: list[str] = Field(default_factory=list, description="Who may approve; empty: anyone.")
     timeout: Duration = Field(timedelta(hours=24), description="How long the pause waits.")
     on_timeout: Literal["halt", "rollback"] = "halt"
