@@ -78,9 +78,10 @@ def confirm_in_the_ui(context: Any, server: PrefectServer, run_id: str, plan: Ro
     card = dialog.bounding_box()
     assert card is not None
     for item in plan.checklist.items:
-        label = dialog.locator(".schema-form-property__label", has_text=re.compile(rf"^\s*{re.escape(item.item)}\s*$"))
-        expect(label).to_be_visible()
+        # The item's own words as the label: nothing cut, nothing added ("(Optional)", "Item 3").
+        label = page.locator(".schema-form-property__label", has_text=re.compile(rf"^\s*{re.escape(item.item)}\s*$"))
         prop = dialog.locator(".schema-form-property").filter(has=label)
+        expect(prop.locator(".schema-form-property__label")).to_be_visible()
         switch = prop.locator("[role=switch]")
         if item.auto is not None:
             # The check's evidence sits under its item, inside the dialog: readable, not clipped.
