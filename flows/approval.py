@@ -3,9 +3,10 @@ still watched.
 
 Design decisions:
 
-* The form is built from the plan at run time: ``decision`` (approve | reject) and
-  ``approver`` have no default — a default would let an empty resume pass as a decision —
-  and each of the phase's manual criteria is a switch that must be on to approve. Whether an
+* The form is built from the plan at run time: the decision (an Approve and a Reject switch,
+  exactly one on: phasegate/approval_form.py says why not a select) and ``approver`` have no
+  default — a default would let an empty resume pass as a decision — and each of the
+  phase's manual criteria is a switch that must be on to approve. Whether an
   answer is acceptable is ``decide.approval_answer``'s call; a refused answer is recorded
   and the run pauses again until the original deadline.
 * For up to a day a canary serves part of production while the run waits for a person.
@@ -26,26 +27,33 @@ import re
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from datetime import timedelta
+from typing import Any
 from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from pydantic import Field, create_model
+from pydantic import ConfigDict, Field, create_model
 
 from flows.context import Rollout
+from phasegate import approval_form as approval_form_fields
 from phasegate import runctx, slack_approval
 from phasegate.analysis import Measurement
 from phasegate.decide import Action, Decision, Step, after_round, approval_answer
 from phasegate.durations import format_duration
 from phasegate.notify import Kind, Severity, reminder_times
 from phasegate.plan import Environment, Phase
+from tasks import evidence
 from tasks.metrics import measure_gates, scope_for
 
 WATCHER = "phasegate (trigger watch)"
+APPROVE, REJECT = approval_form_fields.APPROVE, approval_form_fields.REJECT
+ROLLBACK, HAND_OVER = approval_form_fields.ROLLBACK, approval_form_fields.HAND_OVER
+criterion_field = approval_form_fields.criterion_field
 
 
 @dataclass
@@ -63,20 +71,49 @@ class ApprovalRecord:
     sender: str = ""  # the Prefect account that sent the answer, where the server records one
 
 
-def criterion_field(index: int) -> str:
-    return f"criterion_{index + 1}"
+class _Decided(RunInput):
+    # The server refuses a resume with neither or both of the decision's switches on.
+    model_config = ConfigDict(json_schema_extra=approval_form_fields.one_of(APPROVE, REJECT))
 
 
 def approval_form(phase: Phase) -> type[RunInput]:
+    """The Resume form: two decision switches, the approver, a comment, a switch per criterion.
+
+    The field shapes are phasegate/approval_form.py's (why switches, why all required)."""
     camel = "".join(part.capitalize() for part in re.split(r"[-_]", phase.name))
+    undo = (phase.approval.on_reject or phase.default_rollback).value
     fields: dict[str, Any] = {
-        "decision": (Literal["approve", "reject"], Field(description="Approve the next phase, or reject: roll back.")),
+        APPROVE: (bool, Field(title="Approve", description="Switch on to approve (with every criterion below). "
+                              "Switch on exactly one of Approve and Reject.")),
+        REJECT: (bool, Field(title="Reject", description=f"Switch on to reject: rolls back with {undo}.")),
         "approver": (str, Field(min_length=1, description="Who decides (on the plan's approver list, if it has one).")),
         "comment": (str, Field("", description="Why; recorded in the evidence and posted to Slack.")),
     }
     for i, text in enumerate(phase.manual_criteria):
-        fields[criterion_field(i)] = (bool, Field(False, title=text, description="Required to approve: " + text))
-    return create_model(f"Approve{camel}", __base__=RunInput, **fields)
+        fields[criterion_field(i)] = (bool, Field(
+            title=text, description="Required to approve: switch on once you have checked it."))
+    return create_model(f"Approve{camel}", __base__=_Decided, **fields)
+
+
+_BOUND = re.compile(r"^.+ (?P<op><=|>=|==|<|>) (?P<threshold>\S+)$")
+
+
+def evidence_table(measurements: Sequence[Measurement]) -> str:
+    """The last gate round for the Resume dialog, narrow enough for it.
+
+    Prefect's markdown tables do not wrap and hide their scrollbar, so the artifact's six
+    columns (value, baseline, compared, bound, ...) are cut off on the right of the ~450 px
+    dialog. Here: gate, outcome, and the compared number against the bound's own operator and
+    threshold (``3.2 < 20``); the phase's summary artifact keeps the full table."""
+    lines = ["| gate | outcome | value vs bound |", "|---|---|---|"]
+    for m in measurements:
+        # The compared number is the one the bound speaks of (a delta or a ratio, else the value).
+        shown = m.compared if m.compared is not None else m.value
+        value = "no data" if shown is None else f"{shown:.6g}"
+        bound = _BOUND.match(m.bound)
+        versus = f"{value} {bound['op']} {bound['threshold']}" if bound else f"{value} ({m.bound or 'no bound'})"
+        lines.append(f"| {m.gate} | {m.outcome.value} | {versus} |")
+    return "\n".join(lines) if measurements else "(no gate round)"
 
 
 def watch_note(phase: Phase) -> str:
@@ -111,6 +148,8 @@ def describe(rollout: Rollout, phase: Phase, next_phase: Phase | None, action: A
         "",
         "### Gate evidence (last round)",
         evidence_md,
+        "",
+        "Values, baselines and queries of every gate: the phase's summary artifact.",
     ])
 
 
@@ -253,10 +292,8 @@ def await_approval(
     )
     stop = threading.Event()
     runctx.run_in_thread(_remind, rollout, phase, started, timeout_wall, stop, name="approval-reminders")
-    watch = TriggerWatch(rollout, phase, {
-        "decision": "reject", "approver": WATCHER, "comment": "a trigger fired during the pause",
-        **{f: False for f in form.model_fields if f.startswith("criterion_")},
-    })
+    watch = TriggerWatch(rollout, phase, approval_form_fields.answer(
+        REJECT, WATCHER, "a trigger fired during the pause", [False] * len(phase.manual_criteria)))
     watch.start()
     try:
         while not watch.has_fired:
@@ -277,14 +314,15 @@ def await_approval(
             if watch.has_fired:
                 break
             data = answer.model_dump(exclude={"metadata"})
+            decision = approval_form_fields.chosen(data, APPROVE, REJECT)
             checked = approval_answer(
-                phase, str(data.get("decision", "")), str(data.get("approver", "")), str(data.get("comment", "")),
+                phase, decision, str(data.get("approver", "")), str(data.get("comment", "")),
                 [bool(data.get(criterion_field(i))) for i in range(len(phase.manual_criteria))],
             )
             if checked.decision is None:
                 why = checked.refused
                 log.warning("approval refused: %s", why)
-                record.refused.append({"approver": checked.approver, "decision": str(data.get("decision")),
+                record.refused.append({"approver": checked.approver, "decision": decision,
                                        "why": why})
                 rollout.record("approval_refused", phase=phase.name, approver=checked.approver, why=why)
                 rollout.notify(
@@ -309,6 +347,8 @@ def await_approval(
         rollout.notify(f"{phase.name}:fired-while-paused", Kind.PHASE_FAILED,
                        f"{phase.name}: {watch.fired.reason}; rolling back without waiting for approval",
                        severity=Severity.CRITICAL, phase=phase.name, links=rollout.ui_link())
+    evidence.publish_markdown(rollout.release.id, f"{phase.name}-approval", approval_markdown(record),
+                              f"{phase.name} approval: {record.decision.value}")
     rollout.record(
         "approval", phase=phase.name, decision=record.decision.value, approver=record.approver,
         comment=record.comment, criteria=record.criteria, refused=record.refused, sender=record.sender,
@@ -317,11 +357,41 @@ def await_approval(
     return record
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(none)"
+
+
+def approval_markdown(record: ApprovalRecord) -> str:
+    """The approval artifact: who decided what, why, what they attested, and which account sent it."""
+    sender = record.sender or "none recorded (self-hosted Prefect stores no account with a resume)"
+    lines = [
+        f"# {record.phase}: {record.decision.value}", "",
+        f"- **Decision:** {record.decision.value}",
+        f"- **Decided by:** {_one_line(record.approver)}",
+        f"- **Comment:** {_one_line(record.comment)}",
+        f"- **Prefect account that sent it:** {_one_line(sender)}",
+        f"- **Waited:** {format_duration(timedelta(seconds=round(record.waited_wall)))} (wall clock)",
+    ]
+    if record.fired is not None:
+        lines.append(f"- **Trigger fired during the pause:** {record.fired.reason}")
+    lines += ["", "## Criteria attested"]
+    lines += [f"- {'✅' if on else '❌'} {text}" for text, on in record.criteria.items()] or ["- (none)"]
+    if record.refused:
+        lines += ["", "## Refused answers"]
+        lines += [f"- {_one_line(r.get('approver', ''))} ({r.get('decision') or 'no decision'}): {r.get('why', '')}"
+                  for r in record.refused]
+    return "\n".join(lines) + "\n"
+
+
 class HaltedAnswer(RunInput):
     """What a person does with a halted rollout whose canary still serves."""
 
-    decision: Literal["rollback", "hand over"] = Field(
-        description="rollback: remove the new version now; hand over: stop watching, a person takes over.")
+    # Two switches, as the approval form's decision (phasegate/approval_form.py): exactly one on.
+    model_config = ConfigDict(json_schema_extra=approval_form_fields.one_of(ROLLBACK, HAND_OVER))
+
+    rollback: bool = Field(title="Roll back", description="Switch on to remove the new version now. "
+                           "Switch on exactly one of Roll back and Hand over.")
+    hand_over: bool = Field(title="Hand over", description="Switch on to stop watching: a person takes over.")
     by: str = Field(min_length=1, description="Who decides.")
 
 
@@ -337,7 +407,7 @@ def watch_while_halted(rollout: Rollout, phase: Phase, reason: str) -> Action | 
     log = get_run_logger()
     rt = runctx.get()
     timeout_wall = max(rt.clock.to_wall(phase.approval.timeout.total_seconds()), rt.pacing.min_approval_wall, 1.0)
-    watch = TriggerWatch(rollout, phase, {"decision": "rollback", "by": WATCHER})
+    watch = TriggerWatch(rollout, phase, approval_form_fields.halted_answer(ROLLBACK, WATCHER))
     watch.start()
     description = "\n".join([
         f"## {phase.name}: halted", reason, "",
@@ -360,9 +430,10 @@ def watch_while_halted(rollout: Rollout, phase: Phase, reason: str) -> Action | 
         watch.stop.set()
     rollout.record("halted_watch", phase=phase.name, rounds=watch.rounds,
                    fired=watch.fired.reason if watch.fired else None,
-                   decision=None if answer is None else answer.decision)
+                   decision=None if answer is None else approval_form_fields.chosen(
+                       answer.model_dump(), ROLLBACK, HAND_OVER))
     if watch.fired is not None:
         return watch.fired
-    if answer is not None and answer.decision == "rollback":
+    if answer is not None and answer.rollback and not answer.hand_over:
         return Action(Step.ROLLBACK, f"rolled back by {answer.by} after the halt: {reason}", phase.default_rollback)
     return None

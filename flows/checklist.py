@@ -2,8 +2,9 @@
 
 Design decisions:
 
-* The form is built from the plan: one bool per checklist item (labelled with the item's own
-  words) plus ``confirmed_by``, which has no default so the form cannot be submitted blind.
+* The form is built from the plan: one switch per checklist item (labelled with the item's own
+  words, every one required, so none reads "(Optional)") plus ``confirmed_by``, which has
+  no default so the form cannot be submitted blind.
 * Items with an automatic check are checked first and the form is pre-filled with the
   result, so the person sees the evidence. The evidence also binds: an item whose check
   failed stays unconfirmed whatever the form says, because "dashboards created" is a fact
@@ -23,6 +24,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +48,33 @@ def field_name(item: ChecklistItem, index: int) -> str:
     return f"item_{index + 1}_{words}"
 
 
-def checklist_form(plan: RolloutPlan) -> type[RunInput]:
-    """A ``RunInput`` with a bool per checklist item and ``confirmed_by``."""
+class _AllRequired(RunInput):
+    # Every item in the schema's required list: the UI labels a field with a default
+    # "(Optional)", and no checklist item is optional. The UI sends an untouched switch as off.
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=lambda schema, cls: schema.update(required=list(schema.get("properties", {}))))
+
+
+def checklist_form(plan: RolloutPlan, evidence: Mapping[str, tuple[bool, str]] | None = None) -> type[RunInput]:
+    """A ``RunInput`` with a switch per checklist item and ``confirmed_by``.
+
+    An item with an automatic check starts as the check found, and the check's result is
+    the item's description, right under its label. Both are part of the field itself, not
+    ``with_initial_data``: Prefect rebuilds the fields given initial data without their
+    titles, and the UI then labels them by their (truncated) field names."""
     assert plan.checklist is not None
-    fields: dict[str, Any] = {
-        field_name(item, i): (bool, pydantic.Field(False, title=item.item))
-        for i, item in enumerate(plan.checklist.items)
-    }
-    fields["confirmed_by"] = (str, pydantic.Field(title="Confirmed by"))
-    return pydantic.create_model("ChecklistInput", __base__=RunInput, **fields)
+    fields: dict[str, Any] = {}
+    for i, item in enumerate(plan.checklist.items):
+        name = field_name(item, i)
+        found = (evidence or {}).get(name)
+        if found is None:
+            fields[name] = (bool, pydantic.Field(title=item.item, description="Switch on to confirm."))
+        else:
+            ok, text = found
+            note = "Automatic check passed: " if ok else "Automatic check failed (stays unconfirmed): "
+            fields[name] = (bool, pydantic.Field(ok, title=item.item, description=note + text))
+    fields["confirmed_by"] = (str, pydantic.Field(min_length=1, title="Confirmed by"))
+    return pydantic.create_model("ChecklistInput", __base__=_AllRequired, **fields)
 
 
 def default_paths(plan: RolloutPlan, plan_path: Path) -> tuple[Path, Path]:
@@ -128,11 +148,18 @@ def pre_deployment_checklist(
         found = evidence.get(field_name(item, i))
         auto = "—" if found is None else ("✅ " if found[0] else "❌ ") + found[1]
         lines.append(f"| {item.item} | {auto.replace('|', '/')} |")
-    description = "\n".join(lines) + "\n\nConfirm each item that holds."
-    form = checklist_form(plan)
+    # The form's own fields carry each check's result; the description stays narrow enough
+    # for the Resume dialog (a table of long check results there is clipped on the right).
+    description = "\n".join([
+        "# Pre-deployment checklist", "",
+        f"Confirm each of the {len(plan.checklist.items)} items that holds. An item with an automatic check "
+        "starts as the check found, with its result under the item; a failed check keeps the item unconfirmed "
+        "whatever its switch says.",
+    ])
+    form = checklist_form(plan, evidence)
     _tell_observer(list(form.model_fields))
     answer = pause_flow_run(
-        wait_for_input=form.with_initial_data(description=description, **{k: ok for k, (ok, _) in evidence.items()}),
+        wait_for_input=form.with_initial_data(description=description),
         timeout=timeout_seconds,
         poll_interval=poll_interval_seconds,
         key=f"checklist-{plan.name}",

@@ -23,6 +23,7 @@ from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed, State
 
 from flows.approval import ApprovalRecord, await_approval, watch_while_halted
+from flows.approval import evidence_table as approval_evidence
 from flows.checklist import checklist_confirmed
 from flows.context import Rollout, target_ref
 from flows.lock import LockHeld, ensure_lock, hold
@@ -367,7 +368,7 @@ def drive(plan: RolloutPlan, ref: TargetRef, image: str) -> dict[str, Any]:
             report["phases"].append(phase_report(result))
             evidence.publish_summary(plan, report)
             action = result.action
-            evidence_md = evidence.markdown_table(result.last_round)
+            evidence_md = approval_evidence(result.last_round)
             table = evidence.markdown_table(result.last_round, with_query=True)
             evidence.publish_markdown(
                 rid, f"{phase.name}-summary", f"# {phase.name}: {action.step.value}\n\n{action.reason}\n\n{table}",
@@ -385,7 +386,10 @@ def drive(plan: RolloutPlan, ref: TargetRef, image: str) -> dict[str, Any]:
         if action.step is Step.ADVANCE:
             rollout.notify(f"{phase.name}:passed", Kind.PHASE_PASSED, f"{phase.name} passed: {action.reason}",
                            phase=phase.name)
-        if action.step is Step.HOLD or (next_phase is not None and phase.approval.required):
+        # The last phase has no next one to approve, but its manual criteria still need a
+        # person's word: they are asked before the release is promoted.
+        asks = phase.approval.required and (next_phase is not None or bool(phase.manual_criteria))
+        if action.step is Step.HOLD or asks:
             approval = await_approval(rollout, phase, next_phase, action, evidence_md)
             report["approvals"].append(_approval_report(approval))
             if approval.fired is not None:

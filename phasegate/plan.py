@@ -243,7 +243,8 @@ class Check(_Model):
 
 
 class Approval(_Model):
-    required: bool = Field(True, description="Pause for a person before the next phase.")
+    required: bool = Field(True, description="Pause for a person before the next phase; in the last phase, "
+                           "before promotion if it has manual_criteria to attest.")
     approvers: list[str] = Field(default_factory=list, description="Who may approve; empty: anyone.")
     timeout: Duration = Field(timedelta(hours=24), description="How long the pause waits.")
     on_timeout: Literal["halt", "rollback"] = "halt"
@@ -668,6 +669,29 @@ def load_plan(path: str | Path, replicas: int | None = None) -> RolloutPlan:
     except SourceError as exc:
         raise PlanError([str(exc)]) from None
     return plan_from_source(source, replicas)
+
+
+def plan_warnings(plan: RolloutPlan) -> list[Problem]:
+    """What is valid but likely not meant: a manual criterion no approval pause ever asks.
+
+    A phase pauses for a person when its approval is required (before the next phase, or
+    before promotion when it is the last one and has criteria) or when it is held; with
+    ``approval.required: false`` its criteria are asked only on a hold, which a healthy
+    rollout never has. Not a problem: such a plan runs, it just attests less than it says."""
+    return [
+        (("phases", i, "manual_criteria"),
+         f"warning: {len(phase.manual_criteria)} criterion(s) here can never be asked unless the phase is held: "
+         "approval.required is false (set it to true, or move them to a phase whose approval is required)")
+        for i, phase in enumerate(plan.phases)
+        if phase.manual_criteria and not phase.approval.required
+    ]
+
+
+def warning_lines(path: str | Path) -> list[str]:
+    """``plan_warnings`` of a valid plan file, as FILE:LINE: path: warning: message."""
+    source = load_file(path)
+    return [f"{source.name}:{source.line_of(where)}: {_dotted(where)}: {msg}"
+            for where, msg in plan_warnings(plan_from_source(source))]
 
 
 def load_plan_text(text: str, name: str = "<plan>") -> RolloutPlan:

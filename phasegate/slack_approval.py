@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from phasegate import approval_form
 from phasegate.decide import approver_allowed, normalise_name
 from phasegate.plan import Phase
 
@@ -95,8 +96,8 @@ def answer(click: Click, phase: Phase, slack_approvers: Mapping[str, str]) -> tu
         return None, f"Slack user {click.user_id} is mapped to a blank approver name"
     if not approver_allowed(phase, name):
         return None, f"{name} is not on the approver list"
-    data: dict[str, Any] = {"decision": click.decision, "approver": name,
-                            "comment": f"{click.decision} in Slack by <@{click.user_id}> (signed by Slack)"}
-    for i in range(len(phase.manual_criteria)):
-        data[f"criterion_{i + 1}"] = click.decision == "approve"
-    return data, ""
+    # Every criterion is sent, off on a reject: the form's schema requires each one, and the
+    # Prefect server refuses a resume that lacks any.
+    comment = f"{click.decision} in Slack by <@{click.user_id}> (signed by Slack)"
+    approving = click.decision == approval_form.APPROVE
+    return approval_form.answer(click.decision, name, comment, [approving] * len(phase.manual_criteria)), ""

@@ -15,7 +15,7 @@ import typer
 
 from phasegate.durations import format_duration
 from phasegate.entry.clikit import EXIT_BAD_INPUT, EXIT_BY_OUTCOME, err, load_or_exit, out
-from phasegate.plan import RolloutPlan
+from phasegate.plan import RolloutPlan, warning_lines
 
 app = typer.Typer(
     name="phasegate",
@@ -64,6 +64,8 @@ def validate(
     loaded = load_or_exit(plan, replicas)
     for line in summary(loaded):
         out.print(line, markup=False, highlight=False, soft_wrap=True)
+    for line in warning_lines(plan):
+        err.print(line, markup=False, highlight=False, soft_wrap=True, style="yellow")
     total = replicas or loaded.target.replicas
     if total is not None:
         out.print(f"  shares at {total} replica(s):", highlight=False)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from phasegate import approval_form
 from phasegate.adapters.kubernetes import KubernetesCluster
 from phasegate.clock import ScaledClock
 from phasegate.notify import Notifier
@@ -420,8 +421,8 @@ class Approver:
             run_in_thread(self._resume, flow_run_id, answer, name="approver")
             return
         decision = "reject" if self.mode == "reject" and phase == self.phase else "approve"
-        answer = {"decision": decision, "approver": self.approver, "comment": f"rehearsal: {decision}"}
-        answer.update({f: True for f in fields if f.startswith("criterion_")})
+        criteria = [f for f in fields if f.startswith("criterion_")]
+        answer = approval_form.answer(decision, self.approver, f"rehearsal: {decision}", [True] * len(criteria))
         run_in_thread(self._resume, flow_run_id, answer, name="approver")
 
     def _resume(self, flow_run_id: str, answer: dict[str, Any]) -> None:

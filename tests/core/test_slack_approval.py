@@ -59,7 +59,7 @@ def test_a_press_maps_the_slack_user_to_the_approver_and_attests_the_criteria():
     click = slack_approval.parse_click(press("U0ALICE"))
     data, why = slack_approval.answer(click, p, {"U0ALICE": "Alice"})
     assert why == "" and data is not None
-    assert (data["decision"], data["approver"], data["criterion_1"]) == ("approve", "Alice", True)
+    assert (data["approve"], data["reject"], data["approver"], data["criterion_1"]) == (True, False, "Alice", True)
     assert click.flow_run_id == "8c3f-run"
 
 
@@ -71,10 +71,13 @@ def test_unmapped_users_and_mapped_names_off_the_list_are_refused():
     assert "not on the approver list" in slack_approval.answer(click, p, {"U0MALLORY": "mallory"})[1]
 
 
-def test_a_reject_press_rejects_without_attesting():
-    p = phase(manual_criteria=["no tickets"])
+def test_a_reject_press_rejects_and_sends_every_criterion_off():
+    # The form's schema requires every criterion: a reject that left them out would be
+    # refused by the Prefect server, and the run would go on waiting.
+    p = phase(manual_criteria=["no tickets", "audit log read"])
     data, _ = slack_approval.answer(slack_approval.parse_click(press("U1", slack_approval.REJECT)), p, {"U1": "bob"})
-    assert data is not None and (data["decision"], data["criterion_1"]) == ("reject", False)
+    assert data is not None and (data["approve"], data["reject"]) == (False, True)
+    assert (data["criterion_1"], data["criterion_2"]) == (False, False)
 
 
 def test_a_payload_that_is_not_a_phasegate_button_is_an_error():

@@ -1,7 +1,8 @@
 """From a clean state, the README's "Running for real" commands, in its order: `phasegate doctor
 --plan`, then `phasegate run` — refused until the checklist is confirmed —, `phasegate checklist
-PLAN --image IMAGE`, which waits for a person, who confirms it (through the Prefect API, as the
-UI form's Submit does), and `phasegate run` again, which rolls out to 100 %.
+PLAN --image IMAGE`, which waits for a person, who confirms it in the Prefect UI (headless
+Chromium: each item's label and automatic-check evidence readable, each switch clicked), and
+`phasegate run` again, which rolls out to 100 %.
 
 Every command runs as a user runs it: a subprocess configured only by its environment
 (PHASEGATE_KUBECONFIG at the emulator, PHASEGATE_PROMETHEUS_URL at the loopback Prometheus,
@@ -11,18 +12,20 @@ the wall clock — hence a plan whose soaks are seconds.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from phasegate.adapters.console import ConsoleNotifier
-from phasegate.plan import load_plan
+from phasegate.plan import RolloutPlan, load_plan
 from phasegate.rehearsal.world import world
-from tests.fixtures.prefect import prefect_api_at
+from tests.e2e.test_ui_approval import browser, chromium  # noqa: F401 - the Chromium fixtures
 from tests.fixtures.prefect_server import PrefectServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -30,6 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = ROOT / "tests/plans/real-clock.yaml"
 APPROVER = "alice"
+ARTIFACTS = ROOT / "reports" / "e2e"
 
 
 def _phasegate(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -60,11 +64,47 @@ def _paused(server: PrefectServer, flow: str, proc: subprocess.Popen[bytes], log
     pytest.fail(f"{flow} never paused:\n{log.read_text()}")
 
 
-def test_checklist_then_run_from_a_clean_state(prefect_server: PrefectServer, tmp_path: Path) -> None:
-    from prefect.flow_runs import resume_flow_run
+def confirm_in_the_ui(context: Any, server: PrefectServer, run_id: str, plan: RolloutPlan) -> None:
+    """Confirm the checklist as a person does: in the Resume dialog, by mouse, reading each
+    item's own words and its automatic check's result."""
+    from playwright.sync_api import expect
 
-    from flows.checklist import checklist_form
+    assert plan.checklist is not None
+    page = context.pages[0] if context.pages else context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(f"{server.url}/runs/flow-run/{run_id}")
+    page.locator("button", has_text="Resume").click()
+    dialog = page.locator(".p-modal__card")
+    card = dialog.bounding_box()
+    assert card is not None
+    for item in plan.checklist.items:
+        # The item's own words as the label: nothing cut, nothing added ("(Optional)", "Item 3").
+        label = page.locator(".schema-form-property__label", has_text=re.compile(rf"^\s*{re.escape(item.item)}\s*$"))
+        prop = dialog.locator(".schema-form-property").filter(has=label)
+        expect(prop.locator(".schema-form-property__label")).to_be_visible()
+        switch = prop.locator("[role=switch]")
+        if item.auto is not None:
+            # The check's evidence sits under its item, inside the dialog: readable, not clipped.
+            note = prop.locator(".schema-form-property__description")
+            expect(note).to_contain_text("Automatic check passed:")
+            box = note.bounding_box()
+            assert box is not None and card["x"] <= box["x"] and box["x"] + box["width"] <= card["x"] + card["width"]
+            expect(switch).to_have_attribute("aria-checked", "true")  # pre-set from the passed check
+        else:
+            expect(switch).to_have_attribute("aria-checked", "false")
+            switch.click()
+            expect(switch).to_have_attribute("aria-checked", "true")
+    expect(dialog.locator(".schema-form-property__label", has_text="(Optional)")).to_have_count(0)
+    expect(dialog.locator(".schema-form-property__label", has_text=re.compile(r"^\s*Item \d"))).to_have_count(0)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    dialog.screenshot(path=str(ARTIFACTS / "ui-checklist-form.png"))
+    dialog.locator(".schema-form-property").filter(has_text="Confirmed by").locator("textarea").fill(APPROVER)
+    dialog.get_by_role("button", name="Submit").click()
+    expect(dialog).to_be_hidden()
 
+
+def test_checklist_then_run_from_a_clean_state(
+        prefect_server: PrefectServer, browser: Any, tmp_path: Path) -> None:  # noqa: F811 - a fixture
     started = time.monotonic()
     plan = load_plan(PLAN)
     notifier = ConsoleNotifier(file=open("/dev/null", "w"))  # noqa: SIM115 - closed with the process
@@ -86,11 +126,7 @@ def test_checklist_then_run_from_a_clean_state(prefect_server: PrefectServer, tm
         log = tmp_path / "checklist.log"
         checklist = _phasegate("checklist", str(PLAN), "--image", w.image, "--timeout", "120", env=env, log=log)
         run_id = _paused(prefect_server, "pre-deployment-checklist", checklist, log)
-        items = [name for name in checklist_form(plan).model_fields if name not in ("confirmed_by", "metadata")]
-        assert plan.checklist is not None and len(items) == len(plan.checklist.items)
-        answer = {**{name: True for name in items}, "confirmed_by": APPROVER}
-        with prefect_api_at(prefect_server.api_url):
-            resume_flow_run(run_id, run_input=answer)
+        confirm_in_the_ui(browser, prefect_server, run_id, plan)
         assert _exit_code(checklist, 60, log) == 0, log.read_text()
         assert "checklist confirmed" in log.read_text()
 

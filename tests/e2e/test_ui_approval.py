@@ -3,13 +3,17 @@
 A real ``prefect server start`` serves the API and the UI; a rehearsal rollout
 (``approve="ui"``: nothing answers for it) runs against it until the canary's approval
 pause; headless Chromium opens the run's page as the link in the notification does, reads
-the gate evidence in the Resume dialog, fills the form and submits. The rollout must then
-run the next phase and end promoted, with the approver and comment in its report.
+the gate evidence in the Resume dialog (every column inside the dialog), submits without a
+decision (refused by the server), then approves with the mouse alone — a click on the
+Approve switch and on the criterion's switch — and submits. The rollout must then run the
+next phase and end promoted, with the approver and comment in its report and in the
+approval artifact on the run.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -24,7 +28,7 @@ import pytest
 from tests.fixtures.common import require_binary
 from tests.fixtures.prefect_server import PrefectServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 REPO = Path(__file__).resolve().parents[2]
 PLAN = REPO / "tests" / "plans" / "ui-approval.yaml"
@@ -36,8 +40,8 @@ CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-PAUSE_TIMEOUT = 60.0  # world start (~8 s) + canary soak floors (~8 s), with room for a slow machine
-FINISH_TIMEOUT = 60.0  # the full phase's soak floors, the promotion, the subprocess exiting
+PAUSE_TIMEOUT = 180.0  # world start (~8 s) + canary soak floors (~8 s), with room for a slow machine
+FINISH_TIMEOUT = 120.0  # the full phase's soak floors, the promotion, the subprocess exiting
 
 
 def _run_rehearsal(server: PrefectServer, report: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -127,19 +131,51 @@ def test_approve_in_the_prefect_ui(prefect_server: PrefectServer, browser: Any, 
         for gate in ("token-not-active", "error-rate-increase", "latency-within-range", "lock-success"):
             expect(evidence).to_contain_text(gate)
         expect(evidence).to_contain_text("Successful")
+        expect(evidence.locator("th").last).to_have_text("value vs bound")
+        # Readable, not clipped: Prefect's markdown tables neither wrap nor show a scrollbar,
+        # so a table wider than its box is silently cut off on the right. Every cell must lie
+        # inside the box, and the table must need no scrolling.
+        box_of = evidence.evaluate("t => { const r = t.parentElement.getBoundingClientRect();"
+                                   " return [r.x, r.x + r.width, t.scrollWidth, t.parentElement.clientWidth]; }")
+        left, right, width, room = box_of
+        assert width <= room, f"the evidence table is {width} px wide in {room} px"
+        cells = evidence.locator("th, td")
+        for i in range(cells.count()):
+            box = cells.nth(i).bounding_box()
+            assert box is not None and left <= box["x"] and box["x"] + box["width"] <= right + 0.5, (
+                cells.nth(i).inner_text(), box, (left, right))
+        lock = evidence.locator("tr").filter(has_text="lock-success")
+        expect(lock.locator("td").last).to_have_text(re.compile(r"^\s*[\d.e+-]+ > 0\.999\s*$"))
 
         def field(label: str) -> Any:
+            exact = re.compile(rf"^\s*{re.escape(label)}( \(Optional\))?\s*$")  # not "Approve" for "Approver"
             return dialog.locator(".schema-form-property").filter(
-                has=page.locator(".schema-form-property__label", has_text=label)
+                has=page.locator(".schema-form-property__label", has_text=exact)
             )
 
-        choose_option(page, field("Decision"), "approve")
+        # Nothing is decided, and nothing is labelled optional, before a person acts.
+        approve, reject = field("Approve").locator("[role=switch]"), field("Reject").locator("[role=switch]")
+        expect(approve).to_have_attribute("aria-checked", "false")
+        expect(reject).to_have_attribute("aria-checked", "false")
+        expect(field(CRITERION)).to_contain_text("Required to approve")
+        # Only the comment may be left out.
+        expect(dialog.locator(".schema-form-property__label", has_text="(Optional)")).to_have_text(
+            [re.compile(r"^\s*Comment \(Optional\)\s*$")])
         field("Approver").locator("textarea").fill(APPROVER)
         field("Comment").locator("textarea").fill(COMMENT)
+        # A resume with no decision is refused by the Prefect server: the dialog stays open.
+        dialog.get_by_role("button", name="Submit").click()
+        refusal = page.get_by_text("Validation failed for field 'approve'").first
+        expect(refusal).to_be_visible()
+        print(f"\nno decision, as the server refused it: {refusal.inner_text()}")
+        expect(dialog).to_be_visible()
+        # The decision and the criterion, by mouse: each a switch a click turns on.
+        approve.click()
+        expect(approve).to_have_attribute("aria-checked", "true")
         toggle = field(CRITERION).locator("[role=switch]")
         toggle.click()
         expect(toggle).to_have_attribute("aria-checked", "true")
-        expect(field("Decision")).to_contain_text("approve")
+        expect(reject).to_have_attribute("aria-checked", "false")
 
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shot = ARTIFACTS / "ui-approval-form.png"
@@ -177,27 +213,11 @@ def test_approve_in_the_prefect_ui(prefect_server: PrefectServer, browser: Any, 
     assert approval["criteria"] == {CRITERION: True}
     assert approval["refused"] == []
     assert report["approvals_sent"] == []  # nobody but the browser answered
+    # The decision is an artifact on the run, read back from the server the UI shows.
+    artifacts = httpx.post(f"{prefect_server.api_url}/artifacts/filter", timeout=10, json={
+        "artifacts": {"flow_run_id": {"any_": [report["flow_run_id"]]}, "type": {"any_": ["markdown"]}}}).json()
+    (record,) = [a["data"] for a in artifacts if (a["key"] or "").endswith("-canary-approval")]
+    assert f"**Decided by:** {APPROVER}" in record and f"**Comment:** {COMMENT}" in record
+    assert f"- ✅ {CRITERION}" in record and "**Prefect account that sent it:**" in record
     total = time.monotonic() - started
     print(f"paused after {paused_after:.1f} s; approved in the UI and promoted after {total:.1f} s")
-
-
-def choose_option(page: Any, field: Any, option: str) -> None:
-    """Pick ``option`` in a schema-form select.
-
-    Prefect 3.9.1's V1 Resume dialog does not open an enum's option list on a click: the
-    list's search box takes focus, the dialog's focus trap takes it back, the list closes
-    (headless and headed Chromium alike). The keyboard opens it and keeps it open, so a
-    person can still choose; the test does what such a person does, and says so.
-    """
-    control = field.locator("button.p-select-button__control")
-    control.click()
-    options = page.get_by_role("option", name=option, exact=True)
-    try:
-        options.wait_for(state="visible", timeout=1_500)
-    except Exception:
-        print("\nnote: the Decision list did not open on a click; opening it with the keyboard")
-        control.focus()
-        control.press("ArrowDown")
-        options.wait_for(state="visible", timeout=5_000)
-    options.click()
-

@@ -18,6 +18,7 @@ import pytest
 
 from phasegate import runctx
 from phasegate.adapters.console import ConsoleNotifier
+from phasegate.approval_form import answer
 from phasegate.clock import ScaledClock
 from phasegate.entry.rehearse import run_in
 from phasegate.plan import load_plan
@@ -83,11 +84,14 @@ def guarded_plan(tmp_path: Path) -> Path:
 
 def test_outsider_missing_decision_and_unticked_criteria_are_refused_then_alice_approves(guarded_plan):
     approver = Scripted([
-        {"decision": "approve", "approver": "mallory", "criterion_1": True},
-        {"decision": "approve", "approver": "   ", "criterion_1": True},  # the form's min_length lets it through
-        {"approver": "alice", "criterion_1": True},  # no decision: must not pass as one
-        {"decision": "approve", "approver": "alice", "criterion_1": False},
-        {"decision": "approve", "approver": "alice", "comment": "audit logs checked", "criterion_1": True},
+        answer("approve", "mallory", "", [True]),
+        answer("approve", "   ", "", [True]),  # the form's min_length lets it through
+        {"approver": "alice", "comment": "", "criterion_1": True},  # no decision: must not pass as one
+        answer("", "alice", "", [True]),  # both decision switches off, as the form starts
+        {**answer("approve", "alice", "", [True]), "reject": True},  # both on
+        {**answer("approve", "alice", "", [True]), "criterion_1": None},  # a criterion left out
+        answer("approve", "alice", "", [False]),
+        answer("approve", "alice", "audit logs checked", [True]),
     ])
     with open(os.devnull, "w") as devnull, world(
         load_plan(guarded_plan), speed=172800.0, notifier=ConsoleNotifier(file=devnull)
@@ -102,7 +106,9 @@ def test_outsider_missing_decision_and_unticked_criteria_are_refused_then_alice_
     assert "not on the approver list" in refused[0]["why"]
     assert refused[1]["why"] == "the approver's name is blank"
     assert "every criterion ticked" in refused[2]["why"]
-    assert len(approver.rejected_by_api) == 1
+    # No decision, neither or both switches on, a criterion missing: the Prefect server itself
+    # refuses them against the form's schema; the run never sees them.
+    assert len(approver.rejected_by_api) == 4, approver.rejected_by_api
 
 
 def _target_plan(folder: Path, name: str, namespace: str, deployment: str, *, half: bool = False) -> Path:
@@ -187,8 +193,7 @@ def _approve(run_id: str, approver: str, comment: str) -> float:
     from prefect.flow_runs import resume_flow_run
 
     before = time.time()
-    resume_flow_run(UUID(run_id), run_input={"decision": "approve", "approver": approver, "comment": comment,
-                                             "criterion_1": True})
+    resume_flow_run(UUID(run_id), run_input=answer("approve", approver, comment, [True]))
     return before
 
 

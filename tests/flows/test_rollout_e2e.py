@@ -66,13 +66,39 @@ def run():
         ctx.__exit__(None, None, None)
 
 
-def test_healthy_seed_plan_is_promoted_through_every_phase_with_three_approvals(run):
+def approval_artifacts(report):
+    """The approval artifacts of the rollout's flow run, as the Prefect server holds them: key → markdown."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(report["flow_run_id"])]),
+            type=ArtifactFilterType(any_=["markdown"])))
+    return {a.key: str(a.data) for a in artifacts if a.key and a.key.endswith("-approval")}
+
+
+def test_healthy_seed_plan_is_promoted_through_every_phase_with_four_approvals(run):
     report, w, _before = run("healthy", plan=SEED)
     assert report["outcome"] == "promoted", [(p["name"], p["reason"]) for p in report["phases"]]
     assert final_state(report) == (
         "COMPLETED", "Promoted", {"plan:token-refresh-locking", "target:bodhi/bodhi-server", "outcome:promoted"})
     assert [p["name"] for p in report["phases"]] == ["staging", "canary-10pct", "canary-50pct", "full"]
-    assert [a["decision"] for a in report["approvals"]] == ["approve"] * 3
+    # One before each next phase, and one before promotion: `full`'s own criteria are attested.
+    assert [(a["phase"], a["decision"]) for a in report["approvals"]] == [
+        ("staging", "approve"), ("canary-10pct", "approve"), ("canary-50pct", "approve"), ("full", "approve")]
+    full = load_plan(SEED).phase("full")
+    assert report["approvals"][-1]["criteria"] == {c: True for c in full.manual_criteria}
+    # Each decision is an artifact on the run: who, what, why, what was attested, which account.
+    artifacts = approval_artifacts(report)
+    assert len(artifacts) == 4, sorted(artifacts)
+    (last,) = [md for key, md in artifacts.items() if key.endswith("-full-approval")]
+    assert "**Decision:** approve" in last and "**Decided by:** rehearsal" in last
+    assert "**Comment:** rehearsal: approve" in last
+    assert "**Prefect account that sent it:** none recorded" in last
+    assert all(f"- ✅ {c}" in last for c in full.manual_criteria)
     assert image_of(w) == w.image
     assert template(w, "bodhi-server-canary") is None
     annotations = w.emulator.store.get("apps/deployments", "bodhi", "bodhi-server")["metadata"]["annotations"]
@@ -117,6 +143,8 @@ def test_rejected_approval_rolls_back_with_the_phase_rollback(run):
     report, w, _before = run("healthy", approve="reject@canary-10pct")
     assert report["outcome"] == "rolled_back"
     assert report["approvals"][0]["decision"] == "reject"
+    (rejected,) = approval_artifacts(report).values()
+    assert "# canary-10pct: reject" in rejected and "**Decided by:** rehearsal" in rejected
     assert report["rollback"]["strategy"] == "canary_only"
     assert "rejected by rehearsal" in report["rollback"]["reason"]
     assert template(w, "bodhi-server-canary") is None

@@ -22,7 +22,7 @@ from uuid import UUID
 import pytest
 
 from flows.rollout import RolloutRefused
-from phasegate import runctx
+from phasegate import approval_form, runctx
 from phasegate.adapters.console import ConsoleNotifier
 from phasegate.entry.rehearse import run_in
 from phasegate.plan import load_plan
@@ -149,7 +149,8 @@ def _expected_notifications(plan_path: Path) -> set[tuple[str, str | None]]:
     expected = {("rollout_started", None), ("promoted", None)}
     for i, phase in enumerate(plan.phases):
         expected |= {("phase_started", phase.name), ("phase_passed", phase.name)}
-        if phase.approval.required and i + 1 < len(plan.phases):
+        # Before the next phase; after the last one only to attest its criteria, before promotion.
+        if phase.approval.required and (i + 1 < len(plan.phases) or phase.manual_criteria):
             expected |= {("approval_needed", phase.name), ("approval_given", phase.name)}
     return expected
 
@@ -218,7 +219,7 @@ def test_flow_killed_in_each_phase_resumes_without_redeploying_or_renotifying(tm
 
             dead_state = _flow_run_state(dead_run)
             assert dead_state.is_crashed() and run in (dead_state.message or ""), dead_state
-            valid = {"decision": "approve", "comment": "", "criterion_1": True}
+            valid = approval_form.answer("approve", "", "", [True])
             with pytest.raises(NotPausedError):
                 resume_flow_run(UUID(dead_run), run_input={**valid, "approver": "bob-on-the-dead-run"})
             watch_until = time.time() + 3  # three of the new run's 1 s pause polls

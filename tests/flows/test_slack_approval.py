@@ -20,6 +20,7 @@ from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.runtime import flow_run
 
 from flows.approval import approval_form
+from phasegate import approval_form as approval_form_fields
 from phasegate import slack_approval
 from phasegate.adapters.slack import SlackBotNotifier
 from phasegate.adapters.slack_receiver import Receiver
@@ -90,7 +91,8 @@ def paused_run() -> Iterator[tuple[str, dict[str, Any]]]:
             time.sleep(0.1)
     yield run_id, result
     with contextlib.suppress(Exception):  # a test that left it paused: let the thread end
-        resume_flow_run(UUID(run_id), run_input={"decision": "reject", "approver": "cleanup"})
+        resume_flow_run(UUID(run_id), run_input=approval_form_fields.answer(
+            "reject", "cleanup", "", [False] * len(PLAN.phase(PHASE).manual_criteria)))
     thread.join(timeout=30)
 
 
@@ -123,9 +125,30 @@ def test_a_signed_press_by_a_mapped_approver_resumes_the_run_with_their_name(
         assert time.monotonic() < deadline
         time.sleep(0.1)
     answer = result["answer"]
-    assert (answer["decision"], answer["approver"]) == ("approve", "alice")
+    assert (answer["approve"], answer["reject"], answer["approver"]) == (True, False, "alice")
     assert f"<@{ALICE}>" in answer["comment"]
     assert all(v for k, v in answer.items() if k.startswith("criterion_"))
+
+
+def test_a_signed_reject_press_is_accepted_by_the_server_with_every_criterion_off(
+        slack_server: SlackServer, receiver: tuple[Receiver, str], paused_run: tuple[str, dict[str, Any]]) -> None:
+    # The form requires every criterion: had the Reject press left them out, the Prefect
+    # server would refuse the resume and the run would stay paused.
+    assert PLAN.phase(PHASE).manual_criteria
+    _state, url = receiver
+    run_id, result = paused_run
+    message = approval_message(slack_server, run_id)
+    status, reply = slack_server.press(message, slack_approval.REJECT, user_id=ALICE, request_url=url,
+                                       signing_secret=SECRET)
+    assert status == 200 and reply["text"] == f"Recorded: reject of {PHASE} by alice."
+    deadline = time.monotonic() + 30
+    while "answer" not in result:
+        assert time.monotonic() < deadline, f"still {state_of(run_id)}"
+        time.sleep(0.1)
+    answer = result["answer"]
+    assert (answer["approve"], answer["reject"], answer["approver"]) == (False, True, "alice")
+    criteria = [v for k, v in answer.items() if k.startswith("criterion_")]
+    assert criteria and not any(criteria)
 
 
 @pytest.mark.parametrize("forgery", ["wrong secret", "replayed after six minutes"])
