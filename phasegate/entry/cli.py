@@ -81,13 +81,17 @@ def rehearse(
     speed: float = typer.Option(28800.0, help="Plan seconds per wall second (28800: 8 h per second)."),
     approve: str = typer.Option("auto", help="auto | reject@PHASE | timeout@PHASE | ui"),
     image: str | None = typer.Option(None, help="The new image (default: the next version of the seeded one)."),
-    report: Path | None = typer.Option(None, help="Write the JSON report here."),
+    report: Path | None = typer.Option(None, help="Write the JSON report here (with --prove, the .md beside it)."),
+    prove: bool = typer.Option(False, "--prove", help="Prove the plan: a healthy rehearsal, one per trigger "
+                               "and one per success criterion, each judged against what the plan promises."),
+    concurrency: int = typer.Option(4, min=1, help="With --prove: rehearsals at once."),
     workload: Path | None = typer.Option(
         None, help="Levels for the workload derived from the plan's queries (request rate, latency, error share)."),
 ) -> None:
     """Run the real rollout flow against a loopback cluster, app and Prometheus, with faults.
 
     Exit codes: 0 promoted, 3 rolled back, 4 halted for a person, 2 bad input, 1 internal error.
+    With --prove: 0 when every case matched, 3 otherwise.
     """
     import os
 
@@ -101,6 +105,8 @@ def rehearse(
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     loaded = load_or_exit(plan)
+    if prove:
+        raise typer.Exit(prove_plan(plan, loaded, speed=speed, concurrency=concurrency, report=report))
     try:
         from phasegate.entry.rehearse import rehearse as run_rehearsal
         from phasegate.rehearsal.scenarios import ScenarioError
@@ -136,6 +142,37 @@ def rehearse(
         raise typer.Exit(EXIT_BAD_INPUT) from None
     print_outcome(result)
     raise typer.Exit(EXIT_BY_OUTCOME[result["outcome"]])
+
+
+def prove_plan(plan: Path, loaded: RolloutPlan, *, speed: float, concurrency: int, report: Path | None) -> int:
+    """``rehearse --prove``: every case, a table, the reports, the record the checklist reads."""
+    from prefect.settings import PREFECT_API_URL
+
+    from phasegate.entry import prove as proving
+    from phasegate.prove import plan_cases
+
+    cases = plan_cases(loaded)
+    out.print(f"proving {loaded.name}: {len(cases)} rehearsals at {speed:g}x, {concurrency} at a time",
+              highlight=False)
+    proof = proving.run_proof(plan, speed=speed, concurrency=concurrency, on_result=lambda r: out.print(
+        f"  {'ok' if r.matched else 'NO'}  {r.case.id}: {r.actual} ({r.wall_seconds:.0f} s)", highlight=False,
+        markup=False))
+    out.print(proof.table(), markup=False, highlight=False)
+    if report is not None:
+        json_path, md_path = proving.write_reports(proof, report)
+        out.print(f"report: {json_path}, {md_path}", highlight=False)
+    if PREFECT_API_URL.value():
+        try:
+            proving.record(proof)
+            out.print(f"recorded on {PREFECT_API_URL.value()} as proof-{loaded.name} (sha256 {proof.digest[:12]})",
+                      highlight=False)
+        except Exception as exc:
+            err.print(f"could not record the proof on the Prefect API: {exc}", markup=False)
+    else:
+        out.print("not recorded: no PREFECT_API_URL, so the checklist cannot read this proof", highlight=False)
+    verdict = "every case matched" if proof.matched else "some cases did not match"
+    out.print(f"{loaded.name}: {verdict} in {proof.wall_seconds:.0f} s", highlight=False)
+    return 0 if proof.matched else EXIT_BY_OUTCOME["rolled_back"]
 
 
 def print_outcome(result: dict) -> None:
