@@ -17,6 +17,7 @@ dropped from its copy: the session's Prefect server is shared, and another test'
 from __future__ import annotations
 
 import contextvars
+import re
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ from phasegate.adapters.console import ConsoleNotifier
 from phasegate.plan import load_plan
 from phasegate.rehearsal.world import world
 from tests.e2e.test_checklist_then_run import _exit_code, _paused, _phasegate
-from tests.e2e.test_ui_approval import CRITERION, browser, choose_option, chromium  # noqa: F401
+from tests.e2e.test_ui_approval import CRITERION, browser, chromium  # noqa: F401
 from tests.fixtures.prefect import prefect_api_at
 from tests.fixtures.prefect_server import PrefectServer
 
@@ -73,7 +74,8 @@ def _cli(*args: str, env: dict[str, str], log: Path, timeout: float = 120) -> st
 
 def answer_approval_form(page: Any, url: str, *, decision: str, approver: str, comment: str,
                          criteria: list[str]) -> None:
-    """Open the paused run's page, press Resume, fill the form and submit, as a person does."""
+    """Open the paused run's page, press Resume, switch the decision and criteria on by mouse,
+    fill in who and why, and submit, as a person does."""
     from playwright.sync_api import expect
 
     page.goto(url)
@@ -82,16 +84,16 @@ def answer_approval_form(page: Any, url: str, *, decision: str, approver: str, c
     dialog = page.locator(".p-modal__card")
 
     def field(label: str) -> Any:
+        exact = re.compile(rf"^\s*{re.escape(label)}( \(Optional\))?\s*$")  # not "Approve" for "Approver"
         return dialog.locator(".schema-form-property").filter(
-            has=page.locator(".schema-form-property__label", has_text=label))
+            has=page.locator(".schema-form-property__label", has_text=exact))
 
-    choose_option(page, field("Decision"), decision)
+    for label in [decision, *criteria]:
+        switch = field(label).locator("[role=switch]")
+        switch.click()
+        expect(switch).to_have_attribute("aria-checked", "true")
     field("Approver").locator("textarea").fill(approver)
     field("Comment").locator("textarea").fill(comment)
-    for criterion in criteria:
-        toggle = field(criterion).locator("[role=switch]")
-        toggle.click()
-        expect(toggle).to_have_attribute("aria-checked", "true")
     dialog.get_by_role("button", name="Submit").click()
     expect(dialog).to_be_hidden()
 
@@ -164,7 +166,7 @@ def test_a_deployed_progressive_rollout_is_approved_by_mouse_and_promotes(
 
             page = browser.pages[0] if browser.pages else browser.new_page()
             page.set_default_timeout(15_000)
-            answer_approval_form(page, f"{prefect_server.url}/runs/flow-run/{run_id}", decision="approve",
+            answer_approval_form(page, f"{prefect_server.url}/runs/flow-run/{run_id}", decision="Approve",
                                  approver=APPROVER, comment=COMMENT, criteria=[CRITERION])
 
             final = _final(prefect_server, run_id, 150, worker_log)
