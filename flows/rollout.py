@@ -61,7 +61,8 @@ class RolloutRefused(PermanentError):
 
 
 def lock_name(plan: RolloutPlan) -> str:
-    return f"phasegate:{plan.target.namespaces.production}.{plan.target.deployment}"
+    scope = runctx.get().lock_scope
+    return f"phasegate:{scope + ':' if scope else ''}{plan.target.namespaces.production}.{plan.target.deployment}"
 
 
 def preflight(plan: RolloutPlan, image: str, plan_path: str | None = None) -> TargetRef:

@@ -48,6 +48,7 @@ DETECTION_FACTOR = 1.5
 TRIGGER_PUSH = 2.0
 CRITERION_PUSH = 2.0
 SMALL_PUSH = 0.1
+NEAR_PUSH = 1.5
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,11 @@ class Case:
     unprovable: str | None = None
     # A trigger of the phase that fires whenever this criterion breaks: its case proves this one.
     covered_by: str | None = None
-    # The phase's triggers, which a criterion case must not fire.
+    # The phase's triggers, which a criterion case must not fire...
     must_not_fire: tuple[str, ...] = ()
+    # ...except one on the criterion's own metric: its firing says that, at the workload's
+    # levels, this criterion cannot break without it (covered, found by rehearsing).
+    same_metric: tuple[str, ...] = ()
 
     def fault(self) -> dict[str, Any] | None:
         """The scenario fault, in the plan's language."""
@@ -148,9 +152,10 @@ def _criterion_push(phase: Phase, gate: Gate) -> tuple[float, str | None]:
                 return push, trigger.name
             push = min(push, (1 + room) / 2)
         else:
-            # Another form of the same metric (a judge beside a delta): a small push, which a
-            # statistical judge sees and a threshold may not; the rehearsal tells.
-            push = min(push, SMALL_PUSH)
+            # Another form of the same metric (a judge or delta beside a ratio): the bounds do
+            # not say where the trigger fires, so break the criterion by little — a judge by a
+            # small effect it still sees, a threshold just past its bound; the rehearsal tells.
+            push = min(push, SMALL_PUSH if gate.kind == GateKind.JUDGE else NEAR_PUSH)
     return push, None
 
 
@@ -167,12 +172,17 @@ def plan_cases(plan: RolloutPlan) -> list[Case]:
             cases.append(Case(id=f"{phase.name}/{gate.name}", kind="criterion", expect="held", phase=phase.name,
                               gate=gate.name, push=push, after_seconds=after,
                               covered_by=f"{phase.name}/{covering}" if covering else None,
-                              must_not_fire=tuple(t.name for t in phase.triggers)))
+                              must_not_fire=tuple(t.name for t in phase.triggers),
+                              same_metric=tuple(t.name for t in phase.triggers if t.metric == gate.metric)))
     return cases
 
 
-def judge(case: Case, report: Mapping[str, Any], wall_seconds: float = 0.0) -> CaseResult:
-    """What the rehearsal did against what the case expects; ``problem`` says every mismatch."""
+def judge(case: Case, report: Mapping[str, Any], wall_seconds: float = 0.0,
+          cycle_wall: float | None = None) -> CaseResult:
+    """What the rehearsal did against what the case expects; ``problem`` says every mismatch.
+
+    ``cycle_wall``: scrape interval + gate interval as the rehearsal ran them (wall seconds);
+    default the report's own figure."""
     outcome = str(report.get("outcome"))
     rb = report.get("rollback") or {}
     timings = report.get("timings") or {}
@@ -183,6 +193,8 @@ def judge(case: Case, report: Mapping[str, Any], wall_seconds: float = 0.0) -> C
         problems.append(f"expected promoted, got {outcome}: {_why(report)}")
     elif case.expect == "held" and outcome == "promoted":
         problems.append("promoted although the criterion was broken")
+    elif case.expect == "held" and result.fired and set(result.fired) <= set(case.same_metric):
+        result.actual = f"covered by {', '.join(result.fired)}"
     elif case.expect == "held" and set(result.fired) & set(case.must_not_fire):
         problems.append(f"a trigger fired ({', '.join(sorted(set(result.fired) & set(case.must_not_fire)))}): "
                         "the fault broke more than the criterion")
@@ -199,7 +211,7 @@ def judge(case: Case, report: Mapping[str, Any], wall_seconds: float = 0.0) -> C
             result.verified = bool(rb.get("ok"))
             if not result.verified:
                 problems.append("the rollback was not verified")
-            detected, budget = timings.get("detected_after"), timings.get("budget")
+            detected, budget = timings.get("detected_after"), cycle_wall or timings.get("budget")
             if detected is not None and budget is not None:
                 result.detected_after_wall = float(detected)
                 result.detection_bound_wall = DETECTION_FACTOR * float(budget)

@@ -93,6 +93,9 @@ class RunContext:
     ui_url: str | None = None
     on_pause: PauseObserver | None = None
     on_event: EventObserver | None = None
+    # Set when several loopback worlds share one Prefect API (rehearse --prove): each world's
+    # target is a different Deployment, though all carry the plan's namespace and name.
+    lock_scope: str = ""
 
     def with_(self, **changes: Any) -> RunContext:
         return replace(self, **changes)

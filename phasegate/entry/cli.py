@@ -106,7 +106,8 @@ def rehearse(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     loaded = load_or_exit(plan)
     if prove:
-        raise typer.Exit(prove_plan(plan, loaded, speed=speed, concurrency=concurrency, report=report))
+        raise typer.Exit(prove_plan(plan, loaded, speed=speed, concurrency=concurrency, report=report,
+                                    workload=workload))
     try:
         from phasegate.entry.rehearse import rehearse as run_rehearsal
         from phasegate.rehearsal.scenarios import ScenarioError
@@ -144,7 +145,8 @@ def rehearse(
     raise typer.Exit(EXIT_BY_OUTCOME[result["outcome"]])
 
 
-def prove_plan(plan: Path, loaded: RolloutPlan, *, speed: float, concurrency: int, report: Path | None) -> int:
+def prove_plan(plan: Path, loaded: RolloutPlan, *, speed: float, concurrency: int, report: Path | None,
+               workload: Path | None = None) -> int:
     """``rehearse --prove``: every case, a table, the reports, the record the checklist reads."""
     from prefect.settings import PREFECT_API_URL
 
@@ -154,7 +156,8 @@ def prove_plan(plan: Path, loaded: RolloutPlan, *, speed: float, concurrency: in
     cases = plan_cases(loaded)
     out.print(f"proving {loaded.name}: {len(cases)} rehearsals at {speed:g}x, {concurrency} at a time",
               highlight=False)
-    proof = proving.run_proof(plan, speed=speed, concurrency=concurrency, on_result=lambda r: out.print(
+    proof = proving.run_proof(plan, speed=speed, concurrency=concurrency, workload_file=workload,
+                              on_result=lambda r: out.print(
         f"  {'ok' if r.matched else 'NO'}  {r.case.id}: {r.actual} ({r.wall_seconds:.0f} s)", highlight=False,
         markup=False))
     out.print(proof.table(), markup=False, highlight=False)

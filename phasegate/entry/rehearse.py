@@ -8,6 +8,7 @@ code: the library below it never starts a flow.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ def run_in(
     metrics: MetricsProvider | None = None,
     notifier: Notifier | None = None,
     pacing: Pacing | None = None,
+    lock_scope: str = "",
+    soak_floor: float | None = None,
 ) -> dict[str, Any]:
     """Run the rollout flow once in an already running world (tests inspect the world after).
 
@@ -81,6 +84,10 @@ def run_in(
     ctx = w.run_context(approval_floor=floor, on_pause=approver, on_event=on_event, metrics=metrics, notifier=notifier)
     if pacing is not None:
         ctx = ctx.with_(pacing=pacing)
+    if lock_scope:
+        ctx = ctx.with_(lock_scope=lock_scope)
+    if soak_floor is not None:
+        ctx = ctx.with_(pacing=replace(ctx.pacing, min_soak_wall=max(ctx.pacing.min_soak_wall, soak_floor)))
     with runctx.use(ctx):
         checklist = w.plan.checklist
         if checklist is not None and checklist.required and checklist.items:

@@ -429,8 +429,15 @@ class Approver:
         """Wait for the pause, then answer it; a busy API (SQLite 'database is locked' under
         many runs) is retried, as a person would click again, until the deadline."""
         from prefect.client.orchestration import get_client
+        from prefect.context import AsyncClientContext, SyncClientContext
         from prefect.flow_runs import resume_flow_run
 
+        # This thread runs in a copy of the paused flow's context, settings and all, which
+        # also holds the flow's own client: get_client() would hand that one out and closing
+        # it here would close it under the flow (rehearse --prove's concurrent cases saw
+        # "cannot be started again after closing"). Clients of its own, in this copy only.
+        SyncClientContext.__var__.set(None)  # type: ignore[arg-type]  # "no client here", as unset reads
+        AsyncClientContext.__var__.set(None)  # type: ignore[arg-type]
         deadline = time.time() + self.patience
         while time.time() < deadline:
             try:
@@ -441,7 +448,7 @@ class Approver:
                     self.answers.append(answer)
                     return
             except Exception as exc:
-                self.say(f"approver: retrying after {type(exc).__name__}")
+                self.say(f"approver: retrying after {type(exc).__name__}: {str(exc)[:160]}")
             time.sleep(self.poll_seconds)
         self.say(f"approver: flow run {flow_run_id} never paused within {self.patience:.0f}s; not answered")
 
