@@ -8,14 +8,18 @@ Exit codes are part of the interface, so scripts and CI can branch on them:
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-import typer
+# When the command started, near enough: what "first gate round after N s" counts from.
+_STARTED = time.monotonic()
 
-from phasegate.durations import format_duration
-from phasegate.entry.clikit import EXIT_BAD_INPUT, EXIT_BY_OUTCOME, err, load_or_exit, out
-from phasegate.plan import RolloutPlan
+import typer  # noqa: E402
+
+from phasegate.durations import format_duration  # noqa: E402
+from phasegate.entry.clikit import EXIT_BAD_INPUT, EXIT_BY_OUTCOME, err, load_or_exit, out  # noqa: E402
+from phasegate.plan import RolloutPlan  # noqa: E402
 
 app = typer.Typer(
     name="phasegate",
@@ -98,6 +102,11 @@ def rehearse(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     loaded = load_or_exit(plan)
     try:
+        # First, before anything imports Prefect: the temporary API boots while the flows are
+        # imported and the world starts (prefect_server.TemporaryAPI says why).
+        from phasegate.rehearsal.prefect_server import temporary_api_for_this_process
+
+        api = temporary_api_for_this_process()
         from phasegate.entry.rehearse import rehearse as run_rehearsal
         from phasegate.rehearsal.scenarios import ScenarioError, load_scenario
         from phasegate.rehearsal.world import Approver
@@ -116,21 +125,39 @@ def rehearse(
 
     out.print(f"rehearsing {loaded.name} with scenario {scenario!r} at {speed:g}x", highlight=False)
     from phasegate.adapters.console import ConsoleNotifier
-    from phasegate.rehearsal.world import notifier_for
+    from phasegate.rehearsal.world import clamping, notifier_for
     from phasegate.render.live import LiveView
 
+    for line in clamping(loaded, speed):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
     notifier = notifier_for(loaded)
     if isinstance(notifier, ConsoleNotifier):
         notifier = ConsoleNotifier(out)  # printed above the live view, not through it
     try:
         with LiveView(loaded, out) as view:
             result = run_rehearsal(plan, scenario=scenario, speed=speed, approve=approve, image=image,
-                                   report_path=report, notifier=notifier, on_event=view)
+                                   report_path=report, notifier=notifier, on_event=_FirstRound(view, _STARTED),
+                                   before_run=api.wait if api is not None else None)
     except (PreflightFailed, RolloutRefused) as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     print_outcome(result)
     raise typer.Exit(EXIT_BY_OUTCOME[result["outcome"]])
+
+
+class _FirstRound:
+    """Passes every event on to the live view; says once when the first gate round is in, and
+    how long after the command started: what a person waits for before seeing any verdict."""
+
+    def __init__(self, view: Any, started: float) -> None:
+        self.view, self.started, self.seen = view, started, False
+
+    def __call__(self, event: Any, /) -> None:
+        if not self.seen and event.get("event") == "round":
+            self.seen = True
+            out.print(f"first gate round ({event.get('phase')}) {time.monotonic() - self.started:.1f}s after start",
+                      highlight=False)
+        self.view(event)
 
 
 def print_outcome(result: dict) -> None:
