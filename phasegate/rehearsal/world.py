@@ -40,7 +40,8 @@ SCRAPE_SECONDS = 0.5
 # Prometheus' discovery manager hands target changes on at most every 5 s, so a new pod is
 # first scraped up to ~5 s after it appears in file_sd, as in a cluster (where a 5 m gate
 # interval dwarfs it). The soak's warm-up covers it, or a compressed soak would spend its few
-# rounds on a canary Prometheus has not seen yet.
+# rounds on a canary Prometheus has not seen yet: it ends as soon as Prometheus has a window
+# of every ready pod (``World.until_scraped``), this long at most.
 DISCOVERY_SECONDS = 5.0
 DEFAULT_SPEED = 28800.0  # 8 h of plan time per second: the seed's 7-day rollout in ~25 s
 # A rehearsal's gate windows hold a few seconds of traffic, not five minutes: one stray 5xx
