@@ -102,12 +102,7 @@ def rehearse(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     loaded = load_or_exit(plan)
     try:
-        # First, before anything imports Prefect: the temporary API boots while the flows are
-        # imported and the world starts (prefect_server.TemporaryAPI says why).
         from phasegate.rehearsal.prefect_server import temporary_api_for_this_process
-
-        api = temporary_api_for_this_process()
-        from phasegate.entry.rehearse import rehearse as run_rehearsal
         from phasegate.rehearsal.scenarios import ScenarioError, load_scenario
         from phasegate.rehearsal.world import Approver
     except ImportError as exc:  # the flow image ships without the rehearsal world
@@ -121,7 +116,11 @@ def rehearse(
     except (ScenarioError, ValueError) as exc:
         err.print(f"{exc}", markup=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    # Before anything imports Prefect (none of the above does): the temporary API boots while
+    # the flows are imported and the world starts (prefect_server.TemporaryAPI says why).
+    api = temporary_api_for_this_process()
     from flows.rollout import PreflightFailed, RolloutRefused
+    from phasegate.entry.rehearse import rehearse as run_rehearsal
 
     out.print(f"rehearsing {loaded.name} with scenario {scenario!r} at {speed:g}x", highlight=False)
     from phasegate.adapters.console import ConsoleNotifier
