@@ -175,12 +175,13 @@ class World:
 
     def until_scraped(self, at_most: float) -> None:
         """``Pacing.until_scraped``: return once Prometheus holds a gate window of samples of
-        every ready pod of the target (or after ``at_most`` seconds): the warm-up then lasts
-        as long as this discovery took, not always the 5 s it may take."""
+        every pod the app serves (or after ``at_most`` seconds): the warm-up then lasts as long
+        as this discovery took, not always the 5 s it may take. Every pod, not only this
+        plan's: worlds sharing one app and Prometheus may run their rollouts in one context."""
         deadline = time.monotonic() + at_most
         window, samples = f"{4 * SCRAPE_SECONDS:g}s", 4
         while True:
-            wanted = {(o.namespace, o.name) for o in self.observe() if o.ready}
+            wanted = {(g["labels"]["namespace"], g["labels"]["pod"]) for g in self.app.target_groups()}
             try:
                 if wanted <= self.prometheus.scraped_for(window, samples):
                     return
