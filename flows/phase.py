@@ -153,8 +153,12 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
             action = after_checks(phase, [f"{c.name}: {c.detail}" for c in result.checks if not c.passed])
             if action.step is not Step.CONTINUE:
                 return finish(action)
-        warmup = max(clock.to_wall(phase.initial_delay.total_seconds()), pacing.min_warmup_wall)
-        if warmup > 0:
+        delay = clock.to_wall(phase.initial_delay.total_seconds())
+        warmup = max(delay, pacing.min_warmup_wall)
+        if warmup > 0 and pacing.until_scraped is not None:
+            time.sleep(delay)  # the plan's own initial_delay is always waited in full
+            pacing.until_scraped(warmup - delay)
+        elif warmup > 0:
             time.sleep(warmup)
         release.state, release.soak_started = PhaseState.SOAKING, clock.now()
         rollout.save()

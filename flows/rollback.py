@@ -193,6 +193,9 @@ def verify_metrics(
     # Replaced pods are scraped only after discovery, and their counters appear on first
     # increment: a reading before then sees the old pods' tail or nothing at all.
     settle = rt.pacing.min_warmup_wall if pods_replaced else 0.0
+    if settle and rt.pacing.until_scraped is not None:
+        rt.pacing.until_scraped(settle)  # the world knows when the replaced pods are scraped
+        settle = 0.0
     # One passing reading right after an action has seen almost no traffic of the new state; a
     # pass counts once it has held for a whole gate window (or until the verify window ends).
     hold = max(rt.pacing.min_window_wall,

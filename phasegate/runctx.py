@@ -63,6 +63,10 @@ class Pacing:
     min_window_wall: float = 0.0
     # New pods need scraped samples in the window before the first round.
     min_warmup_wall: float = 0.0
+    # Waits until the world's monitoring has a window of samples of every new pod, for at most
+    # the seconds given (a rehearsal asks its Prometheus: discovery takes 0-5 s, not always
+    # the whole floor); None: the warm-up is slept in full.
+    until_scraped: Callable[[float], None] | None = None
     # A scaled 48 h soak is still several rounds.
     min_soak_wall: float = 0.0
     # A scaled 24 h approval pause is not a blink.

@@ -8,14 +8,18 @@ Exit codes are part of the interface, so scripts and CI can branch on them:
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-import typer
+# When the command started, near enough: what "first gate round after N s" counts from.
+_STARTED = time.monotonic()
 
-from phasegate.durations import format_duration
-from phasegate.entry.clikit import EXIT_BAD_INPUT, EXIT_BY_OUTCOME, err, load_or_exit, out
-from phasegate.plan import RolloutPlan, warning_lines
+import typer  # noqa: E402
+
+from phasegate.durations import format_duration  # noqa: E402
+from phasegate.entry.clikit import EXIT_BAD_INPUT, EXIT_BY_OUTCOME, err, load_or_exit, out  # noqa: E402
+from phasegate.plan import RolloutPlan, warning_lines  # noqa: E402
 
 app = typer.Typer(
     name="phasegate",
@@ -106,10 +110,16 @@ def rehearse(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     loaded = load_or_exit(plan)
     if prove:
+        from phasegate.rehearsal.prefect_server import temporary_api_for_this_process
+
+        persistent = bool(os.environ.get("PREFECT_API_URL"))
+        api = temporary_api_for_this_process()
+        if api is not None:
+            api.wait()
         raise typer.Exit(prove_plan(plan, loaded, speed=speed, concurrency=concurrency, report=report,
-                                    workload=workload))
+                                    workload=workload, record=persistent))
     try:
-        from phasegate.entry.rehearse import rehearse as run_rehearsal
+        from phasegate.rehearsal.prefect_server import temporary_api_for_this_process
         from phasegate.rehearsal.scenarios import ScenarioError
         from phasegate.rehearsal.world import Approver, prepare
     except ImportError as exc:  # the flow image ships without the rehearsal world
@@ -124,20 +134,27 @@ def rehearse(
     except (ScenarioError, ValueError) as exc:
         err.print(f"{exc}", markup=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    # Before anything imports Prefect (none of the above does): the temporary API boots while
+    # the flows are imported and the world starts (prefect_server.TemporaryAPI says why).
+    api = temporary_api_for_this_process()
     from flows.rollout import PreflightFailed, RolloutRefused
+    from phasegate.entry.rehearse import rehearse as run_rehearsal
 
     out.print(f"rehearsing {loaded.name} with scenario {scenario!r} at {speed:g}x", highlight=False)
     from phasegate.adapters.console import ConsoleNotifier
-    from phasegate.rehearsal.world import notifier_for
+    from phasegate.rehearsal.world import clamping, notifier_for
     from phasegate.render.live import LiveView
 
+    for line in clamping(loaded, speed):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
     notifier = notifier_for(loaded)
     if isinstance(notifier, ConsoleNotifier):
         notifier = ConsoleNotifier(out)  # printed above the live view, not through it
     try:
         with LiveView(loaded, out) as view:
             result = run_rehearsal(plan, scenario=scenario, speed=speed, approve=approve, image=image,
-                                   report_path=report, notifier=notifier, on_event=view, workload_file=workload)
+                                   report_path=report, notifier=notifier, on_event=_FirstRound(view, _STARTED),
+                                   before_run=api.wait if api is not None else None, workload_file=workload)
     except (PreflightFailed, RolloutRefused) as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -146,7 +163,7 @@ def rehearse(
 
 
 def prove_plan(plan: Path, loaded: RolloutPlan, *, speed: float, concurrency: int, report: Path | None,
-               workload: Path | None = None) -> int:
+               workload: Path | None = None, record: bool = True) -> int:
     """``rehearse --prove``: every case, a table, the reports, the record the checklist reads."""
     from prefect.settings import PREFECT_API_URL
 
@@ -164,7 +181,7 @@ def prove_plan(plan: Path, loaded: RolloutPlan, *, speed: float, concurrency: in
     if report is not None:
         json_path, md_path = proving.write_reports(proof, report)
         out.print(f"report: {json_path}, {md_path}", highlight=False)
-    if PREFECT_API_URL.value():
+    if record and PREFECT_API_URL.value():
         try:
             proving.record(proof)
             out.print(f"recorded on {PREFECT_API_URL.value()} as proof-{loaded.name} (sha256 {proof.digest[:12]})",
@@ -176,6 +193,21 @@ def prove_plan(plan: Path, loaded: RolloutPlan, *, speed: float, concurrency: in
     verdict = "every case matched" if proof.matched else "some cases did not match"
     out.print(f"{loaded.name}: {verdict} in {proof.wall_seconds:.0f} s", highlight=False)
     return 0 if proof.matched else EXIT_BY_OUTCOME["rolled_back"]
+
+
+class _FirstRound:
+    """Passes every event on to the live view; says once when the first gate round is in, and
+    how long after the command started: what a person waits for before seeing any verdict."""
+
+    def __init__(self, view: Any, started: float) -> None:
+        self.view, self.started, self.seen = view, started, False
+
+    def __call__(self, event: Any, /) -> None:
+        if not self.seen and event.get("event") == "round":
+            self.seen = True
+            out.print(f"first gate round ({event.get('phase')}) {time.monotonic() - self.started:.1f}s after start",
+                      highlight=False)
+        self.view(event)
 
 
 def print_outcome(result: dict) -> None:

@@ -73,7 +73,9 @@ def run_case(plan_path: str | Path, case: prove.Case, speed: float,
         interval = max(plan.phase(case.phase).trigger_every.total_seconds() / speed, SCRAPE_SECONDS)
         onset = WARMUP_WALL + 2 * interval
         case = replace(case, after_seconds=max(case.after_seconds, onset * speed))
-        soak_floor = 2 * interval + 3 * cycle
+        # The warm-up now ends as soon as the new pods are scraped (WARMUP_WALL at most), so
+        # the soak floor counts the fault's whole offset, not only what follows the warm-up.
+        soak_floor = onset + 3 * cycle
     scenario = scenario_for(case)
     try:
         prepare(plan, scenario)

@@ -8,6 +8,7 @@ code: the library below it never starts a flow.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from phasegate import runctx
 from phasegate.notify import Notifier
 from phasegate.plan import load_plan
 from phasegate.ports import MetricsProvider
-from phasegate.rehearsal.world import DEFAULT_SPEED, Approver, World, timings, world
+from phasegate.rehearsal.world import DEFAULT_SPEED, Approver, World, clamping_report, timings, world
 from phasegate.runctx import EventObserver, Pacing
 
 
@@ -35,12 +36,18 @@ def rehearse(
     lock_timeout_seconds: float = 30.0,
     on_event: EventObserver | None = None,
     workload_file: str | Path | None = None,
+    before_run: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the real rollout flow for ``plan_path`` against a fresh loopback world
-    (``workload_file``: levels for the workload derived from the plan's queries)."""
+    """Run the real rollout flow for ``plan_path`` against a fresh loopback world.
+
+    ``workload_file``: levels for the workload derived from the plan's queries.
+    ``before_run``: called once the world is up, before the first flow (the command waits
+    there for the Prefect API it started beside the world)."""
     plan = load_plan(plan_path)
     with world(plan, image=image, scenario=scenario, speed=speed, notifier=notifier,
                workload_file=workload_file) as w:
+        if before_run is not None:
+            before_run()
         report = run_in(w, plan_path, approve=approve, approval_floor=approval_floor,
                         lock_timeout_seconds=lock_timeout_seconds, on_event=on_event)
     if report_path:
@@ -97,6 +104,7 @@ def run_in(
     report["scenario"] = w.scenario.name
     report["approvals_sent"] = approver.answers
     report["timings"] = timings(report, w)
+    report["pacing"] = clamping_report(w.plan, w.clock.speed, ctx.pacing)
     notifications = getattr(ctx.notifier, "sent", None)
     if notifications is not None:
         report["notifications_sent"] = [

@@ -366,6 +366,14 @@ class PrometheusServer:
         finally:
             provider.close()
 
+    def scraped_for(self, window: str, samples: int) -> set[tuple[str, str]]:
+        """(namespace, pod) of every target scraped successfully ``samples`` times in ``window``."""
+        query = urllib.parse.urlencode({"query": f"sum by (namespace, pod) (sum_over_time(up[{window}])) >= {samples}"})
+        request = urllib.request.Request(f"{self.url}/api/v1/query?{query}", headers=self._headers())
+        with urllib.request.urlopen(request, timeout=5) as r:
+            result = json.loads(r.read())["data"]["result"]
+        return {(s["metric"].get("namespace", ""), s["metric"].get("pod", "")) for s in result}
+
     def backfill(self, history: str | Iterable[BackfillSample], *, max_block_duration: str | None = None) -> list[str]:
         """Write history (OpenMetrics text or samples) as TSDB blocks; return the block ids.
 

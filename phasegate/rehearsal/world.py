@@ -25,14 +25,16 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from phasegate import approval_form
+from phasegate import approval_form, gates
 from phasegate.adapters.kubernetes import KubernetesCluster
 from phasegate.clock import ScaledClock
+from phasegate.durations import format_duration
 from phasegate.notify import Notifier
 from phasegate.plan import RolloutPlan
 from phasegate.ports import MetricsProvider
@@ -48,15 +50,20 @@ SCRAPE_SECONDS = 0.5
 # Prometheus' discovery manager hands target changes on at most every 5 s, so a new pod is
 # first scraped up to ~5 s after it appears in file_sd, as in a cluster (where a 5 m gate
 # interval dwarfs it). The soak's warm-up covers it, or a compressed soak would spend its few
-# rounds on a canary Prometheus has not seen yet.
+# rounds on a canary Prometheus has not seen yet: it ends as soon as Prometheus has a window
+# of every ready pod (``World.until_scraped``), this long at most.
 DISCOVERY_SECONDS = 5.0
 DEFAULT_SPEED = 28800.0  # 8 h of plan time per second: the seed's 7-day rollout in ~25 s
 # A rehearsal's gate windows hold a few seconds of traffic, not five minutes: one stray 5xx
 # in a one-pod canary would already be "an error rate increase > 0.1%". Healthy means no
 # background 5xx here, so only a scenario's injected errors move that gate. Tokens expire
 # ten times as often as in production so a one-pod canary makes enough lock attempts in a
-# few seconds for a 3% timeout rate to show.
-REHEARSAL_TRAFFIC = TrafficProfile(requests_per_replica_per_s=200.0, error_ratio=0.0, expiry_ratio=0.1)
+# few seconds for a 3% timeout rate to show. 1000 requests a second per pod: a p99 read from
+# a 2 s window is then estimated from ~20 tail requests of a two-pod staging, not ~8. At 200,
+# staging's p99 read 10-14 ms over its own pre-deploy reading for whole runs (one noisy
+# baseline shifts every round of the soak), and 577 rounds against a 20 ms bound with
+# failure_limit 3 could hold a healthy release (tests/rehearsal/test_healthy_margins.py).
+REHEARSAL_TRAFFIC = TrafficProfile(requests_per_replica_per_s=1000.0, error_ratio=0.0, expiry_ratio=0.1)
 K8S_TIME_SCALE = 0.005
 MIN_OUTAGE_WALL = 4.0  # a 600 s progress deadline takes 3 s of wall time
 
@@ -224,20 +231,32 @@ class World:
             metrics=metrics if metrics is not None else self.prometheus.provider(timeout=5.0),
             notifier=notifier if notifier is not None else self.notifier,
             clock=self.clock,
-            pacing=Pacing(
-                min_interval_wall=SCRAPE_SECONDS,
-                min_window_wall=4 * SCRAPE_SECONDS,
-                min_warmup_wall=4 * SCRAPE_SECONDS + DISCOVERY_SECONDS,
-                min_soak_wall=6 * SCRAPE_SECONDS,
-                min_approval_wall=approval_floor,
-                approval_poll_seconds=1,
-            ),
+            pacing=replace(rehearsal_pacing(approval_floor), until_scraped=self.until_scraped),
             url_for_check=(lambda url: url) if proxied else (lambda url: _loopback(url, port)),
             service_proxy=cluster if proxied else None,
             on_pause=on_pause,
             ui_url=_prefect_ui_url(),
             on_event=on_event,
         )
+
+    def until_scraped(self, at_most: float) -> None:
+        """``Pacing.until_scraped``: return once Prometheus holds a gate window of samples of
+        every pod the app serves (or after ``at_most`` seconds): the warm-up then lasts as long
+        as this discovery took, not always the 5 s it may take. Every pod, not only this
+        plan's: worlds sharing one app and Prometheus may run their rollouts in one context."""
+        deadline = time.monotonic() + at_most
+        window, samples = f"{4 * SCRAPE_SECONDS:g}s", 4
+        while True:
+            wanted = {(g["labels"]["namespace"], g["labels"]["pod"]) for g in self.app.target_groups()}
+            try:
+                if wanted <= self.prometheus.scraped_for(window, samples):
+                    return
+            except OSError:  # Prometheus down (an outage scenario): the full warm-up, as before
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.1, left))
 
     def fault_onsets_wall(self) -> list[float]:
         """Wall times at which the scenario's faults started (for detection timings)."""
@@ -256,14 +275,29 @@ class CheckServer:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
+            # Keep-alive, as a real Service's pods speak: over HTTP/1.0 every one of a load
+            # check's 1000 requests was a new connection and a new server thread, seconds of
+            # a rehearsal's start on 2 cores.
+            protocol_version = "HTTP/1.1"
+
+            def answer(self, with_body: bool) -> None:
+                # On a kept-alive connection a request's body must be read and a HEAD's
+                # answer must carry none, or the next request on it is misread.
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 body = b"ok\n"
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if with_body:
+                    self.wfile.write(body)
 
-            do_POST = do_HEAD = do_GET
+            def do_GET(self) -> None:
+                self.answer(True)
+
+            do_POST = do_PUT = do_GET
+
+            def do_HEAD(self) -> None:
+                self.answer(False)
 
             def log_message(self, *args: object) -> None:
                 return
@@ -286,6 +320,71 @@ class CheckServer:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def rehearsal_pacing(approval_floor: float = 0.0) -> Pacing:
+    """The wall-time floors a rehearsal's compressed clock needs (``runctx.Pacing``)."""
+    return Pacing(
+        min_interval_wall=SCRAPE_SECONDS,
+        min_window_wall=4 * SCRAPE_SECONDS,
+        min_warmup_wall=4 * SCRAPE_SECONDS + DISCOVERY_SECONDS,
+        min_soak_wall=6 * SCRAPE_SECONDS,
+        min_approval_wall=approval_floor,
+        approval_poll_seconds=1,
+    )
+
+
+def clamping_report(plan: RolloutPlan, speed: float, pacing: Pacing) -> list[dict[str, Any]]:
+    """Per phase, what its gate interval, trigger interval, windows and soak become at ``speed``.
+
+    At 28800x a 5 m interval would be 10 ms of wall time: rounds faster than a scrape re-read
+    the same samples, so the rehearsal clamps each to its pacing floor, as flows/phase.py and
+    tasks/metrics.py apply them (the larger of the scaled plan value and the floor). The user
+    reads here how many rounds the soak really has and how much traffic each window holds.
+    """
+    out = []
+    for phase in plan.phases:
+        interval = phase.interval.total_seconds()
+        interval_run = max(interval, speed * pacing.min_interval_wall)
+        soak = phase.soak.total_seconds()
+        soak_run = max(soak, pacing.min_soak_wall * speed)
+        trigger = phase.trigger_every.total_seconds()
+        windows = sorted({gates.window_seconds(g, phase) for g in phase.gates()})
+        out.append({
+            "phase": phase.name,
+            "interval": interval, "interval_run": interval_run, "interval_wall": interval_run / speed,
+            "interval_clamped": interval_run > interval,
+            "trigger_interval": trigger, "trigger_wall": max(trigger / speed, pacing.min_interval_wall),
+            "trigger_clamped": trigger / speed < pacing.min_interval_wall,
+            "windows": [{"window": w, "wall": max(w / speed, pacing.min_window_wall),
+                         "clamped": w / speed < pacing.min_window_wall} for w in windows],
+            "soak": soak, "soak_run": soak_run,
+            "rounds": int(-(-soak_run // interval_run)) + 1, "plan_rounds": int(-(-soak // interval)) + 1,
+        })
+    return out
+
+
+def clamping(plan: RolloutPlan, speed: float) -> list[str]:
+    """``clamping_report`` as lines for the terminal; phases paced alike share a line."""
+    def d(seconds: float) -> str:
+        return format_duration(timedelta(seconds=seconds)) if seconds >= 1 else f"{seconds * 1000:.0f}ms"
+
+    lines: dict[str, list[str]] = {}
+    for c in clamping_report(plan, speed, rehearsal_pacing()):
+        parts = []
+        if c["interval_clamped"]:
+            parts.append(f"gate interval {d(c['interval'])} clamped to {d(c['interval_run'])} of plan time "
+                         f"({c['interval_wall']:g}s wall, one scrape): {c['rounds']} rounds per "
+                         f"{d(c['soak_run'])} soak, not {c['plan_rounds']}")
+        else:
+            parts.append(f"gate interval {d(c['interval'])} ({c['interval_wall']:g}s wall): {c['rounds']} rounds")
+        if c["trigger_clamped"]:
+            parts.append(f"triggers every {c['trigger_wall']:g}s wall, not {d(c['trigger_interval'] / speed)}")
+        for w in c["windows"]:
+            if w["clamped"]:
+                parts.append(f"window {d(w['window'])} reads {w['wall']:g}s of samples, not {d(w['window'] / speed)}")
+        lines.setdefault("; ".join(parts), []).append(c["phase"])
+    return [f"pacing at {speed:g}x — {', '.join(phases)}: {text}" for text, phases in lines.items()]
 
 
 def _owning_deployment(store: Any, namespace: str, pod: dict[str, Any]) -> str | None:
