@@ -12,9 +12,9 @@ Design decisions:
   - ``monitoring_rendered``: the rules and dashboard files exist, equal what the renderer
     produces from this plan now, and ``promtool check rules`` accepts the rules.
   - ``load_tested``: some phase runs a load check of at least ``LOAD_TEST_REQUESTS`` requests.
-  - ``rollback_rehearsed``: every phase's rollback strategy is listed (each trigger must name
-    one for the plan to load).
-    A full rehearsal of each rollback is wired in separately.
+  - ``rollback_rehearsed``: a ``phasegate rehearse PLAN --prove`` of this plan's exact content
+    (its SHA-256) is recorded on the Prefect API in force and every case matched: the healthy
+    rehearsal promoted, every trigger rolled back by its strategy, every criterion held.
 * The checks are tasks in this module: each is one small read of local files or one
   ``promtool`` call, and nothing else uses them.
 """
@@ -36,6 +36,7 @@ from prefect.input import RunInput
 
 from phasegate import record, runctx
 from phasegate.plan import ChecklistItem, RolloutPlan, load_plan
+from phasegate.prove import plan_digest
 from phasegate.render.alerts import render_alerts, to_yaml
 from phasegate.render.dashboard import render_dashboard, to_json
 from tasks.common import NO_CACHE
@@ -107,10 +108,25 @@ def check_load_tested(plan: RolloutPlan) -> tuple[bool, str]:
     return False, f"no phase runs a load check of at least {LOAD_TEST_REQUESTS} requests"
 
 
-def check_rollback_planned(plan: RolloutPlan) -> tuple[bool, str]:
-    # Every trigger names its rollback (the plan model requires it), so what is left to show
-    # is each phase's own strategy.
-    return True, "; ".join(f"{p.name}: {p.default_rollback.value}" for p in plan.phases)
+def check_rollback_proven(plan: RolloutPlan, plan_path: Path) -> tuple[bool, str]:
+    """A ``rehearse --prove`` of exactly this plan's content, every case matched, recorded on
+    this Prefect API: "documented" is the plan, "tested" is the proof."""
+    from tasks.prefect_api import latest_proof
+
+    command = f"`PREFECT_API_URL=... phasegate rehearse {plan_path} --prove`"
+    try:
+        proof = latest_proof(plan.name)
+    except Exception as exc:
+        return False, f"could not read the proof from the Prefect API ({type(exc).__name__}); run {command}"
+    if proof is None:
+        return False, f"no proof of {plan.name} is recorded on this Prefect API: run {command}"
+    when = proof.get("at") or proof.get("created") or "?"
+    if proof.get("sha256") != plan_digest(plan_path):
+        return False, f"the proof of {when} is of another version of the plan (it changed since): run {command}"
+    if not proof.get("matched"):
+        failed = ", ".join(proof.get("failed") or []) or "some cases"
+        return False, f"the proof of {when} did not match ({failed}): fix the plan or the rollback, then run {command}"
+    return True, f"proven {when}: {proof.get('cases')} rehearsals (healthy, every trigger, every criterion) matched"
 
 
 @flow(name="pre-deployment-checklist")
@@ -121,6 +137,7 @@ def pre_deployment_checklist(
     dashboard_path: str | None = None,
     timeout_seconds: int = 86400,
     poll_interval_seconds: int = 10,
+    rehearsal: bool = False,
 ) -> bool:
     """Run the automatic checks, then pause for a person to confirm every item. True if all hold.
 
@@ -141,7 +158,9 @@ def pre_deployment_checklist(
         elif item.auto == "load_tested":
             evidence[field_name(item, i)] = check_load_tested(plan)
         elif item.auto == "rollback_rehearsed":
-            evidence[field_name(item, i)] = check_rollback_planned(plan)
+            # A rehearsal is not the rollout the proof guards, and may be one of the proof's own.
+            evidence[field_name(item, i)] = ((True, "not asked in a rehearsal; a real run needs a --prove of this plan")
+                                             if rehearsal else check_rollback_proven(plan, Path(plan_path)))
 
     lines = ["# Pre-deployment checklist", "", "| Item | Automatic check |", "|---|---|"]
     for i, item in enumerate(plan.checklist.items):

@@ -91,6 +91,8 @@ class CaseResult:
     verified: bool | None = None
     wall_seconds: float = 0.0
     problem: str = ""
+    # Onset → the rollback started (detection plus deciding and starting the rollback flow).
+    rollback_after_wall: float | None = None
 
     @property
     def matched(self) -> bool:
@@ -103,7 +105,8 @@ class CaseResult:
             "expected_strategy": c.strategy, "actual": self.actual, "strategy": self.strategy,
             "detected_after_wall_s": _round(self.detected_after_wall),
             "detection_bound_wall_s": _round(self.detection_bound_wall),
-            "detected_after_plan_s": _round(self.detected_after_plan), "verified": self.verified,
+            "detected_after_plan_s": _round(self.detected_after_plan),
+            "rollback_started_after_wall_s": _round(self.rollback_after_wall), "verified": self.verified,
             "wall_s": _round(self.wall_seconds), "matched": self.matched, "problem": self.problem,
         }
 
@@ -211,9 +214,10 @@ def judge(case: Case, report: Mapping[str, Any], wall_seconds: float = 0.0,
             result.verified = bool(rb.get("ok"))
             if not result.verified:
                 problems.append("the rollback was not verified")
-            detected, budget = timings.get("detected_after"), cycle_wall or timings.get("budget")
+            detected, budget = _detected_after(case, report), cycle_wall or timings.get("budget")
             if detected is not None and budget is not None:
                 result.detected_after_wall = float(detected)
+                result.rollback_after_wall = timings.get("detected_after")
                 result.detection_bound_wall = DETECTION_FACTOR * float(budget)
                 result.detected_after_plan = timings.get("detected_after_plan")
                 if result.detected_after_wall > result.detection_bound_wall:
@@ -223,6 +227,26 @@ def judge(case: Case, report: Mapping[str, Any], wall_seconds: float = 0.0,
                 problems.append("no fault onset recorded: the fault never took effect")
     result.problem = "; ".join(problems)
     return result
+
+
+def _detected_after(case: Case, report: Mapping[str, Any]) -> float | None:
+    """Wall seconds from the fault's onset to the first round in which the case's gate read
+    Failed: when the system knew, before deciding and starting the rollback."""
+    timings = report.get("timings") or {}
+    rb = report.get("rollback") or {}
+    speed = report.get("speed")
+    fallback = timings.get("detected_after")
+    if "detected_after_plan" not in timings or "started_plan" not in rb or not speed:
+        return None if fallback is None else float(fallback)
+    onset_plan = float(rb["started_plan"]) - float(timings["detected_after_plan"])
+    for phase in report.get("phases") or []:
+        if phase.get("name") != case.phase:
+            continue
+        for rnd in phase.get("rounds") or []:
+            for m in rnd:
+                if m.get("gate") == case.gate and m.get("outcome") == "Failed" and m.get("at", 0) >= onset_plan:
+                    return (float(m["at"]) - onset_plan) / float(speed)
+    return None if fallback is None else float(fallback)
 
 
 def unprovable(case: Case, why: str) -> CaseResult:

@@ -82,17 +82,28 @@ def run_case(plan_path: str | Path, case: prove.Case, speed: float,
     except ScenarioError as exc:
         return prove.unprovable(case, "; ".join(exc.problems))
     started = time.monotonic()
-    try:
-        with world(plan, scenario=scenario, speed=speed, notifier=_null_notifier(),
-                   workload_file=workload_file) as w:
-            report = run_in(w, plan_path, approve="auto", approval_floor=APPROVAL_FLOOR,
-                            lock_scope=f"prove-{uuid.uuid4().hex[:8]}-{case.id.replace('/', '-')}",
-                            soak_floor=soak_floor)
-    except Exception as exc:  # one broken case must not lose the others' results
-        result = prove.CaseResult(case, "error", wall_seconds=time.monotonic() - started)
-        result.problem = f"{type(exc).__name__}: {exc}"[:300]
-        return result
+    for attempt in (1, 2):
+        try:
+            with world(plan, scenario=scenario, speed=speed, notifier=_null_notifier(),
+                       workload_file=workload_file) as w:
+                report = run_in(w, plan_path, approve="auto", approval_floor=APPROVAL_FLOOR,
+                                lock_scope=f"prove-{uuid.uuid4().hex[:8]}-{case.id.replace('/', '-')}",
+                                soak_floor=soak_floor)
+            break
+        except Exception as exc:  # one broken case must not lose the others' results
+            if attempt == 1 and _api_overloaded(exc):
+                # The Prefect API, not the plan: a loaded SQLite server answers 503 now and then.
+                continue
+            result = prove.CaseResult(case, "error", wall_seconds=time.monotonic() - started)
+            result.problem = f"{type(exc).__name__}: {exc}"[:300]
+            return result
     return prove.judge(case, report, time.monotonic() - started, cycle_wall=cycle)
+
+
+def _api_overloaded(exc: BaseException) -> bool:
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    return isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code >= 500
 
 
 def _cycle_wall(plan: RolloutPlan, case: prove.Case, speed: float) -> float | None:

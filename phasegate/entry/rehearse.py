@@ -99,7 +99,7 @@ def run_in(
         checklist = w.plan.checklist
         if checklist is not None and checklist.required and checklist.items:
             pre_deployment_checklist(str(plan_path), image=w.image, timeout_seconds=int(max(floor, 30)),
-                                     poll_interval_seconds=1)
+                                     poll_interval_seconds=1, rehearsal=True)
         report = run_rollout(str(plan_path), w.image, lock_timeout_seconds=lock_timeout_seconds)
     report["scenario"] = w.scenario.name
     report["approvals_sent"] = approver.answers

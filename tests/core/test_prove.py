@@ -126,3 +126,17 @@ def test_the_proof_matches_only_when_every_case_did_and_names_the_plan_by_its_co
     assert "1 of 2 cases did not match" in proof.markdown()
     assert "canary-10pct/token-not-active: expected a rollback, got promoted" in proof.table()
     assert proof.to_json()["sha256"] == "ab" * 32
+
+
+def test_detection_is_timed_to_the_first_failed_round_of_the_gate_not_to_the_rollbacks_start() -> None:
+    report = _report("rolled_back")
+    report["speed"] = 3600.0
+    report["rollback"]["started_plan"] = 100_000.0
+    report["timings"].update(detected_after=9.0, detected_after_plan=9.0 * 3600)  # onset at plan 67 600
+    rounds = [[{"gate": "token-not-active", "outcome": "Successful", "at": 68_000.0}],
+              [{"gate": "token-not-active", "outcome": "Failed", "at": 67_600.0 + 2.5 * 3600}]]
+    report["phases"] = [{"name": "canary-10pct", "rounds": rounds, "reason": ""}]
+    result = judge(_cases()["canary-10pct/token-not-active"], report, cycle_wall=2.0)
+    assert result.detected_after_wall == pytest.approx(2.5)
+    assert result.rollback_after_wall == 9.0
+    assert result.matched  # 2.5 s <= 1.5 x 2 s, though the rollback flow started 9 s after onset

@@ -24,8 +24,11 @@ import pytest
 
 from phasegate.adapters.console import ConsoleNotifier
 from phasegate.plan import RolloutPlan, load_plan
+from phasegate.prove import plan_digest
 from phasegate.rehearsal.world import world
+from tasks.prefect_api import record_proof
 from tests.e2e.test_ui_approval import browser, chromium  # noqa: F401 - the Chromium fixtures
+from tests.fixtures.prefect import prefect_api_at
 from tests.fixtures.prefect_server import PrefectServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -124,6 +127,14 @@ def test_checklist_then_run_from_a_clean_state(
         assert "checklist" in log.read_text() and "nothing was deployed" in log.read_text()
 
         log = tmp_path / "checklist.log"
+        # The plan's "rollback tested" item reads a matched `rehearse --prove` of this plan's
+        # content from the Prefect API. Proving is tested for real in tests/rehearsal/test_prove.py;
+        # here the record is put there as the command records it, to keep this test's minutes
+        # for the path it is about.
+        with prefect_api_at(prefect_server.api_url):
+            record_proof(plan.name, "# proof", {"plan_name": plan.name, "sha256": plan_digest(PLAN),
+                                                "at": "2026-12-02T12:00:00+00:00", "matched": True, "cases": 4,
+                                                "failed": []})
         checklist = _phasegate("checklist", str(PLAN), "--image", w.image, "--timeout", "120", env=env, log=log)
         run_id = _paused(prefect_server, "pre-deployment-checklist", checklist, log)
         confirm_in_the_ui(browser, prefect_server, run_id, plan)

@@ -15,13 +15,15 @@ from prefect.flow_runs import resume_flow_run
 from flows.checklist import (
     check_load_tested,
     check_monitoring_rendered,
-    check_rollback_planned,
+    check_rollback_proven,
     checklist_form,
     default_paths,
     field_name,
     pre_deployment_checklist,
 )
 from phasegate.plan import RolloutPlan, load_plan
+from phasegate.prove import plan_digest
+from tasks.prefect_api import record_proof
 from tests.fixtures.common import require_binary
 
 SEED = Path(__file__).resolve().parents[2] / "deployments/plans/token-refresh-locking.yaml"
@@ -59,9 +61,29 @@ def test_a_load_check_below_1000_requests_does_not_count(plan: RolloutPlan) -> N
     assert check_load_tested(smaller)[0] is False
 
 
-def test_every_seed_phase_has_a_rollback(plan: RolloutPlan) -> None:
-    ok, why = check_rollback_planned(plan)
-    assert ok and why.startswith("staging: full_undo; canary-10pct: canary_only")
+def _record_proof(plan: RolloutPlan, digest: str, matched: bool = True) -> None:
+    """What `rehearse --prove` records on the Prefect API in force (phasegate.entry.prove)."""
+    record_proof(plan.name, "# proof", {"plan_name": plan.name, "sha256": digest, "at": "2026-12-02T17:00:00+00:00",
+                                        "matched": matched, "cases": 28, "failed": [] if matched else ["healthy"]})
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_rollback_tested_needs_a_proof_of_this_plans_exact_content_that_matched(plan: RolloutPlan) -> None:
+    never = plan.model_copy(update={"name": "never-proven"})
+    ok, why = check_rollback_proven(never, SEED)
+    assert not ok and "no proof of never-proven" in why and f"phasegate rehearse {SEED} --prove" in why
+
+    _record_proof(plan, "0" * 64)
+    ok, why = check_rollback_proven(plan, SEED)
+    assert not ok and "another version of the plan" in why
+
+    _record_proof(plan, plan_digest(SEED), matched=False)
+    ok, why = check_rollback_proven(plan, SEED)
+    assert not ok and "did not match (healthy)" in why
+
+    _record_proof(plan, plan_digest(SEED))
+    ok, why = check_rollback_proven(plan, SEED)
+    assert ok and why.startswith("proven 2026-12-02T17:00:00+00:00: 28 rehearsals")
 
 
 def test_checked_in_rules_and_dashboard_count_as_monitoring_created(plan: RolloutPlan) -> None:
@@ -97,6 +119,7 @@ def _resume_paused(run_input: dict[str, object]) -> threading.Thread:
 @pytest.mark.usefixtures("prefect_api")
 def test_checklist_passes_when_every_item_is_confirmed(plan: RolloutPlan) -> None:
     require_binary("promtool")
+    _record_proof(plan, plan_digest(SEED))
     resumer = _resume_paused(_answers(plan))
     assert pre_deployment_checklist(str(SEED), poll_interval_seconds=1) is True
     resumer.join(5)
