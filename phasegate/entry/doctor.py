@@ -55,7 +55,6 @@ from phasegate.entry import clikit as cli
 from phasegate.entry.settings import PhasegateSettings, context_from_settings
 from phasegate.plan import RolloutPlan
 from phasegate.ports import TargetRef
-from tasks.checks import assess_checks
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # auth.test needs no channel; without a plan the real one is only known at run time.
@@ -261,6 +260,9 @@ def _cluster_checks_with(cluster: KubernetesCluster, source: str, settings: Phas
 def _route_checks(cluster: KubernetesCluster, settings: PhasegateSettings, plan: RolloutPlan,
                   plan_path: Path | None) -> list[Check]:
     """Each smoke/load check: the route it will take from here, or why it cannot reach its Service."""
+    # Here, not at the top: tasks import Prefect, whose logging `phasegate rehearse` sets first.
+    from tasks.checks import assess_checks
+
     try:
         planned, problems = assess_checks(plan, plan_path, proxy=cluster if settings.uses_service_proxy() else None,
                                           cluster_domain=settings.cluster_domain)
