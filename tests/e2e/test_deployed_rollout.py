@@ -34,7 +34,7 @@ from phasegate.adapters.console import ConsoleNotifier
 from phasegate.plan import load_plan
 from phasegate.rehearsal.world import world
 from tests.e2e.test_checklist_then_run import _exit_code, _paused, _phasegate
-from tests.e2e.test_ui_approval import CRITERION, browser, chromium  # noqa: F401
+from tests.e2e.test_ui_approval import ARTIFACTS, CRITERION, browser, chromium  # noqa: F401
 from tests.fixtures.prefect import prefect_api_at
 from tests.fixtures.prefect_server import PrefectServer
 
@@ -95,7 +95,14 @@ def answer_approval_form(page: Any, url: str, *, decision: str, approver: str, c
     field("Approver").locator("textarea").fill(approver)
     field("Comment").locator("textarea").fill(comment)
     dialog.get_by_role("button", name="Submit").click()
-    expect(dialog).to_be_hidden()
+    # A loaded server takes a while to accept a resume; a refused one keeps the dialog open,
+    # and its message is in the screenshot.
+    try:
+        expect(dialog).to_be_hidden(timeout=60_000)
+    except AssertionError:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "deployed-approval-refused.png"), full_page=True)
+        raise
 
 
 def _final(server: PrefectServer, run_id: str, timeout: float, worker_log: Path) -> dict[str, Any]:

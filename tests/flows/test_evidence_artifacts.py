@@ -157,8 +157,10 @@ def test_a_rehearsed_rollback_leaves_one_gates_table_per_phase_and_a_summary_of_
     canary_rows = gates[evidence._key(report["rollout"], "canary-10pct", "gates")]
     canary_full = sum(1 for e in report["events"] if e["event"] == "round" and e["full"] and e["phase"] == "canary-10pct")
     assert len(canary_rows) >= min(canary_full, evidence.RECENT_ROUNDS) >= 3  # every full round, in one table
-    failed = gates[evidence._key(report["rollout"], "full", "gates")][0]
-    assert failed["result"] == "✗ Failed" and failed["token-not-active"].startswith("✗ ")
+    # The round whose trigger fired is kept and marked (the last round may be a later
+    # Inconclusive one when the world is loaded: the rollback starts after the round that failed).
+    full_rows = gates[evidence._key(report["rollout"], "full", "gates")]
+    assert any(r["result"] == "✗ Failed" and r["token-not-active"].startswith("✗ ") for r in full_rows), full_rows[:3]
 
     summaries = [a for a in artifacts if a.key == evidence._key(report["rollout"], "summary")]
     assert len(summaries) == 1, [a.key for a in artifacts]
