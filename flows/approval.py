@@ -42,7 +42,7 @@ from pydantic import ConfigDict, Field, create_model
 from flows.context import Rollout
 from phasegate import approval_form as approval_form_fields
 from phasegate import runctx, slack_approval
-from phasegate.analysis import Measurement
+from phasegate.analysis import Measurement, Outcome
 from phasegate.decide import Action, Decision, Step, after_round, approval_answer
 from phasegate.durations import format_duration
 from phasegate.notify import Kind, Severity, reminder_times
@@ -201,6 +201,11 @@ class TriggerWatch:
         every = max(rt.clock.to_wall(phase.trigger_every.total_seconds()), rt.pacing.min_interval_wall, 0.05)
         history: dict[str, list[Measurement]] = defaultdict(list)
         log = get_run_logger()
+        # The rounds watched here go on the phase's gates table after its soak's: the round
+        # that ends a pause in a rollback is the one a person opens the table to see.
+        table = evidence.PhaseGates.for_phase(self.rollout.release.id, phase.name,
+                                              {g.name: g.bound for g in phase.gates()}, self.rollout.flow_run_id)
+        started = rt.clock.now()
         while not self.stop.wait(every):
             try:
                 measurements = measure_gates.fn(plan, watched, scope, baselines, rt.clock.now())
@@ -211,6 +216,11 @@ class TriggerWatch:
             for m in measurements:
                 history[m.gate].append(m)
             action = after_round(watched, history, soak_done=False)
+            if any(m.outcome is not Outcome.SUCCESSFUL for m in measurements) or action.step is Step.ROLLBACK:
+                # Passing rounds of a day-long pause would push the soak's rows out of the table.
+                during = f"pause +{evidence.elapsed(rt.clock.now() - started)}"
+                news = table.add(table.next_round, measurements, 0.0, during=during)
+                table.publish(urgent=news, final=action.step is Step.ROLLBACK)
             self.rollout.record("watch_round", phase=phase.name, round=self.rounds, step=action.step.value,
                                 outcomes={m.gate: m.outcome.value for m in measurements})
             if action.step is Step.ROLLBACK and action.strategy is not None and action.gates:
@@ -269,7 +279,10 @@ def await_approval(
     rt = runctx.get()
     form = approval_form(phase)
     description = describe(rollout, phase, next_phase, action, evidence_md)
-    timeout_wall = max(rt.clock.to_wall(phase.approval.timeout.total_seconds()), rt.pacing.min_approval_wall, 1.0)
+    floor = rt.pacing.min_approval_wall
+    if action.step is Step.HOLD and rt.pacing.min_hold_wall is not None:
+        floor = rt.pacing.min_hold_wall
+    timeout_wall = max(rt.clock.to_wall(phase.approval.timeout.total_seconds()), floor, 1.0)
     started = time.time()
     deadline = started + timeout_wall
     record = ApprovalRecord(phase.name, Decision.TIMEOUT)
@@ -406,7 +419,8 @@ def watch_while_halted(rollout: Rollout, phase: Phase, reason: str) -> Action | 
         return None
     log = get_run_logger()
     rt = runctx.get()
-    timeout_wall = max(rt.clock.to_wall(phase.approval.timeout.total_seconds()), rt.pacing.min_approval_wall, 1.0)
+    floor = rt.pacing.min_approval_wall if rt.pacing.min_hold_wall is None else rt.pacing.min_hold_wall
+    timeout_wall = max(rt.clock.to_wall(phase.approval.timeout.total_seconds()), floor, 1.0)
     watch = TriggerWatch(rollout, phase, approval_form_fields.halted_answer(ROLLBACK, WATCHER))
     watch.start()
     description = "\n".join([

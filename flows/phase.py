@@ -180,7 +180,8 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
     trigger_wall = max(clock.to_wall(phase.trigger_every.total_seconds()), pacing.min_interval_wall, 0.001)
     trigger_phase = triggers_only(phase)
     progress = evidence.start_progress(rollout.release.id, phase.name)
-    gates_table = evidence.PhaseGates(rollout.release.id, phase.name, {g.name: g.bound for g in phase.gates()})
+    gates_table = evidence.PhaseGates.for_phase(rollout.release.id, phase.name,
+                                                {g.name: g.bound for g in phase.gates()}, rollout.flow_run_id)
     history: dict[str, list[Measurement]] = defaultdict(list)
 
     def due(k: int) -> float:

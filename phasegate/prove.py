@@ -219,14 +219,33 @@ def judge(case: Case, report: Mapping[str, Any], wall_seconds: float = 0.0,
                 result.detected_after_wall = float(detected)
                 result.rollback_after_wall = timings.get("detected_after")
                 result.detection_bound_wall = DETECTION_FACTOR * float(budget)
-                result.detected_after_plan = timings.get("detected_after_plan")
+                # As rehearsed: the wall figure on the run's clock (its floors included).
+                speed = report.get("speed")
+                result.detected_after_plan = float(detected) * float(speed) if speed else None
                 if result.detected_after_wall > result.detection_bound_wall:
                     problems.append(f"detected {result.detected_after_wall:.1f} s after onset, over "
                                     f"{result.detection_bound_wall:.1f} s")
             else:
                 problems.append("no fault onset recorded: the fault never took effect")
+    degraded = _degraded(report)
+    if problems and degraded:
+        problems.append(degraded)
     result.problem = "; ".join(problems)
     return result
+
+
+# More failed scrapes than this and the world, not the plan, is the likelier cause of a
+# mismatch: a starved workload answers /metrics after the scrape timeout.
+DEGRADED_SCRAPE_SHARE = 0.02
+
+
+def _degraded(report: Mapping[str, Any]) -> str:
+    health = report.get("monitoring") or {}
+    share = health.get("failed_share")
+    if not isinstance(share, int | float) or share <= DEGRADED_SCRAPE_SHARE:
+        return ""
+    return (f"the rehearsal world was overloaded: {100 * share:.1f}% of scrapes failed (slowest "
+            f"{health.get('slowest_scrape_s')} s against a {health.get('scrape_timeout_s')} s timeout)")
 
 
 def _detected_after(case: Case, report: Mapping[str, Any]) -> float | None:

@@ -71,6 +71,11 @@ class Pacing:
     min_soak_wall: float = 0.0
     # A scaled 24 h approval pause is not a blink.
     min_approval_wall: float = 0.0
+    # A pause nobody is expected to answer soon (a held phase, a halted rollout) lasts at
+    # least this; None: min_approval_wall. A rehearsal answers advances at once, so their
+    # floor is only a ceiling for an API slow under load, while a hold it leaves to time out
+    # would wait out that whole ceiling.
+    min_hold_wall: float | None = None
     approval_poll_seconds: int = 10
 
 

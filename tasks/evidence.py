@@ -53,6 +53,10 @@ from phasegate.plan import GateKind, RolloutPlan
 
 SUBJECT_CHARS = 40  # of a key's subject; a whole key stays under ~60 characters
 RECENT_ROUNDS = 24
+# Phase tables kept in a process for their approval pause's trigger watch; a worker that runs
+# rollout after rollout keeps only the latest.
+MAX_TABLES = 32
+_TABLES: dict[str, PhaseGates] = {}
 KEPT_NOT_PASSING = 48
 EVERY_WALL = 2.0
 BACKOFF_WALL = 30.0
@@ -118,7 +122,7 @@ def worst_outcome(measurements: Sequence[Measurement]) -> Outcome:
     return max((m.outcome for m in measurements), key=lambda o: o.severity, default=Outcome.SUCCESSFUL)
 
 
-def _elapsed(seconds: float) -> str:
+def elapsed(seconds: float) -> str:
     minutes = max(0, round(seconds / 60))
     return f"{minutes // 60}h{minutes % 60:02d}m"
 
@@ -159,7 +163,25 @@ class PhaseGates:
     def key(self) -> str:
         return _key(self.rollout, self.phase, "gates")
 
-    def add(self, round_no: int, measurements: Sequence[Measurement], soak_elapsed: float) -> bool:
+    @classmethod
+    def for_phase(cls, rollout: str, phase: str, gates: Mapping[str, str], run: str | None) -> PhaseGates:
+        """The phase's table in this process for the rollout run ``run``: the one its soak
+        filled, if it ran here, so the rounds watched during its approval pause join the rounds
+        before it. Another run of the same rollout starts a table of its own."""
+        key = f"{run}/{_key(rollout, phase, 'gates')}"
+        table = _TABLES.get(key)
+        if table is None:
+            table = _TABLES[key] = cls(rollout, phase, gates)
+            while len(_TABLES) > MAX_TABLES:
+                del _TABLES[next(iter(_TABLES))]
+        return table
+
+    @property
+    def next_round(self) -> int:
+        return max((r.number for r in [*self.recent, *self.not_passing]), default=0) + 1
+
+    def add(self, round_no: int, measurements: Sequence[Measurement], soak_elapsed: float,
+            during: str = "") -> bool:
         """Record one round; whether it is news worth sending at once: a Failed or Error
         round worse than the round before. A streak of the same outcome, and a round without
         data (noise a plan tolerates, which at a compressed clock can come every few rounds),
@@ -167,7 +189,9 @@ class PhaseGates:
         outcome = worst_outcome(measurements)
         before = self.recent[-1].outcome.severity if self.recent else 0
         news = outcome.severity >= Outcome.ERROR.severity and outcome.severity > before
-        data = {"round": str(round_no), "soak": _elapsed(soak_elapsed), "result": f"{MARK[outcome]} {outcome.value}"}
+        # ``during``: where a round outside the soak was taken ("pause +0h05m"), in the soak column.
+        data = {"round": str(round_no), "soak": during or elapsed(soak_elapsed),
+                "result": f"{MARK[outcome]} {outcome.value}"}
         by_gate = {m.gate: m for m in measurements}
         for gate in [*self.gates, *(g for g in by_gate if g not in self.gates)]:
             data[gate] = _cell(by_gate[gate]) if gate in by_gate else ""

@@ -2,11 +2,15 @@
 
 Design decisions:
 
-* Cases run concurrently in threads of one process, each in a loopback world of its own
+* Cases run concurrently in worker processes, each case in a loopback world of its own
   (cluster emulator, synthetic workload, Prometheus), against one Prefect API: worlds share
-  nothing but the API, and the run context is a ContextVar, so each thread's rollout talks to
-  its own world. Concurrency defaults to what two cores carry without stretching the wall
-  floors a compressed clock relies on.
+  nothing but the API. They ran in threads of one process at first; four worlds there shared
+  one interpreter lock, their pods' /metrics answered late (slowest scrape 0.50 s, the
+  scrape timeout; 3–8 % of scrapes failed) and gates read no data or detected late, so the
+  proof measured the machine, not the plan. Each report now carries its world's scrape
+  health (``monitoring``), and a mismatch in a degraded world says so.
+  Concurrency defaults to what two cores carry without stretching the wall floors a
+  compressed clock relies on.
 * Each case takes the target's lock under a name of its own (``lock_scope``, with a fresh
   token): the worlds are different clusters, and a killed earlier proof must not leave a
   slot held in Prefect's database that a later one waits for — the temporary server's
@@ -22,13 +26,13 @@ Design decisions:
 
 from __future__ import annotations
 
-import contextvars
 import json
-import threading
+import multiprocessing as mp
+import os
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,9 +48,12 @@ from phasegate.rehearsal.world import DISCOVERY_SECONDS, SCRAPE_SECONDS, prepare
 WARMUP_WALL = 4 * SCRAPE_SECONDS + DISCOVERY_SECONDS
 
 DEFAULT_CONCURRENCY = 4
-# Holds are answered by nobody; their pause ends at this floor (wall seconds) into the plan's
-# on_timeout. Advances are answered at once by the rehearsal's approver.
-APPROVAL_FLOOR = 8.0
+# Advances are answered at once by the rehearsal's approver: their floor (wall seconds) is a
+# ceiling for a Prefect API slow under load, never waited out when all is well. At 8 s, four
+# worlds on a CI machine saw an approval time out before it was answered, into a halt.
+APPROVAL_FLOOR = 30.0
+# Holds are answered by nobody; their pause ends at this floor into the plan's on_timeout.
+HOLD_FLOOR = 8.0
 
 
 def scenario_for(case: prove.Case) -> Scenario:
@@ -86,7 +93,7 @@ def run_case(plan_path: str | Path, case: prove.Case, speed: float,
         try:
             with world(plan, scenario=scenario, speed=speed, notifier=_null_notifier(),
                        workload_file=workload_file) as w:
-                report = run_in(w, plan_path, approve="auto", approval_floor=APPROVAL_FLOOR,
+                report = run_in(w, plan_path, approve="auto", approval_floor=APPROVAL_FLOOR, hold_floor=HOLD_FLOOR,
                                 lock_scope=f"prove-{uuid.uuid4().hex[:8]}-{case.id.replace('/', '-')}",
                                 soak_floor=soak_floor)
             break
@@ -127,33 +134,46 @@ def run_proof(plan_path: str | Path, *, speed: float, concurrency: int = DEFAULT
     plan = load_plan(plan_path)
     cases = prove.plan_cases(plan)
     started = time.monotonic()
-    lock = threading.Lock()
-
-    def one(case: prove.Case) -> prove.CaseResult:
-        result = run_case(plan_path, case, speed, workload_file)
-        if on_result is not None:
-            with lock:
-                on_result(result)
-        return result
-
     rehearsed = [c for c in cases if c.covered_by is None]
-    _api_up()
-    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="prove") as pool:
-        # Each case in a copy of this context: the Prefect settings in force reach its thread.
-        futures = [pool.submit(contextvars.copy_context().run, one, c) for c in rehearsed]
-        done = {c.id: f.result() for c, f in zip(rehearsed, futures, strict=True)}
+    api = _api_up()
+    # Spawned, not forked: this process holds Prefect's threads and clients, which a fork
+    # would copy mid-flight.
+    pool = ProcessPoolExecutor(max(1, min(concurrency, len(rehearsed))), mp_context=mp.get_context("spawn"),
+                               initializer=_worker_init, initargs=(api,))
+    done: dict[str, prove.CaseResult] = {}
+    with pool:
+        futures = {pool.submit(run_case, str(plan_path), c, speed, workload_file): c for c in rehearsed}
+        for future in as_completed(futures):
+            case = futures[future]
+            try:
+                result = future.result()
+            except Exception as exc:  # a worker that died (killed, out of memory) loses its case only
+                result = prove.CaseResult(case, "error", problem=f"{type(exc).__name__}: {exc}"[:300])
+            done[case.id] = result
+            if on_result is not None:
+                on_result(result)
     results = [done[c.id] if c.covered_by is None else prove.covered(c, done[c.covered_by]) for c in cases]
     return prove.Proof(str(plan_path), plan.name, prove.plan_digest(plan_path), results, speed,
                        time.monotonic() - started)
 
 
-def _api_up() -> None:
-    """Reach the Prefect API once before the cases start: without PREFECT_API_URL that starts
-    Prefect's temporary server here, once, rather than in every case's thread at once."""
+def _api_up() -> str:
+    """Reach the Prefect API once before the cases start, and return its URL for the workers.
+
+    Without PREFECT_API_URL that starts Prefect's temporary server here, once: a worker
+    told its URL uses it rather than starting one of its own on the same database file."""
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
 
     with get_client(sync_client=True) as client:
         client.hello()
+        return str(PREFECT_API_URL.value() or client.api_url).rstrip("/")
+
+
+def _worker_init(api_url: str) -> None:
+    """A case worker talks to the proof's Prefect API (settings made in the parent's context,
+    such as a test harness's, do not cross a spawn)."""
+    os.environ["PREFECT_API_URL"] = api_url
 
 
 def write_reports(proof: prove.Proof, path: str | Path) -> tuple[Path, Path]:

@@ -8,6 +8,7 @@ code: the library below it never starts a flow.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -69,6 +70,7 @@ def run_in(
     *,
     approve: str | Approver = "auto",
     approval_floor: float | None = None,
+    hold_floor: float | None = None,
     lock_timeout_seconds: float = 30.0,
     on_event: EventObserver | None = None,
     metrics: MetricsProvider | None = None,
@@ -82,19 +84,22 @@ def run_in(
     ``metrics`` and ``notifier`` replace the world's own for this run, e.g. with adapters
     built from ``PHASEGATE_PROMETHEUS_*`` and ``SLACK_*`` as a production run builds them.
     ``pacing`` replaces the world's floors, e.g. none per round to run a plan's real number
-    of rounds on a fast clock."""
+    of rounds on a fast clock. ``hold_floor``: the floor of a pause left unanswered (a held
+    phase, a halted rollout), when it should differ from ``approval_floor``."""
     approver = approve if isinstance(approve, Approver) else Approver(approve)
     # Wall seconds an approval pause lasts at least: long enough for the API approver under
     # load, short enough that a deliberate timeout (or an unanswered hold) ends quickly.
     floor = approval_floor if approval_floor is not None else {"ui": 900.0, "timeout": 5.0}.get(approver.mode, 15.0)
     approver.patience = max(approver.patience, floor)
-    ctx = w.run_context(approval_floor=floor, on_pause=approver, on_event=on_event, metrics=metrics, notifier=notifier)
+    ctx = w.run_context(approval_floor=floor, hold_floor=hold_floor, on_pause=approver, on_event=on_event,
+                        metrics=metrics, notifier=notifier)
     if pacing is not None:
         ctx = ctx.with_(pacing=pacing)
     if lock_scope:
         ctx = ctx.with_(lock_scope=lock_scope)
     if soak_floor is not None:
         ctx = ctx.with_(pacing=replace(ctx.pacing, min_soak_wall=max(ctx.pacing.min_soak_wall, soak_floor)))
+    started_wall = time.time()
     with runctx.use(ctx):
         checklist = w.plan.checklist
         if checklist is not None and checklist.required and checklist.items:
@@ -105,6 +110,7 @@ def run_in(
     report["approvals_sent"] = approver.answers
     report["timings"] = timings(report, w)
     report["pacing"] = clamping_report(w.plan, w.clock.speed, ctx.pacing)
+    report["monitoring"] = w.monitoring_health(started_wall)
     notifications = getattr(ctx.notifier, "sent", None)
     if notifications is not None:
         report["notifications_sent"] = [

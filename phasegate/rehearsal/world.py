@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -216,6 +217,7 @@ class World:
         self,
         *,
         approval_floor: float,
+        hold_floor: float | None = None,
         on_pause: PauseObserver | None,
         on_event: EventObserver | None = None,
         metrics: MetricsProvider | None = None,
@@ -231,7 +233,7 @@ class World:
             metrics=metrics if metrics is not None else self.prometheus.provider(timeout=5.0),
             notifier=notifier if notifier is not None else self.notifier,
             clock=self.clock,
-            pacing=replace(rehearsal_pacing(approval_floor), until_scraped=self.until_scraped),
+            pacing=replace(rehearsal_pacing(approval_floor, hold_floor), until_scraped=self.until_scraped),
             url_for_check=(lambda url: url) if proxied else (lambda url: _loopback(url, port)),
             service_proxy=cluster if proxied else None,
             on_pause=on_pause,
@@ -257,6 +259,26 @@ class World:
             if left <= 0:
                 return
             time.sleep(min(0.1, left))
+
+    def monitoring_health(self, since_wall: float) -> dict[str, Any]:
+        """How well Prometheus scraped the workload since ``since_wall``: the share of failed
+        scrapes and the slowest. A world starved of CPU misses scrapes (each times out at the
+        scrape interval), and a gate then reads no data or lags: a mismatch of the proof is
+        then the machine's, and the report must say so rather than blame the plan."""
+        span = f"{max(1, math.ceil(time.time() - since_wall))}s"
+        provider = self.prometheus.provider(timeout=5.0)
+        out: dict[str, Any] = {}
+        try:
+            total = provider.query(f"sum(count_over_time(up[{span}]))")
+            ok = provider.query(f"sum(sum_over_time(up[{span}]))")
+            out = {"scrapes": int(total), "failed_share": round(1 - ok / total, 4) if total else 0.0,
+                   "slowest_scrape_s": round(provider.query(f"max(max_over_time(scrape_duration_seconds[{span}]))"), 3),
+                   "scrape_timeout_s": SCRAPE_SECONDS}
+        except Exception as exc:  # a world whose Prometheus is down (an outage scenario) says so
+            out = {"unknown": str(exc)[:120]}
+        finally:
+            provider.close()
+        return out
 
     def fault_onsets_wall(self) -> list[float]:
         """Wall times at which the scenario's faults started (for detection timings)."""
@@ -322,9 +344,10 @@ class CheckServer:
         self.server.server_close()
 
 
-def rehearsal_pacing(approval_floor: float = 0.0) -> Pacing:
+def rehearsal_pacing(approval_floor: float = 0.0, hold_floor: float | None = None) -> Pacing:
     """The wall-time floors a rehearsal's compressed clock needs (``runctx.Pacing``)."""
     return Pacing(
+        min_hold_wall=hold_floor,
         min_interval_wall=SCRAPE_SECONDS,
         min_window_wall=4 * SCRAPE_SECONDS,
         min_warmup_wall=4 * SCRAPE_SECONDS + DISCOVERY_SECONDS,
@@ -547,6 +570,12 @@ class Approver:
                     self.answers.append(answer)
                     return
             except Exception as exc:
+                if "Validation failed" in str(exc):
+                    # The run is paused, but not for the form this answer fills: the pause it was
+                    # meant for timed out and the run asks something else now (a halted
+                    # rollout's rollback or hand-over). Answering that is not this approver's call.
+                    self.say(f"approver: flow run {flow_run_id} now waits on another form; not answered")
+                    return
                 self.say(f"approver: retrying after {type(exc).__name__}: {str(exc)[:160]}")
             time.sleep(self.poll_seconds)
         self.say(f"approver: flow run {flow_run_id} never paused within {self.patience:.0f}s; not answered")
