@@ -53,6 +53,26 @@ def test_token_not_active_during_the_approval_pause_rolls_the_canary_back_with_n
     texts = [n["text"] for n in result["notifications"]]
     assert any("still measured" in t for t in texts if "waiting for approval" in t)
     assert any("rolling back without waiting for approval" in t for t in texts)
+    # The phase's gates table shows the round that ended the pause on top, marked, after the soak's.
+    rows = _gates_rows(result["rollout"], "canary-10pct")
+    assert rows[0]["result"] == "✗ Failed" and rows[0]["soak"].startswith("pause +"), rows[:2]
+    assert rows[0]["token-not-active"].startswith("✗")
+    assert any(not r["soak"].startswith("pause") for r in rows[1:]), "the soak's rounds are gone"
+
+
+def _gates_rows(rollout: str, phase: str) -> list[dict]:
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tasks import evidence
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[evidence._key(rollout, phase, "gates")])))
+    newest = max(found, key=lambda a: a.updated)
+    return json.loads(newest.data) if isinstance(newest.data, str) else newest.data
 
 
 def test_a_halted_rollout_whose_canary_still_serves_goes_on_being_watched_and_rolls_back_on_a_trigger():
