@@ -435,6 +435,20 @@ class SyntheticApp:
             found = self._pods.get((namespace, pod))
             return found.registry if found is not None else None
 
+    def serves(self, namespace: str, pod: str) -> bool:
+        """Whether ``pod``'s container answers HTTP: a pod the cluster runs does from the moment
+        it has an address, not from this app's next tick (a check the API server proxies to a
+        pod that just became Ready must not find it deaf)."""
+        with self._lock:
+            if (namespace, pod) in self._pods:
+                return True
+        obs = next((o for o in self.observe() if (o.namespace, o.name) == (namespace, pod)), None)
+        if obs is None:
+            return False
+        with self._lock:
+            self._pods.setdefault((namespace, pod), _Pod() if self.workload is None else _DerivedPod(self.workload))
+        return True
+
     # --- behaviour -------------------------------------------------------------------
 
     def effects_for(self, obs: PodObservation) -> Effects | None:
@@ -465,9 +479,11 @@ class SyntheticApp:
 
     def tick(self, dt: float) -> None:
         """Advance every observed pod by ``dt`` wall seconds of traffic."""
-        observations = self.observe()
         now = self.clock.now()
         with self._lock:
+            # Observed under the lock: a pod ``serves`` admitted since is then in this view,
+            # not dropped as gone and recreated with its counters back at zero.
+            observations = self.observe()
             for obs in observations:
                 if obs.phase is not None:
                     self.phase_seen.setdefault(obs.phase, now)

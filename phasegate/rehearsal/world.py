@@ -243,13 +243,18 @@ class World:
 
     def until_scraped(self, at_most: float) -> None:
         """``Pacing.until_scraped``: return once Prometheus holds a gate window of samples of
-        every pod the app serves (or after ``at_most`` seconds): the warm-up then lasts as long
-        as this discovery took, not always the 5 s it may take. Every pod, not only this
-        plan's: worlds sharing one app and Prometheus may run their rollouts in one context."""
+        every Ready pod of the target and every pod the app serves (or after ``at_most``
+        seconds): the warm-up then lasts as long as this discovery took, not always the 5 s it
+        may take. Every pod, not only this plan's: worlds sharing one app and Prometheus may
+        run their rollouts in one context."""
         deadline = time.monotonic() + at_most
         window, samples = f"{4 * SCRAPE_SECONDS:g}s", 4
         while True:
+            # The cluster's pods as well as the app's targets: the app learns of a new pod on its
+            # next tick, and a warm-up that ended before then left the canary unscraped (a gate
+            # round with no data held a healthy rollout on a loaded machine).
             wanted = {(g["labels"]["namespace"], g["labels"]["pod"]) for g in self.app.target_groups()}
+            wanted |= {(o.namespace, o.name) for o in self.observe() if o.ready}
             try:
                 if wanted <= self.prometheus.scraped_for(window, samples):
                     return
@@ -424,7 +429,7 @@ def _owning_deployment(store: Any, namespace: str, pod: dict[str, Any]) -> str |
 def _pod_http(app: SyntheticApp, namespace: str, pod: str, port: int) -> str | None:
     """Where the synthetic app serves ``pod``'s container port, if it serves it: the app's
     one HTTP port (8080, named ``http``), for pods it has seen start."""
-    if port != 8080 or app.registry(namespace, pod) is None:
+    if port != 8080 or not app.serves(namespace, pod):
         return None
     return f"http://{app.address}/pods/{namespace}/{pod}"
 

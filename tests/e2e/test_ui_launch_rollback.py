@@ -69,7 +69,9 @@ def test_launch_an_immediate_rollback_from_the_prefect_ui(
         deployment_id = register(REPO / "prefect.yaml", ["rollback-immediate"])["rollback-immediate"]
         # The approver answers as soon as each pause shows; the floor only bounds how long a
         # busy server may take to show it (15 s, the default, timed out once on a loaded runner).
-        promoted = run_in(w, PLAN, approval_floor=120.0)
+        # Nobody answers a hold: its own short floor ends a held run within the test's time,
+        # with the reason in the assertion, not in a timeout.
+        promoted = run_in(w, PLAN, approval_floor=120.0, hold_floor=10.0)
         assert promoted["outcome"] == "promoted", promoted.get("halted") or promoted.get("rollback")
 
         page = browser.pages[0] if browser.pages else browser.new_page()
