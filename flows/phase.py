@@ -144,6 +144,7 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
             phase=phase.name,
         )
         failure = deploy(rollout, phase)
+        deployed_at = time.monotonic()
         rollout.record("deployed", phase=phase.name, error=failure)
         if failure:
             log.error("deploy failed: %s", failure)
@@ -157,7 +158,10 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
         warmup = max(delay, pacing.min_warmup_wall)
         if warmup > 0 and pacing.until_scraped is not None:
             time.sleep(delay)  # the plan's own initial_delay is always waited in full
-            pacing.until_scraped(warmup - delay)
+            # The floor counts from the deploy, not from the checks' end: monitoring discovers
+            # the new pods while the checks run, and waiting it out again after them added
+            # seconds to every rehearsed phase.
+            pacing.until_scraped(max(0.0, deployed_at + warmup - time.monotonic()))
         elif warmup > 0:
             time.sleep(warmup)
         release.state, release.soak_started = PhaseState.SOAKING, clock.now()

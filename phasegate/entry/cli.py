@@ -15,6 +15,14 @@ from typing import Any
 # When the command started, near enough: what "first gate round after N s" counts from.
 _STARTED = time.monotonic()
 
+if len(sys.argv) > 1 and sys.argv[1] == "rehearse" and not {"--help", "-h"} & set(sys.argv):
+    # Before this module's own imports (a second on 2 cores): the temporary Prefect API that a
+    # rehearsal without PREFECT_API_URL runs on takes ~5 s to boot and is the first thing its
+    # rollout needs. Bad input still exits 2; the server is stopped by its PID at exit.
+    from phasegate.rehearsal.prefect_server import temporary_api_for_this_process
+
+    temporary_api_for_this_process()
+
 import typer  # noqa: E402
 
 from phasegate.durations import format_duration  # noqa: E402
@@ -137,7 +145,14 @@ def rehearse(
     # Before anything imports Prefect (none of the above does): the temporary API boots while
     # the flows are imported and the world starts (prefect_server.TemporaryAPI says why).
     api = temporary_api_for_this_process()
-    from flows.rollout import PreflightFailed, RolloutRefused
+    if any(g.kind.value == "judge" for phase in loaded.phases for g in phase.gates()):
+        # scipy, the judge's statistics, takes 2-3 s to import on 2 cores: in the background
+        # while the world waits for Prometheus, not inside the first judged gate round.
+        import importlib
+        import threading
+
+        threading.Thread(target=importlib.import_module, args=("phasegate.judge",), name="import-judge",
+                         daemon=True).start()
     from phasegate.entry.rehearse import rehearse as run_rehearsal
 
     out.print(f"rehearsing {loaded.name} with scenario {scenario!r} at {speed:g}x", highlight=False)
@@ -155,7 +170,12 @@ def rehearse(
             result = run_rehearsal(plan, scenario=scenario, speed=speed, approve=approve, image=image,
                                    report_path=report, notifier=notifier, on_event=_FirstRound(view, _STARTED),
                                    before_run=api.wait if api is not None else None, workload_file=workload)
-    except (PreflightFailed, RolloutRefused) as exc:
+    except Exception as exc:
+        # The flows are imported inside the world (entry.rehearse says why), so are their errors.
+        from flows.rollout import PreflightFailed, RolloutRefused
+
+        if not isinstance(exc, (PreflightFailed, RolloutRefused)):
+            raise
         err.print(str(exc), markup=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     print_outcome(result)

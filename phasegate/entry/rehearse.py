@@ -14,8 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from flows.checklist import pre_deployment_checklist
-from flows.rollout import run_rollout
 from phasegate import runctx
 from phasegate.notify import Notifier
 from phasegate.plan import load_plan
@@ -45,8 +43,9 @@ def rehearse(
     ``before_run``: called once the world is up, before the first flow (the command waits
     there for the Prefect API it started beside the world)."""
     plan = load_plan(plan_path)
+    # Cold: Prometheus discovers the pods (~5 s) while the API starts and the checklist runs.
     with world(plan, image=image, scenario=scenario, speed=speed, notifier=notifier,
-               workload_file=workload_file) as w:
+               workload_file=workload_file, warm=False) as w:
         if before_run is not None:
             before_run()
         report = run_in(w, plan_path, approve=approve, approval_floor=approval_floor,
@@ -99,12 +98,18 @@ def run_in(
         ctx = ctx.with_(lock_scope=lock_scope)
     if soak_floor is not None:
         ctx = ctx.with_(pacing=replace(ctx.pacing, min_soak_wall=max(ctx.pacing.min_soak_wall, soak_floor)))
+    # Imported here, not at the top: Prefect and the flows take 1.5-2 s to import, which a
+    # ``rehearse`` spends inside the world, while Prometheus discovers its pods.
+    from flows.checklist import pre_deployment_checklist
+    from flows.rollout import run_rollout
+
     started_wall = time.time()
     with runctx.use(ctx):
         checklist = w.plan.checklist
         if checklist is not None and checklist.required and checklist.items:
             pre_deployment_checklist(str(plan_path), image=w.image, timeout_seconds=int(max(floor, 30)),
-                                     poll_interval_seconds=1, rehearsal=True)
+                                     poll_interval_seconds=ctx.pacing.approval_poll_seconds, rehearsal=True)
+        w.warm_up()
         report = run_rollout(str(plan_path), w.image, lock_timeout_seconds=lock_timeout_seconds)
     report["scenario"] = w.scenario.name
     report["approvals_sent"] = approver.answers

@@ -310,6 +310,14 @@ def _inc(counter: Any, amount: int, *labels: str) -> None:
         (counter.labels(*labels) if labels else counter).inc(amount)
 
 
+
+class _NoDelayHandler(_SilentHandler):
+    """wsgiref writes a response's headers and body apart: with Nagle on, a proxied check's
+    body waited for the client's delayed ACK (40 ms). Pods' servers (Go, uvicorn) set
+    TCP_NODELAY; so does this one."""
+
+    disable_nagle_algorithm = True
+
 class SyntheticApp:
     """Prometheus exporters on 127.0.0.1 (one path per pod) simulating the seed's service."""
 
@@ -377,7 +385,7 @@ class SyntheticApp:
         # Port 0: the OS picks a free port at bind time, so there is no race with other servers.
         # No gzip: on loopback compressing every scrape of a hundred targets was a fifth of
         # the world's CPU and saves nothing.
-        server = make_server("127.0.0.1", 0, self._wsgi, ThreadingWSGIServer, handler_class=_SilentHandler)
+        server = make_server("127.0.0.1", 0, self._wsgi, ThreadingWSGIServer, handler_class=_NoDelayHandler)
         threading.Thread(target=server.serve_forever, name="synthetic-app-http", daemon=True).start()
         self._server = server
         self.port = int(server.server_port)

@@ -212,10 +212,17 @@ class TemporaryAPI:
             proc.wait(timeout=5)
 
 
+_THIS_PROCESS: TemporaryAPI | None = None
+
+
 def temporary_api_for_this_process() -> TemporaryAPI | None:
     """Unless ``PREFECT_API_URL`` names a server, start a temporary one and point this process
     at it; call before Prefect is imported (it reads its settings then). The server is stopped
-    at exit, after Prefect's own exit handlers (registered later, so run earlier) are done."""
+    at exit, after Prefect's own exit handlers (registered later, so run earlier) are done.
+    Called again, it hands back the one already started."""
+    global _THIS_PROCESS
+    if _THIS_PROCESS is not None:
+        return _THIS_PROCESS
     if os.environ.get("PREFECT_API_URL"):
         return None
     api = TemporaryAPI().start()
@@ -223,4 +230,5 @@ def temporary_api_for_this_process() -> TemporaryAPI | None:
     os.environ["PREFECT_API_URL"] = api.api_url
     # A temporary server serves no UI: no "open in the Prefect UI" link may point at it.
     os.environ["PREFECT_UI_URL"] = ""
+    _THIS_PROCESS = api
     return api

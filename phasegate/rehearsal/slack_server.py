@@ -115,6 +115,9 @@ def blocks_problem(blocks: Any) -> str | None:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    # Headers and body go out in two writes; with Nagle on the body would wait out the
+    # client's delayed ACK (40 ms) on a kept-alive connection, as Slack's servers never make it.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         # The default writes every request line to stderr, webhook secret path included.

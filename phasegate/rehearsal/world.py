@@ -142,6 +142,19 @@ class World:
     check_route: str = "loopback"
     outage_log: list[tuple[str, float]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
+    # What warm_up waits for: enough samples of every seeded pod for a {{window}} of rate().
+    warm_query: str = 'min(count_over_time(up{namespace!=""}[2s])) >= 4'
+    _warm: threading.Event = field(default_factory=threading.Event)
+
+    def warm_up(self, timeout: float = 30.0) -> None:
+        """Until Prometheus holds a rate() window of every seeded pod, as preflight reads it.
+
+        Most of it is Prometheus' own discovery (its managers apply new targets every 5 s), so
+        ``rehearse`` starts it and does what needs no metrics (the checklist) before waiting."""
+        if self._warm.is_set():
+            return
+        self.prometheus.wait_for_data(self.warm_query, timeout=timeout)
+        self._warm.set()
 
     def observe(self) -> list[PodObservation]:
         """What runs where: the emulator's pods of the target's Deployments, as they are."""
@@ -306,6 +319,11 @@ class CheckServer:
             # check's 1000 requests was a new connection and a new server thread, seconds of
             # a rehearsal's start on 2 cores.
             protocol_version = "HTTP/1.1"
+            # Headers and body leave in two writes; with Nagle on, the body waits for the
+            # client's delayed ACK of the headers: 40 ms a request on a kept-alive connection,
+            # a 1000-request load check's seconds. Servers a Service runs (Go's net/http,
+            # uvicorn) set TCP_NODELAY.
+            disable_nagle_algorithm = True
 
             def answer(self, with_body: bool) -> None:
                 # On a kept-alive connection a request's body must be read and a HEAD's
@@ -463,12 +481,14 @@ def world(
     prometheus_auth: tuple[str, str] | None = None,
     workload_file: str | Path | None = None,
     check_route: str = "loopback",
+    warm: bool = True,
 ) -> Iterator[World]:
     """Start the loopback world for ``plan``; everything is stopped on exit.
 
     ``prometheus_auth``: (user, password) the world's Prometheus demands, as one behind
     basic auth in production does. ``workload_file``: levels for the derived workload.
-    ``check_route``: ``World.check_route``."""
+    ``check_route``: ``World.check_route``. ``warm=False``: yield before Prometheus has
+    samples; ``World.warm_up`` waits for them (``run_in`` does, before the rollout)."""
     resolved, derived = prepare(plan, scenario, workload_file)
     scn = resolved.scenario
     new_image = image or default_image(plan)
@@ -499,9 +519,10 @@ def world(
         w = World(plan, new_image, scn, clock, emulator, app, prometheus, notifier or notifier_for(plan), checks,
                   check_route)
         holder["world"] = w
-        # Enough samples of every seeded pod for a {{window}} of rate() before preflight reads it.
         series = "api_response_time_ms_count" if derived is None else 'up{namespace!=""}'
-        prometheus.wait_for_data(f"min(count_over_time({series}[{4 * SCRAPE_SECONDS:g}s])) >= 4", timeout=30)
+        w.warm_query = f"min(count_over_time({series}[{4 * SCRAPE_SECONDS:g}s])) >= 4"
+        if warm:
+            w.warm_up()
         outage = threading.Thread(target=w._act_out_outage, name="outage", daemon=True)
         outage.start()
         stack.callback(w._stop.set)
@@ -526,12 +547,18 @@ class Approver:
         self.approver = approver
         self.say = say
         self.answers: list[dict[str, Any]] = []
-        self.ui_url: str | None = _prefect_ui_url()
         # How long to wait for a pause to appear before answering it; run_in sets it to the
         # pause window, since under load a run can take minutes to reach Paused.
         self.patience = 120.0
         # How often to look for the pause; a hundred waiting approvers at 4 Hz are load of their own.
         self.poll_seconds = 0.25
+
+    @property
+    def ui_url(self) -> str | None:
+        # Read when first needed, not in __init__: the command builds an Approver to check
+        # --approve before it starts the temporary API, and reading a Prefect setting imports
+        # Prefect (3 s on 2 cores) that the API's start would then wait behind.
+        return _prefect_ui_url()
 
     def __call__(self, flow_run_id: str, phase: str, fields: list[str], step: str = "advance") -> None:
         if self.mode == "ui":
