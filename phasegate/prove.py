@@ -201,6 +201,9 @@ def judge(case: Case, report: Mapping[str, Any], wall_seconds: float = 0.0,
     elif case.expect == "held" and set(result.fired) & set(case.must_not_fire):
         problems.append(f"a trigger fired ({', '.join(sorted(set(result.fired) & set(case.must_not_fire)))}): "
                         "the fault broke more than the criterion")
+    elif case.expect == "held" and not _failed_in(report, case.phase, case.gate):
+        # Held, but not by this criterion (no data, a slow approval): it proves nothing about it.
+        problems.append(f"held, but {case.gate} never failed in {case.phase}: {_why(report)}")
     elif case.expect == "rolled_back":
         if outcome != "rolled_back":
             problems.append(f"expected a rollback, got {outcome}: {_why(report)}")
@@ -232,6 +235,13 @@ def judge(case: Case, report: Mapping[str, Any], wall_seconds: float = 0.0,
         problems.append(degraded)
     result.problem = "; ".join(problems)
     return result
+
+
+def _failed_in(report: Mapping[str, Any], phase: str | None, gate: str | None) -> bool:
+    """Some gate round of ``phase`` in the report read ``gate`` as Failed."""
+    return any(m.get("gate") == gate and m.get("outcome") == "Failed"
+               for p in report.get("phases") or [] if p.get("name") == phase
+               for rnd in p.get("rounds") or [] for m in rnd)
 
 
 # More failed scrapes than this and the world, not the plan, is the likelier cause of a

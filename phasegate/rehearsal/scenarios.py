@@ -44,7 +44,8 @@ from phasegate.plan import RolloutPlan
 from phasegate.rehearsal import workload as wl
 from phasegate.yamlsource import Source, SourceError, load_text
 
-_EFFECTS = ("token_not_active_per_s", "latency_add_ms", "error_rate_add", "lock_timeout_ratio", "lock_latency_add_ms")
+_EFFECTS = ("token_not_active_per_s", "latency_add_ms", "error_rate_add", "lock_timeout_ratio", "lock_latency_add_ms",
+            "extra_refreshes_per_expiration")
 _RAW = wl.RAW_EFFECTS
 
 
@@ -87,6 +88,8 @@ class Fault(_Timed):
     error_rate_add: float = Field(0.0, ge=0, le=1, description="Extra share of requests answered 5xx")
     lock_timeout_ratio: float = Field(0.0, ge=0, le=1, description="Share of lock acquisitions that time out")
     lock_latency_add_ms: float = Field(0.0, ge=0, description="Added to every lock acquisition wait")
+    extra_refreshes_per_expiration: float = Field(
+        0.0, ge=0, description="Refresh calls beyond one per expiration: the lock lets waiters refresh too (the bug)")
     despite_flag: bool = Field(
         False, description="The fault is in the new version itself, not behind its feature flag: switching the "
         "flag off does not cure it",
@@ -154,6 +157,7 @@ class Effects:
     error_rate_add: float = 0.0
     lock_timeout_ratio: float = 0.0
     lock_latency_add_ms: float = 0.0
+    extra_refreshes_per_expiration: float = 0.0
 
 
 HEALTHY = Effects()
@@ -310,6 +314,7 @@ _SEED_TERMS = {
     ("token_refresh_lock_timeouts", "error_share"): "lock_timeout_ratio",
     ("concurrency_lock_acquisitions", "error_share"): "lock_timeout_ratio",
     ("token_refresh_errors", "error_share"): "token_not_active_per_s",
+    ("token_refresh_calls", "rate_factor"): "extra_refreshes_per_expiration",
 }
 # The seed model's requests per replica per second in a rehearsal (world.REHEARSAL_TRAFFIC):
 # an error share of them is that many "Token is not active" errors a second.
@@ -329,6 +334,11 @@ def _in_seed_terms(fault: Fault, effects: Mapping[str, wl.FamilyEffect], workloa
         elif effect.error_share is not None:
             key = _SEED_TERMS.get((family, "error_share"))
             amount = effect.error_share * (_SEED_REQUESTS_PER_S if key == "token_not_active_per_s" else 1.0)
+        elif effect.rate_factor > 1.0:
+            # The seed's new code refreshes once per expiration: a factor on its refresh calls
+            # is that many extra refreshes per expiration.
+            key = _SEED_TERMS.get((family, "rate_factor"))
+            amount = effect.rate_factor - 1.0
         else:
             key, amount = None, 0.0
         if key is None:

@@ -569,8 +569,46 @@ def gate_effects(plan: RolloutPlan, wl: Workload, gate: Gate, push: float) -> di
         else:
             level = level0 * (1 + push)
         return {fam.name: FamilyEffect(level=level)}
+    # A ratio of counters (refresh calls per expiration): the numerator's events multiplied.
+    ratio = _counter_ratio(rendered_query(plan, gate.metric), fams)
+    if ratio is not None and gate.kind is not GateKind.ZERO:
+        num, den = ratio
+        v0 = wl.event_rate(num) / max(wl.event_rate(den), 1e-9)
+        if gate.kind is GateKind.DELTA:
+            target = v0 + push * t if rising else v0 - push * t
+        elif gate.kind is GateKind.RATIO:
+            target = v0 * push * t if rising else v0 * t / push
+        elif gate.kind is GateKind.ABSOLUTE:
+            target = push * t if rising else t / push
+        else:  # judge
+            target = v0 * (1 + 0.2 * push) if rising else v0 / (1 + 0.2 * push)
+        return {num.name: FamilyEffect(rate_factor=max(target, 0.0) / v0)}
     raise WorkloadError(f"gate {gate.name!r}: no effect of the workload derived from {gate.metric!r} moves it "
                         f"(families: {', '.join(fams) or 'none'}); give a raw effect on a metric instead")
+
+
+def _counter_ratio(query: str, fams: Mapping[str, Family]) -> tuple[Family, Family] | None:
+    """(numerator, denominator) when ``query`` divides one counter family's increase or rate
+    by another's, each side reading only its own family; otherwise None."""
+    expr = pp.parse(query)
+    while isinstance(expr, pp.ParenExpr):
+        expr = expr.expr
+    if not isinstance(expr, pp.BinaryExpr) or str(expr.op) != "/":
+        return None
+
+    def only_family(side: Any) -> Family | None:
+        names: set[str] = set()
+
+        def pre(node: Any) -> None:
+            if isinstance(node, pp.VectorSelector):
+                names.add(family_name(node.name or ""))
+
+        pp.walk(side, pre)
+        fam = fams.get(next(iter(names))) if len(names) == 1 else None
+        return fam if fam is not None and fam.kind is Kind.COUNTER else None
+
+    num, den = only_family(expr.lhs), only_family(expr.rhs)
+    return (num, den) if num is not None and den is not None and num.name != den.name else None
 
 
 def _reads(s: Selector, fam: Family) -> bool:

@@ -81,6 +81,12 @@ def test_a_trigger_case_detected_later_than_one_and_a_half_scrape_plus_gate_inte
     assert judge(_cases()["canary-10pct/token-not-active"], report).matched
 
 
+def _failed_round(report: dict[str, Any], phase: str, gate: str) -> dict[str, Any]:
+    report["phases"] = [{"name": phase, "reason": "criteria unmet", "rounds": [
+        [{"gate": gate, "outcome": "Successful"}], [{"gate": gate, "outcome": "Failed"}]]}]
+    return report
+
+
 @pytest.mark.parametrize(("outcome", "fired", "matched"), [
     ("halted", [], True),
     ("rolled_back", [], True),  # the hold's pause timed out into a rollback: still never promoted
@@ -89,8 +95,16 @@ def test_a_trigger_case_detected_later_than_one_and_a_half_scrape_plus_gate_inte
 ])
 def test_a_criterion_case_matches_when_the_rollout_holds_without_firing_a_trigger(
         outcome: str, fired: list[str], matched: bool) -> None:
-    report = _report(outcome, gates=fired)
+    report = _failed_round(_report(outcome, gates=fired), "canary-10pct", "latency-within-range")
     assert judge(_cases()["canary-10pct/latency-within-range"], report).matched is matched
+
+
+def test_a_hold_that_its_criterion_did_not_cause_proves_nothing_about_it() -> None:
+    case = _cases()["canary-10pct/latency-within-range"]
+    held_by_another = _failed_round(_report("halted"), "canary-10pct", "lock-success")
+    result = judge(case, held_by_another)
+    assert not result.matched and "latency-within-range never failed in canary-10pct" in result.problem
+    assert judge(case, _failed_round(_report("halted"), "canary-10pct", "latency-within-range")).matched
 
 
 def test_a_criterion_whose_fault_fires_only_a_trigger_on_its_own_metric_is_covered_by_it() -> None:

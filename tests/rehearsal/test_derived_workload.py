@@ -218,9 +218,26 @@ def test_a_raw_fault_may_name_the_family_a_series_or_the_catalogue_key(orders, o
 def test_a_gate_no_effect_can_move_is_refused_naming_it() -> None:
     scenario, source = parse_scenario_source(
         "name: x\nfaults:\n  - {phase: staging, gate: single-refresh, push: 2}\n", "s.yaml")
-    plan = load_plan(SEED)
+    # Refresh calls divided by refresh calls: always 1, whatever the workload does.
+    plan = load_plan_text(SEED.read_text().replace(
+        "/ sum(increase(token_expirations_total{", "/ sum(increase(token_refresh_calls_total{"))
     with pytest.raises(ScenarioError, match=r"s.yaml:3: faults.0.gate: gate 'single-refresh': no effect"):
         resolve(scenario, plan, wl.derive(plan), seed_covers=True, source=source)
+
+
+@pytest.mark.parametrize(("push", "extra"), [(2.0, 1.1), (1.5, 0.575)])
+def test_a_ratio_of_counters_is_broken_by_more_events_of_its_numerator(push: float, extra: float) -> None:
+    # single-refresh: refresh calls per expiration <= 1.05. Pushed to push x 1.05 calls per
+    # expiration: in the seed's model, that many extra refreshes per expiration.
+    plan = load_plan(SEED)
+    workload = wl.derive(plan)
+    gate = next(g for g in plan.phase("staging").gates() if g.name == "single-refresh")
+    effects = wl.gate_effects(plan, workload, gate, push)
+    assert set(effects) == {"token_refresh_calls"}
+    assert math.isclose(effects["token_refresh_calls"].rate_factor, push * 1.05)
+    scenario, _ = parse_scenario_source(f"name: x\nfaults:\n  - {{phase: staging, gate: single-refresh, push: {push}}}\n")
+    fault = resolve(scenario, plan, workload, seed_covers=True).scenario.faults[0]
+    assert math.isclose(fault.extra_refreshes_per_expiration, extra)
 
 
 def test_an_error_counter_is_broken_by_its_share_of_requests() -> None:

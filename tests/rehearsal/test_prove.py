@@ -61,14 +61,34 @@ def test_a_plan_for_another_service_proves_and_the_proof_is_recorded_for_the_che
     print(f"\n{len(cases)} cases proven in {proof['wall_s']} s")
 
 
-def test_a_case_no_fault_of_the_workload_can_break_is_unprovable_without_a_rehearsal() -> None:
-    # The seed's single-refresh criterion reads refreshes per expiration, which no effect of the
-    # derived workload moves: reported as unprovable, never skipped, and no world is started.
-    case = next(c for c in plan_cases(load_plan(SEED)) if c.id == "staging/single-refresh")
-    result = run_case(SEED, case, 28800.0)
+def unmovable_seed(tmp_path: Path) -> Path:
+    """The seed plan with refreshes per expiration read as refresh calls per refresh call: a
+    ratio of a family to itself, which no effect of the workload moves."""
+    plan = tmp_path / "unmovable.yaml"
+    plan.write_text(SEED.read_text().replace(
+        "/ sum(increase(token_expirations_total{", "/ sum(increase(token_refresh_calls_total{"))
+    return plan
+
+
+def test_a_case_no_fault_of_the_workload_can_break_is_unprovable_without_a_rehearsal(tmp_path: Path) -> None:
+    # Reported as unprovable, never skipped, and no world is started.
+    plan = unmovable_seed(tmp_path)
+    case = next(c for c in plan_cases(load_plan(plan)) if c.id == "staging/single-refresh")
+    result = run_case(plan, case, 28800.0)
     assert result.actual == "unprovable" and not result.matched
     assert result.problem.startswith("unprovable:") and "single-refresh" in result.problem
     assert result.wall_seconds == 0.0
+
+
+@pytest.mark.timeout(300)
+def test_the_seeds_single_refresh_criterion_is_proven_by_a_lock_that_lets_waiters_refresh(prefect_api) -> None:
+    # Refresh calls per expiration, a ratio of two counters, is pushed past 1.05 by extra
+    # refreshes per expiration in the seed's model (the bug the fix is for): the staging phase
+    # must hold on that criterion, with no trigger fired, through a real Prometheus.
+    case = next(c for c in plan_cases(load_plan(SEED)) if c.id == "staging/single-refresh")
+    result = run_case(SEED, case, 28800.0)
+    assert result.matched, result.problem
+    assert result.actual == "halted"
 
 
 def test_prove_with_an_invalid_plan_exits_2_naming_the_line(tmp_path: Path) -> None:
