@@ -206,11 +206,16 @@ class TriggerWatch:
         table = evidence.PhaseGates.for_phase(self.rollout.release.id, phase.name,
                                               {g.name: g.bound for g in phase.gates()}, self.rollout.flow_run_id)
         started = rt.clock.now()
-        while not self.stop.wait(every):
+        # The first round is at once, not one cadence in: the soak's last round may have been
+        # that long ago already, and a trigger crossing its bound just then must not wait out
+        # the pause's setup (its notifications, its form) as well.
+        while not self.stop.is_set():
+            round_started = time.monotonic()
             try:
                 measurements = measure_gates.fn(plan, watched, scope, baselines, rt.clock.now())
             except Exception as exc:  # a reader that fails once must not end the watch
                 log.warning("trigger watch round failed: %s", exc)
+                self.stop.wait(every)
                 continue
             self.rounds += 1
             for m in measurements:
@@ -229,6 +234,7 @@ class TriggerWatch:
                 self._fired.set()
                 self._end_pause()
                 return
+            self.stop.wait(max(0.0, every - (time.monotonic() - round_started)))
 
     def _end_pause(self) -> None:
         """Resume the paused run so the rollback starts now, not when someone answers."""
@@ -295,20 +301,22 @@ def await_approval(
     if key in rollout.release.notified:
         key, where = f"{key}:{rollout.flow_run_id}", " in the restarted run (answer here, not in the earlier one)"
     watching = watch_note(phase)
-    rollout.notify(
-        key, Kind.APPROVAL_NEEDED,
-        f"{phase.name} is waiting for approval{where}: {action.reason}" + (f"\n{watching}" if watching else ""),
-        phase=phase.name,
-        fields={"next": next_phase.name if next_phase else "promotion", "timeout": f"{timeout_wall:.0f}s",
-                **({"criteria": "; ".join(phase.manual_criteria)} if phase.manual_criteria else {})},
-        links=rollout.ui_link(), actions=slack_buttons(rollout, phase),
-    )
-    stop = threading.Event()
-    runctx.run_in_thread(_remind, rollout, phase, started, timeout_wall, stop, name="approval-reminders")
+    # Watching starts before anything is said: the notifications and the pause take API calls,
+    # seconds on a loaded API, and a trigger owes nothing to them.
     watch = TriggerWatch(rollout, phase, approval_form_fields.answer(
         REJECT, WATCHER, "a trigger fired during the pause", [False] * len(phase.manual_criteria)))
     watch.start()
+    stop = threading.Event()
     try:
+        rollout.notify(
+            key, Kind.APPROVAL_NEEDED,
+            f"{phase.name} is waiting for approval{where}: {action.reason}" + (f"\n{watching}" if watching else ""),
+            phase=phase.name,
+            fields={"next": next_phase.name if next_phase else "promotion", "timeout": f"{timeout_wall:.0f}s",
+                    **({"criteria": "; ".join(phase.manual_criteria)} if phase.manual_criteria else {})},
+            links=rollout.ui_link(), actions=slack_buttons(rollout, phase),
+        )
+        runctx.run_in_thread(_remind, rollout, phase, started, timeout_wall, stop, name="approval-reminders")
         while not watch.has_fired:
             remaining = deadline - time.time()
             if remaining <= 0:

@@ -251,10 +251,11 @@ DEGRADED_SCRAPE_SHARE = 0.02
 
 def _degraded(report: Mapping[str, Any]) -> str:
     health = report.get("monitoring") or {}
-    share = health.get("failed_share")
+    # Scrapes that timed out, not those of deleted pods (which fail at once on any cluster).
+    share = health.get("timed_out_share", health.get("failed_share"))
     if not isinstance(share, int | float) or share <= DEGRADED_SCRAPE_SHARE:
         return ""
-    return (f"the rehearsal world was overloaded: {100 * share:.1f}% of scrapes failed (slowest "
+    return (f"the rehearsal world was overloaded: {100 * share:.1f}% of scrapes timed out (slowest "
             f"{health.get('slowest_scrape_s')} s against a {health.get('scrape_timeout_s')} s timeout)")
 
 
@@ -268,13 +269,17 @@ def _detected_after(case: Case, report: Mapping[str, Any]) -> float | None:
     if "detected_after_plan" not in timings or "started_plan" not in rb or not speed:
         return None if fallback is None else float(fallback)
     onset_plan = float(rb["started_plan"]) - float(timings["detected_after_plan"])
-    for phase in report.get("phases") or []:
-        if phase.get("name") != case.phase:
-            continue
-        for rnd in phase.get("rounds") or []:
-            for m in rnd:
-                if m.get("gate") == case.gate and m.get("outcome") == "Failed" and m.get("at", 0) >= onset_plan:
-                    return (float(m["at"]) - onset_plan) / float(speed)
+    # The soak's rounds, then the rounds watched during the pause after it (a criterion that
+    # failed first ends the soak in a hold, and the trigger is read on during the pause).
+    readings = [(float(m.get("at", 0)), m.get("outcome"))
+                for phase in report.get("phases") or [] if phase.get("name") == case.phase
+                for rnd in phase.get("rounds") or [] for m in rnd if m.get("gate") == case.gate]
+    readings += [(float(e.get("plan_time", 0)), (e.get("outcomes") or {}).get(case.gate))
+                 for e in report.get("events") or []
+                 if e.get("event") == "watch_round" and e.get("phase") == case.phase]
+    failed = sorted(at for at, outcome in readings if outcome == "Failed" and at >= onset_plan)
+    if failed:
+        return (failed[0] - onset_plan) / float(speed)
     return None if fallback is None else float(fallback)
 
 

@@ -16,8 +16,9 @@ from typing import Any
 
 from phasegate import runctx
 from phasegate.notify import Notifier
-from phasegate.plan import load_plan
-from phasegate.ports import MetricsProvider
+from phasegate.plan import Environment, RolloutPlan, load_plan
+from phasegate.ports import Cluster, MetricsProvider, TargetRef
+from phasegate.record import PhaseState, Release, rollout_id
 from phasegate.rehearsal.world import DEFAULT_SPEED, Approver, World, clamping_report, timings, world
 from phasegate.runctx import EventObserver, Pacing
 
@@ -55,6 +56,41 @@ def rehearse(
     return report
 
 
+def stage_before(plan: RolloutPlan, phase_name: str, image: str, cluster: Cluster,
+                 timeout_seconds: float = 60.0) -> None:
+    """Leave the cluster as a rollout of ``image`` leaves it once every phase before
+    ``phase_name`` has passed and been approved: each earlier phase's deploy done through the
+    same adapter the flows use, and the release record saying the last of them was approved.
+
+    A proof rehearses a later phase's triggers from here instead of replaying the phases
+    before it (their own cases prove those): the flow resumes at ``phase_name`` exactly as it
+    does after a restart, so the phase under test deploys, soaks and rolls back as in a
+    rollout that got there, from the state that rollout would have left."""
+    names = [p.name for p in plan.phases]
+    if phase_name not in names:
+        raise ValueError(f"the plan has no phase {phase_name!r}; its phases: {', '.join(names)}")
+    earlier = plan.phases[:names.index(phase_name)]
+    if not earlier:
+        return
+    ref = TargetRef(plan.target.namespaces.production, plan.target.deployment, plan.target.container)
+    state = cluster.read_target(ref)
+    total = plan.target.replicas or state.stable.replicas
+    release = Release(rollout_id(plan.name, image), image, state.stable.image, total, plan=plan.name)
+    for phase in earlier:
+        target = TargetRef(plan.namespace(phase), ref.deployment, ref.container)
+        if phase.environment is Environment.STAGING:
+            cluster.set_image(target, image)
+            cluster.wait_ready(target.namespace, target.deployment, timeout_seconds)
+        elif phase.has_canary:
+            cluster.set_canary(ref, image, phase.canary_share, total, timeout_seconds)
+            cluster.wait_ready(ref.namespace, ref.canary, timeout_seconds)
+            cluster.wait_ready(ref.namespace, ref.deployment, timeout_seconds)
+        else:
+            raise ValueError(f"phase {phase.name!r} takes the new version to 100%; no phase can follow it")
+    release.phase, release.state = earlier[-1].name, PhaseState.APPROVED
+    cluster.annotate(ref.namespace, ref.deployment, release.annotations())
+
+
 def write_report(report: dict[str, Any], path: str | Path) -> Path:
     """The ``--report`` file: the run's report as JSON."""
     out = Path(path)
@@ -77,6 +113,7 @@ def run_in(
     pacing: Pacing | None = None,
     lock_scope: str = "",
     soak_floor: float | None = None,
+    start_at: str | None = None,
 ) -> dict[str, Any]:
     """Run the rollout flow once in an already running world (tests inspect the world after).
 
@@ -84,7 +121,9 @@ def run_in(
     built from ``PHASEGATE_PROMETHEUS_*`` and ``SLACK_*`` as a production run builds them.
     ``pacing`` replaces the world's floors, e.g. none per round to run a plan's real number
     of rounds on a fast clock. ``hold_floor``: the floor of a pause left unanswered (a held
-    phase, a halted rollout), when it should differ from ``approval_floor``."""
+    phase, a halted rollout), when it should differ from ``approval_floor``. ``start_at``: a
+    phase to begin at, the earlier ones left on the cluster as passed and approved
+    (``stage_before``), which the flow resumes from as after a restart."""
     approver = approve if isinstance(approve, Approver) else Approver(approve)
     # Wall seconds an approval pause lasts at least: long enough for the API approver under
     # load, short enough that a deliberate timeout (or an unanswered hold) ends quickly.
@@ -109,6 +148,8 @@ def run_in(
         if checklist is not None and checklist.required and checklist.items:
             pre_deployment_checklist(str(plan_path), image=w.image, timeout_seconds=int(max(floor, 30)),
                                      poll_interval_seconds=ctx.pacing.approval_poll_seconds, rehearsal=True)
+        if start_at is not None:
+            stage_before(w.plan, start_at, w.image, ctx.cluster)
         w.warm_up()
         report = run_rollout(str(plan_path), w.image, lock_timeout_seconds=lock_timeout_seconds)
     report["scenario"] = w.scenario.name

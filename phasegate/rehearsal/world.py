@@ -286,10 +286,18 @@ class World:
         span = f"{max(1, math.ceil(time.time() - since_wall))}s"
         provider = self.prometheus.provider(timeout=5.0)
         out: dict[str, Any] = {}
+        # Only a scrape that ran out of time says the world was starved: one of a pod just
+        # deleted (a rollback's, a canary's scaled away) fails at once until discovery drops
+        # it, as on a real cluster, and is no sign of load.
+        step = f"{SCRAPE_SECONDS:g}s"
+        slow = f"scrape_duration_seconds >= {0.9 * SCRAPE_SECONDS:g}"
         try:
             total = provider.query(f"sum(count_over_time(up[{span}]))")
             ok = provider.query(f"sum(sum_over_time(up[{span}]))")
+            points = provider.query(f"sum(count_over_time(up[{span}:{step}]))")
+            timed_out = provider.query(f"sum(count_over_time(((up == 0) and ({slow}))[{span}:{step}])) or vector(0)")
             out = {"scrapes": int(total), "failed_share": round(1 - ok / total, 4) if total else 0.0,
+                   "timed_out_share": round(timed_out / points, 4) if points else 0.0,
                    "slowest_scrape_s": round(provider.query(f"max(max_over_time(scrape_duration_seconds[{span}]))"), 3),
                    "scrape_timeout_s": SCRAPE_SECONDS}
         except Exception as exc:  # a world whose Prometheus is down (an outage scenario) says so

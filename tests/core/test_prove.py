@@ -154,3 +154,38 @@ def test_detection_is_timed_to_the_first_failed_round_of_the_gate_not_to_the_rol
     assert result.detected_after_wall == pytest.approx(2.5)
     assert result.rollback_after_wall == 9.0
     assert result.matched  # 2.5 s <= 1.5 x 2 s, though the rollback flow started 9 s after onset
+
+
+def test_a_trigger_read_failed_during_the_pause_after_a_held_soak_is_detected_then() -> None:
+    # A criterion on the same metric fails first and ends the soak in a hold; the trigger is
+    # read on during the pause, and its first Failed reading there is the detection.
+    report = _report("rolled_back")
+    report["speed"] = 3600.0
+    report["rollback"]["started_plan"] = 100_000.0
+    report["timings"].update(detected_after=9.0, detected_after_plan=9.0 * 3600)  # onset at plan 67 600
+    report["phases"] = [{"name": "canary-10pct", "reason": "", "rounds": [
+        [{"gate": "token-not-active", "outcome": "Successful", "at": 67_600.0 + 0.5 * 3600}]]}]
+    report["events"] = [
+        {"event": "watch_round", "phase": "canary-10pct", "plan_time": 67_600.0 + 1.2 * 3600,
+         "outcomes": {"token-not-active": "Successful"}},
+        {"event": "watch_round", "phase": "canary-10pct", "plan_time": 67_600.0 + 1.7 * 3600,
+         "outcomes": {"token-not-active": "Failed"}},
+        {"event": "watch_round", "phase": "staging", "plan_time": 67_600.0 + 1.0 * 3600,
+         "outcomes": {"token-not-active": "Failed"}},
+    ]
+    result = judge(_cases()["canary-10pct/token-not-active"], report, cycle_wall=2.0)
+    assert result.detected_after_wall == pytest.approx(1.7)
+    assert result.matched
+
+
+@pytest.mark.parametrize(("monitoring", "blamed"), [
+    ({"failed_share": 0.08, "timed_out_share": 0.0, "slowest_scrape_s": 0.3, "scrape_timeout_s": 0.5}, False),
+    ({"failed_share": 0.08, "timed_out_share": 0.05, "slowest_scrape_s": 0.5, "scrape_timeout_s": 0.5}, True),
+])
+def test_a_mismatch_blames_the_world_only_when_its_scrapes_timed_out(monitoring: dict[str, Any], blamed: bool) -> None:
+    # Scrapes of pods a rollback deleted fail at once on any cluster: that is no overload.
+    report = _report("halted")
+    report["monitoring"] = monitoring
+    result = judge(_cases()["canary-10pct/token-not-active"], report)
+    assert not result.matched
+    assert ("the rehearsal world was overloaded: 5.0% of scrapes timed out" in result.problem) is blamed

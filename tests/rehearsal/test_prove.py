@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,49 @@ def test_the_seeds_single_refresh_criterion_is_proven_by_a_lock_that_lets_waiter
     result = run_case(SEED, case, 28800.0)
     assert result.matched, result.problem
     assert result.actual == "halted"
+
+
+@pytest.mark.timeout(300)
+def test_a_case_of_the_last_phase_starts_there_from_the_state_the_earlier_phases_leave(prefect_api) -> None:
+    # The proof does not replay staging and both canaries to test a trigger of `full`: the
+    # cluster is left as they leave it and the flow resumes at `full` as after a restart,
+    # then rolls back by full_undo to the image that ran before the rollout.
+    from phasegate import runctx
+    from phasegate.entry.prove import HOLD_FLOOR, WARMUP_WALL, scenario_for
+    from phasegate.entry.rehearse import run_in, stage_before
+    from phasegate.record import PhaseState, Release
+    from phasegate.rehearsal.world import Approver, world
+
+    plan = load_plan(SEED)
+    speed = 28800.0
+    case = next(c for c in plan_cases(plan) if c.id == "full/token-not-active")
+    case = replace(case, after_seconds=(WARMUP_WALL + 2) * speed)
+    ns, name = plan.target.namespaces.production, plan.target.deployment
+    with world(plan, scenario=scenario_for(case), speed=speed, warm=False) as w:
+        before = w.emulator.store.peek("apps/deployments", ns, name)
+        old_image = before["spec"]["template"]["spec"]["containers"][0]["image"]
+        with runctx.use(w.run_context(approval_floor=30.0, on_pause=Approver("auto"))):
+            stage_before(plan, "full", w.image, runctx.get().cluster)
+        stable = w.emulator.store.peek("apps/deployments", ns, name)
+        canary = w.emulator.store.peek("apps/deployments", ns, name + "-canary")
+        staging = w.emulator.store.peek("apps/deployments", plan.target.namespaces.staging, name)
+        assert canary["spec"]["template"]["spec"]["containers"][0]["image"] == w.image
+        assert stable["spec"]["template"]["spec"]["containers"][0]["image"] == old_image != w.image
+        total = plan.target.replicas or before["spec"]["replicas"]
+        assert canary["spec"]["replicas"] == total // 2 and stable["spec"]["replicas"] == total - total // 2
+        assert staging["spec"]["template"]["spec"]["containers"][0]["image"] == w.image
+        release = Release.from_annotations(stable["metadata"]["annotations"])
+        assert release is not None
+        assert (release.phase, release.state, release.previous_image) == ("canary-50pct", PhaseState.APPROVED, old_image)
+
+        report = run_in(w, SEED, approve="auto", approval_floor=30.0, hold_floor=HOLD_FLOOR, start_at="full",
+                        soak_floor=WARMUP_WALL + 2 + 8)
+        after = w.emulator.store.peek("apps/deployments", ns, name)
+        assert w.emulator.store.peek("apps/deployments", ns, name + "-canary") is None
+    assert report["resumed"] and [p["name"] for p in report["phases"]] == ["full"]
+    rb = report["rollback"]
+    assert (report["outcome"], rb["phase"], rb["strategy"], rb["ok"]) == ("rolled_back", "full", "full_undo", True)
+    assert after["spec"]["template"]["spec"]["containers"][0]["image"] == old_image
 
 
 def test_prove_with_an_invalid_plan_exits_2_naming_the_line(tmp_path: Path) -> None:
