@@ -93,6 +93,8 @@ class CaseResult:
     problem: str = ""
     # Onset → the rollback started (detection plus deciding and starting the rollback flow).
     rollback_after_wall: float | None = None
+    # Why the case was rehearsed a second time (the rig failed the first), if it was.
+    note: str = ""
 
     @property
     def matched(self) -> bool:
@@ -108,6 +110,7 @@ class CaseResult:
             "detected_after_plan_s": _round(self.detected_after_plan),
             "rollback_started_after_wall_s": _round(self.rollback_after_wall), "verified": self.verified,
             "wall_s": _round(self.wall_seconds), "matched": self.matched, "problem": self.problem,
+            "note": self.note,
         }
 
 
@@ -202,8 +205,15 @@ def judge(case: Case, report: Mapping[str, Any], wall_seconds: float = 0.0,
         problems.append(f"a trigger fired ({', '.join(sorted(set(result.fired) & set(case.must_not_fire)))}): "
                         "the fault broke more than the criterion")
     elif case.expect == "held" and not _failed_in(report, case.phase, case.gate):
-        # Held, but not by this criterion (no data, a slow approval): it proves nothing about it.
-        problems.append(f"held, but {case.gate} never failed in {case.phase}: {_why(report)}")
+        others = [g for g in _failed_gates(report, case.phase) if g not in case.must_not_fire]
+        if others:
+            # Held by another criterion the same fault broke first (lock timeouts are refresh
+            # errors too: "zero authentication errors" fails on the first): the criteria held
+            # the rollout, which is what the case asks; the table says which.
+            result.actual = f"held by {', '.join(others)}"
+        else:
+            # Held, but by no criterion (no data, a slow approval): it proves nothing about it.
+            problems.append(f"held, but {case.gate} never failed in {case.phase}: {_why(report)}")
     elif case.expect == "rolled_back":
         if outcome != "rolled_back":
             problems.append(f"expected a rollback, got {outcome}: {_why(report)}")
@@ -242,6 +252,19 @@ def _failed_in(report: Mapping[str, Any], phase: str | None, gate: str | None) -
     return any(m.get("gate") == gate and m.get("outcome") == "Failed"
                for p in report.get("phases") or [] if p.get("name") == phase
                for rnd in p.get("rounds") or [] for m in rnd)
+
+
+def _failed_gates(report: Mapping[str, Any], phase: str | None) -> list[str]:
+    """The gates that read Failed in some round of ``phase``, in the order they first did."""
+    names: list[str] = []
+    for p in report.get("phases") or []:
+        if p.get("name") != phase:
+            continue
+        for rnd in p.get("rounds") or []:
+            for m in rnd:
+                if m.get("outcome") == "Failed" and m.get("gate") not in names:
+                    names.append(str(m.get("gate")))
+    return names
 
 
 # More failed scrapes than this and the world, not the plan, is the likelier cause of a
@@ -328,6 +351,7 @@ class Proof:
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
         lines += [f"  {r.case.id}: {r.problem}" for r in self.results if r.problem]
+        lines += [f"  {r.case.id} (matched): {r.note}" for r in self.results if r.note and not r.problem]
         return "\n".join(lines)
 
     def markdown(self) -> str:

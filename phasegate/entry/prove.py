@@ -94,6 +94,7 @@ def run_case(plan_path: str | Path, case: prove.Case, speed: float,
     except ScenarioError as exc:
         return prove.unprovable(case, "; ".join(exc.problems))
     first = plan.phases[0].name
+    retried = ""
     started = time.monotonic()
     for attempt in (1, 2):
         try:
@@ -105,19 +106,26 @@ def run_case(plan_path: str | Path, case: prove.Case, speed: float,
                                 soak_floor=soak_floor, start_at=case.phase if case.phase != first else None)
             break
         except Exception as exc:  # one broken case must not lose the others' results
-            if attempt == 1 and _api_overloaded(exc):
-                # The Prefect API, not the plan: a loaded SQLite server answers 503 now and then.
+            if attempt == 1 and _rig_failed(exc):
+                # The rehearsal's rig, not the plan: a loaded SQLite server answers 503 now and
+                # then, and the approver's answer to a pause can be lost with it. Once more, said.
+                retried = f"retried after {type(exc).__name__}: {exc}"[:200]
                 continue
-            result = prove.CaseResult(case, "error", wall_seconds=time.monotonic() - started)
+            result = prove.CaseResult(case, "error", wall_seconds=time.monotonic() - started, note=retried)
             result.problem = f"{type(exc).__name__}: {exc}"[:300]
             return result
-    return prove.judge(case, report, time.monotonic() - started, cycle_wall=cycle)
+    judged = prove.judge(case, report, time.monotonic() - started, cycle_wall=cycle)
+    judged.note = retried
+    return judged
 
 
-def _api_overloaded(exc: BaseException) -> bool:
-    from prefect.exceptions import PrefectHTTPStatusError
+def _rig_failed(exc: BaseException) -> bool:
+    from prefect.exceptions import FlowPauseTimeout, PrefectHTTPStatusError
 
-    return isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code >= 500
+    # Every pause of a proof's rehearsal that should end by an answer is answered at once by its
+    # approver (holds end by their own timeout, inside the flow): one left unanswered is the rig's.
+    return isinstance(exc, FlowPauseTimeout) or (
+        isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code >= 500)
 
 
 def _cycle_wall(plan: RolloutPlan, case: prove.Case, speed: float) -> float | None:

@@ -570,13 +570,15 @@ class SyntheticApp:
 
         # A fault's error rate is the service's: split across the pods running the new code.
         not_active = int(rng.poisson(fx.token_not_active_per_s * dt / new_code_pods))
+        session_ended = int(rng.poisson(fx.session_not_active_per_s * dt / new_code_pods))
         server_errors = int(rng.binomial(n, min(1.0, p.error_ratio + fx.error_rate_add)))
-        auth_failed = min(n - server_errors, int(rng.binomial(n, p.auth_failure_ratio)) + not_active)
+        auth_failed = min(n - server_errors, int(rng.binomial(n, p.auth_failure_ratio)) + not_active + session_ended)
         _inc(pod.requests, server_errors, "500")
         _inc(pod.requests, auth_failed, "401")
         _inc(pod.requests, n - server_errors - auth_failed, "200")
         _inc(pod.auth_failures, auth_failed)
         _inc(pod.errors, not_active, "token_not_active")
+        _inc(pod.errors, session_ended, "session_not_active")
 
         expired = int(rng.binomial(n, p.expiry_ratio))
         waiters = int(rng.poisson(p.waiters_per_expiry * expired))

@@ -40,11 +40,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from phasegate import errors
 from phasegate.durations import parse_duration
-from phasegate.plan import RolloutPlan
+from phasegate.plan import Gate, RolloutPlan
 from phasegate.rehearsal import workload as wl
 from phasegate.yamlsource import Source, SourceError, load_text
 
-_EFFECTS = ("token_not_active_per_s", "latency_add_ms", "error_rate_add", "lock_timeout_ratio", "lock_latency_add_ms",
+_EFFECTS = ("token_not_active_per_s", "session_not_active_per_s",
+            "latency_add_ms", "error_rate_add", "lock_timeout_ratio", "lock_latency_add_ms",
             "extra_refreshes_per_expiration")
 _RAW = wl.RAW_EFFECTS
 
@@ -84,6 +85,9 @@ class Fault(_Timed):
     """One change in the new version's behaviour, from a phase and offset on."""
 
     token_not_active_per_s: float = Field(0.0, ge=0, description="'Token is not active' errors per second")
+    session_not_active_per_s: float = Field(
+        0.0, ge=0, description="'Session not active' refusals per second: an authentication error that is not a "
+        "token-not-active one (Keycloak ended the session)")
     latency_add_ms: float = Field(0.0, ge=0, description="Added to every API response time (moves p99)")
     error_rate_add: float = Field(0.0, ge=0, le=1, description="Extra share of requests answered 5xx")
     lock_timeout_ratio: float = Field(0.0, ge=0, le=1, description="Share of lock acquisitions that time out")
@@ -153,6 +157,7 @@ class Effects:
     """The sum of the faults active at one moment; all zero means healthy."""
 
     token_not_active_per_s: float = 0.0
+    session_not_active_per_s: float = 0.0
     latency_add_ms: float = 0.0
     error_rate_add: float = 0.0
     lock_timeout_ratio: float = 0.0
@@ -275,7 +280,7 @@ def resolve(scenario: Scenario, plan: RolloutPlan, workload: wl.Workload | None,
                 timed.append(TimedEffects(fault, effects))
                 continue
             try:
-                faults.append(_in_seed_terms(fault, effects, workload))
+                faults.append(_in_seed_terms(fault, effects, workload, gate))
             except ValueError as exc:
                 problems.append(((*path, "gate"), str(exc)))
             continue
@@ -313,6 +318,7 @@ _SEED_TERMS = {
     ("http_requests", "error_share"): "error_rate_add",
     ("token_refresh_lock_timeouts", "error_share"): "lock_timeout_ratio",
     ("concurrency_lock_acquisitions", "error_share"): "lock_timeout_ratio",
+    # Which type of refresh error depends on the gate: the one it reads (_error_type).
     ("token_refresh_errors", "error_share"): "token_not_active_per_s",
     ("token_refresh_calls", "rate_factor"): "extra_refreshes_per_expiration",
 }
@@ -321,7 +327,23 @@ _SEED_TERMS = {
 _SEED_REQUESTS_PER_S = 200.0
 
 
-def _in_seed_terms(fault: Fault, effects: Mapping[str, wl.FamilyEffect], workload: wl.Workload) -> Fault:
+# The refresh error types the seed's model emits besides lock timeouts, each its own fault.
+_ERROR_TYPES = {"session_not_active": "session_not_active_per_s", "token_not_active": "token_not_active_per_s"}
+
+
+def _error_type(workload: wl.Workload, gate: Gate) -> str:
+    """The seed fault whose refresh errors ``gate`` reads: a gate on every type ("zero
+    authentication errors") is broken by a type a token-not-active trigger does not read, so
+    its criterion can break alone, as it can in production."""
+    sels = [s for s in workload.selectors_of(gate.metric) if s.series == "token_refresh_errors_total"]
+    for kind, key in _ERROR_TYPES.items():
+        if any(s.selects({"type": kind}) for s in sels):
+            return key
+    return "token_not_active_per_s"
+
+
+def _in_seed_terms(fault: Fault, effects: Mapping[str, wl.FamilyEffect], workload: wl.Workload,
+                   gate: Gate) -> Fault:
     """A gate fault as the seed-model fault with the same effect, from the same moment."""
     values: dict[str, float] = {}
     for family, effect in effects.items():
@@ -333,7 +355,9 @@ def _in_seed_terms(fault: Fault, effects: Mapping[str, wl.FamilyEffect], workloa
             amount = effect.latency_shift + (effect.latency_scale - 1.0) * healthy_p99
         elif effect.error_share is not None:
             key = _SEED_TERMS.get((family, "error_share"))
-            amount = effect.error_share * (_SEED_REQUESTS_PER_S if key == "token_not_active_per_s" else 1.0)
+            if key == "token_not_active_per_s":
+                key = _error_type(workload, gate)
+            amount = effect.error_share * (_SEED_REQUESTS_PER_S if key in _ERROR_TYPES.values() else 1.0)
         elif effect.rate_factor > 1.0:
             # The seed's new code refreshes once per expiration: a factor on its refresh calls
             # is that many extra refreshes per expiration.

@@ -99,12 +99,19 @@ def test_a_criterion_case_matches_when_the_rollout_holds_without_firing_a_trigge
     assert judge(_cases()["canary-10pct/latency-within-range"], report).matched is matched
 
 
-def test_a_hold_that_its_criterion_did_not_cause_proves_nothing_about_it() -> None:
+def test_a_hold_no_criterion_caused_proves_nothing_and_one_by_another_criterion_says_which() -> None:
     case = _cases()["canary-10pct/latency-within-range"]
-    held_by_another = _failed_round(_report("halted"), "canary-10pct", "lock-success")
-    result = judge(case, held_by_another)
+    # No data, a slow approval: held, but by no criterion.
+    result = judge(case, _report("halted"))
     assert not result.matched and "latency-within-range never failed in canary-10pct" in result.problem
-    assert judge(case, _failed_round(_report("halted"), "canary-10pct", "latency-within-range")).matched
+    # The same fault broke another criterion first: the criteria held the rollout.
+    held_by_another = judge(case, _failed_round(_report("halted"), "canary-10pct", "lock-success"))
+    assert held_by_another.matched and held_by_another.actual == "held by lock-success"
+    # A trigger that read Failed once (under its failure limit) is no criterion holding it.
+    by_a_trigger = judge(case, _failed_round(_report("halted"), "canary-10pct", "token-not-active"))
+    assert not by_a_trigger.matched
+    own = judge(case, _failed_round(_report("halted"), "canary-10pct", "latency-within-range"))
+    assert own.matched and own.actual == "halted"
 
 
 def test_a_criterion_whose_fault_fires_only_a_trigger_on_its_own_metric_is_covered_by_it() -> None:

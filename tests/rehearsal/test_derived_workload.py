@@ -240,6 +240,21 @@ def test_a_ratio_of_counters_is_broken_by_more_events_of_its_numerator(push: flo
     assert math.isclose(fault.extra_refreshes_per_expiration, extra)
 
 
+@pytest.mark.parametrize(("phase", "gate", "kind"), [
+    ("staging", "zero-auth-errors", "session_not_active_per_s"),
+    ("staging", "token-not-active", "token_not_active_per_s"),
+])
+def test_a_refresh_error_fault_is_of_the_type_its_gate_reads_and_breaks_every_type_alone(
+        phase: str, gate: str, kind: str) -> None:
+    # "Zero authentication errors" reads refresh errors of every type, the token-not-active
+    # trigger one type: a session the server ended breaks the criterion without the trigger.
+    plan = load_plan(SEED)
+    scenario, _ = parse_scenario_source(f"name: x\nfaults:\n  - {{phase: {phase}, gate: {gate}, push: 2}}\n")
+    fault = resolve(scenario, plan, wl.derive(plan), seed_covers=True).scenario.faults[0]
+    other = ({"session_not_active_per_s", "token_not_active_per_s"} - {kind}).pop()
+    assert getattr(fault, kind) > 0 and getattr(fault, other) == 0
+
+
 def test_an_error_counter_is_broken_by_its_share_of_requests() -> None:
     plan = load_plan_text(ORDERS.read_text().replace(
         "  p95_seconds:", "  failures:\n    query: sum(increase(order_failures_total{pod=~\"{{pods}}\"}[{{window}}]))\n"
