@@ -143,3 +143,33 @@ def test_prove_with_an_invalid_plan_exits_2_naming_the_line(tmp_path: Path) -> N
                             timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"{bad}:" in result.stderr and "canary_share" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_world_is_warm_only_once_prometheus_has_scraped_every_ready_pod() -> None:
+    # The warm-up's query holds as soon as the pods Prometheus has found have a window, and its
+    # discovery can hand one namespace's pods on a tick after another's: six proof worlds on 2
+    # cores once passed it before any staging pod was scraped, into a preflight "no data".
+    import time
+
+    from phasegate.rehearsal.world import SCRAPE_SECONDS, world
+
+    plan = load_plan(SEED)
+    ns, name = plan.target.namespaces.staging, plan.target.deployment
+    with world(plan) as w:
+        before = {o.name for o in w.observe() if o.namespace == ns}
+
+        def one_more(d: dict) -> dict:
+            d["spec"]["replicas"] += 1
+            return d
+
+        w.emulator.store.mutate("apps/deployments", ns, name, one_more)
+        deadline = time.monotonic() + 30
+        while not (new := {o.name for o in w.observe() if o.namespace == ns and o.ready} - before):
+            assert time.monotonic() < deadline, "the emulator never readied the new staging pod"
+            time.sleep(0.1)
+        w._warm.clear()
+        w.warm_up()
+        scraped = {pod for (space, pod) in w.prometheus.scraped_for(f"{4 * SCRAPE_SECONDS:g}s", 4) if space == ns}
+    assert new <= scraped, f"warm with {sorted(new - scraped)} never scraped"
