@@ -5,7 +5,7 @@ Prints, per plan: cases, cases matched, wall time of the whole proof, wall time 
 per case / one lone rehearsal (goal ≤ 0.5 when cases run together). Each command is a
 subprocess as a user runs it, with its own temporary Prefect API.
 
-    .venv/bin/python bench/prove.py [--concurrency 4] [--speed 28800]
+    .venv/bin/python bench/prove.py [--concurrency 0] [--speed 28800]
 
 Ends with exactly one line ``RESULT prove_seed_s=<seconds> goal=180``.
 """
@@ -37,7 +37,7 @@ def _run(args: list[str]) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=0, help="0: the command's default, 3 per core")
     parser.add_argument("--speed", type=float, default=28800.0)
     ns = parser.parse_args()
     seed_s = 0.0

@@ -96,7 +96,7 @@ def rehearse(
     report: Path | None = typer.Option(None, help="Write the JSON report here (with --prove, the .md beside it)."),
     prove: bool = typer.Option(False, "--prove", help="Prove the plan: a healthy rehearsal, one per trigger "
                                "and one per success criterion, each judged against what the plan promises."),
-    concurrency: int = typer.Option(4, min=1, help="With --prove: rehearsals at once."),
+    concurrency: int = typer.Option(0, min=0, help="With --prove: rehearsals at once (0: 3 per core)."),
     workload: Path | None = typer.Option(
         None, help="Levels for the workload derived from the plan's queries (request rate, latency, error share)."),
 ) -> None:
@@ -191,6 +191,7 @@ def prove_plan(plan: Path, loaded: RolloutPlan, *, speed: float, concurrency: in
     from phasegate.prove import plan_cases
 
     cases = plan_cases(loaded)
+    concurrency = concurrency or proving.DEFAULT_CONCURRENCY
     out.print(f"proving {loaded.name}: {len(cases)} rehearsals at {speed:g}x, {concurrency} at a time",
               highlight=False)
     proof = proving.run_proof(plan, speed=speed, concurrency=concurrency, workload_file=workload,

@@ -52,7 +52,11 @@ from phasegate.rehearsal.world import DISCOVERY_SECONDS, SCRAPE_SECONDS, prepare
 # What the world's pacing waits before a phase's first round (World.run_context).
 WARMUP_WALL = 4 * SCRAPE_SECONDS + DISCOVERY_SECONDS
 
-DEFAULT_CONCURRENCY = 4
+# A case waits on wall floors (Prometheus' 5 s discovery, soak and verify windows) far more than
+# it computes: four worlds at a time left 55 % of two cores idle (vmstat, seed proof, 217 s).
+# Three per core keep detection well inside its bound (seed, 6 at once: slowest 2.7 s of 3.75 s)
+# at 158 s; a world starved of CPU says so in its report (``monitoring``).
+DEFAULT_CONCURRENCY = 3 * (os.cpu_count() or 1)
 # Advances are answered at once by the rehearsal's approver: their floor (wall seconds) is a
 # ceiling for a Prefect API slow under load, never waited out when all is well. At 8 s, four
 # worlds on a CI machine saw an approval time out before it was answered, into a halt.
