@@ -261,9 +261,18 @@ class TriggerWatch:
         return self._fired.is_set()
 
 
+# What Prefect's FailExpiredPauses service sets on a run whose pause outlived its timeout.
+PAUSE_EXPIRED_MESSAGE = "The flow was paused and never resumed."
+
+
 def running_again(flow_run_id: str | None) -> None:
     """After a pause timed out, Prefect still shows the run Paused while it goes on (into a
-    halt or a rollback), and refuses to pause it again: mark it Running, as it is."""
+    halt or a rollback), and refuses to pause it again: mark it Running, as it is.
+
+    The server's own pause-expiry service may have seen the timeout first and failed the run
+    (every few seconds it fails each run paused past its timeout): the run is as alive then,
+    and a halted rollout's next pause would be refused ("already in terminal state FAILED"),
+    ending the watch on a canary that still serves; that Failed state is taken back too."""
     if flow_run_id is None:
         return
     from prefect.client.orchestration import get_client
@@ -272,7 +281,8 @@ def running_again(flow_run_id: str | None) -> None:
     try:
         with get_client(sync_client=True) as client:
             state = client.read_flow_run(UUID(flow_run_id)).state
-            if state is not None and state.is_paused():
+            expired = state is not None and state.is_failed() and state.message == PAUSE_EXPIRED_MESSAGE
+            if state is not None and (state.is_paused() or expired):
                 client.set_flow_run_state(UUID(flow_run_id), Running(message="the pause timed out"), force=True)
     except Exception as exc:  # bookkeeping: the rollout goes on either way
         get_run_logger().warning("could not mark flow run %s running again: %s", flow_run_id, exc)
