@@ -22,6 +22,12 @@ if len(sys.argv) > 1 and sys.argv[1] == "rehearse" and not {"--help", "-h"} & se
     from phasegate.rehearsal.prefect_server import temporary_api_for_this_process
 
     temporary_api_for_this_process()
+    if "--prove" not in sys.argv:
+        # The world's Prometheus too: its target ticks count from its own start (start_early
+        # says why). A proof starts a world per case and takes none.
+        from phasegate.rehearsal.prometheus import start_early
+
+        start_early()
 
 import typer  # noqa: E402
 

@@ -43,11 +43,11 @@ from phasegate.record import ANN_PHASE, ANN_PHASE_STATE, PhaseState
 from phasegate.rehearsal import workload as wl
 from phasegate.rehearsal.app import SEED_FAMILIES, PodObservation, SyntheticApp, TrafficProfile
 from phasegate.rehearsal.cluster import SEED_IMAGE_REPO, ClusterEmulator, seed
-from phasegate.rehearsal.prometheus import PrometheusServer
+from phasegate.rehearsal.prometheus import REHEARSAL_SCRAPE_SECONDS, PrometheusServer, take_early
 from phasegate.rehearsal.scenarios import Resolved, Scenario, load_scenario_source, resolve
 from phasegate.runctx import EventObserver, Pacing, PauseObserver, RunContext, run_in_thread
 
-SCRAPE_SECONDS = 0.5
+SCRAPE_SECONDS = REHEARSAL_SCRAPE_SECONDS
 # Prometheus' discovery manager hands target changes on at most every 5 s, so a new pod is
 # first scraped up to ~5 s after it appears in file_sd, as in a cluster (where a 5 m gate
 # interval dwarfs it). The soak's warm-up covers it, or a compressed soak would spend its few
@@ -520,7 +520,9 @@ def world(
         stack.enter_context(emulator)
         seed(emulator, **seed_options(plan))
         holder: dict[str, World] = {}
-        prometheus = PrometheusServer(scrape_interval=SCRAPE_SECONDS, basic_auth=prometheus_auth)
+        # The command may have started it already (prometheus.start_early says why).
+        prometheus = (take_early(SCRAPE_SECONDS, prometheus_auth)
+                      or PrometheusServer(scrape_interval=SCRAPE_SECONDS, basic_auth=prometheus_auth))
         stack.callback(prometheus.close)
         # Prometheus discovers the pods as prometheus-operator would (file_sd from the
         # emulator's pods): a deleted pod leaves discovery and its series go stale.
