@@ -44,6 +44,7 @@ from tasks.cluster import (
     deploy_canary,
     deploy_image,
     expected_state,
+    follow_autoscaler,
     read_target,
     remove_canary,
     wait_until_ready,
@@ -208,6 +209,11 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
             history[m.gate].append(m)
         action = after_round(phase, history, soak_done=done)
         if full and action.step in (Step.CONTINUE, Step.ADVANCE):
+            if phase.has_canary:
+                try:  # stable's autoscaler moved with the load: the canary keeps its share of it
+                    follow_autoscaler.fn(ref, phase.canary_share)
+                except Exception as exc:  # as with drift: the next round asks again
+                    log.warning("%s: could not re-size the canary beside stable's autoscaler: %s", phase.name, exc)
             try:
                 drifted = after_drift(phase, check_drift.fn(plan, ref, expected))
             except Exception as exc:  # an unreadable cluster this round is no drift; the next round asks again

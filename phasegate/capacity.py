@@ -16,8 +16,8 @@ Design decisions:
   (``stable_while_surging``), so a canary that never starts costs capacity nothing — the
   Deployment's own ``maxUnavailable: 0`` rule, applied across the two Deployments.
 * With a HorizontalPodAutoscaler the total is the autoscaler's, not the count at start:
-  ``split_for_autoscaler`` re-derives both tracks from the replicas it wants now, and
-  ``scaled_bounds`` gives the canary autoscaler its share of the stable one's min/max.
+  ``canary_beside`` sizes the canary beside the stable replicas it keeps, and
+  ``scaled_bounds`` narrows its min/max to stable's share.
 """
 
 from __future__ import annotations
@@ -95,9 +95,18 @@ def stable_while_surging(total_replicas: int, stable_target: int, canary_ready: 
     return min(total_replicas, max(stable_target, total_replicas - max(canary_ready, 0)))
 
 
-def split_for_autoscaler(share_percent: float, desired_total: int) -> tuple[int, int]:
-    """(canary, stable) for the total an autoscaler wants now (at least one pod)."""
-    return canary_split(share_percent, max(desired_total, 1))
+def canary_beside(share_percent: float, stable_replicas: int) -> int:
+    """The canary's replicas that come closest to ``share_percent`` of the whole beside the
+    ``stable_replicas`` an autoscaler keeps: whole pods, at least one while the share is
+    above 0 (10 % beside 9 is 1, beside 22 is 2; 50 % beside 7 is 7)."""
+    if not 0 <= share_percent < 100:
+        raise ValueError("share_percent must be within 0..100 (exclusive): a canary beside stable")
+    if share_percent == 0:
+        return 0
+    stable = max(stable_replicas, 1)
+    exact = round(share_percent * stable / (100 - share_percent), 9)
+    candidates = {max(1, math.floor(exact)), max(1, math.ceil(exact))}
+    return min(sorted(candidates), key=lambda c: abs(actual_share(c, stable) - share_percent))
 
 
 def scaled_bounds(share_percent: float, min_replicas: int, max_replicas: int) -> tuple[int, int]:

@@ -74,7 +74,9 @@ class AutoscalerState:
     desired_replicas: int
     # The bounds it had before the rollout, while phasegate has it narrowed to stable's share.
     original_bounds: tuple[int, int] | None = None
-    canary_autoscaler: bool = False  # phasegate's mirror of it for the canary exists
+    canary_autoscaler: bool = False  # a mirror of it for the canary, left by an earlier phasegate, exists
+    # Why it cannot scale, when a person must fix it (AmbiguousSelector: another HPA picks its pods).
+    scaling_stopped: str | None = None
 
     @property
     def restored(self) -> bool:
@@ -111,9 +113,16 @@ class Cluster(Protocol):
         shrink stable one pod per Ready canary pod until it holds the rest, the canary
         exceeds its progress deadline, or ``timeout_seconds``. Returns (canary, stable).
 
-        With an autoscaler on stable the total is the one it keeps now, not
-        ``total_replicas``: stable's autoscaler is narrowed to its share, a mirror of it
-        scales the canary, and stable's replicas are left to it."""
+        With an autoscaler on stable, stable's replicas are its: the autoscaler is narrowed
+        to stable's share of its bounds, the canary comes at its share *beside* stable's
+        replicas now (``capacity.canary_beside``), stable is not shrunk, and
+        ``total_replicas`` is unused; ``follow_autoscaler`` keeps the canary beside it."""
+        ...
+
+    def follow_autoscaler(self, ref: TargetRef, share_percent: float) -> tuple[int, int] | None:
+        """Where an autoscaler scales stable, re-size the canary to its share beside
+        stable's replicas now; the new (canary, stable), or None when nothing changed (no
+        autoscaler, no canary, or the share already holds). Stable is never written."""
         ...
 
     def remove_canary(self, ref: TargetRef, total_replicas: int) -> None:

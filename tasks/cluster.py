@@ -36,6 +36,16 @@ def deploy_canary(ref: TargetRef, image: str, share_percent: float, total_replic
     return canary, stable
 
 
+@task(name="follow_autoscaler", **RETRYING)
+def follow_autoscaler(ref: TargetRef, share_percent: float) -> tuple[int, int] | None:
+    """The canary re-sized to its share beside what stable's autoscaler keeps, if it moved."""
+    moved = runctx.get().cluster.follow_autoscaler(ref, share_percent)
+    if moved is not None:
+        get_run_logger().info("%s: stable's autoscaler keeps %d; canary re-sized to %d for its share",
+                              ref, moved[1], moved[0])
+    return moved
+
+
 @task(name="wait_until_ready", **RETRYING)
 def wait_until_ready(namespace: str, deployment: str, timeout_seconds: float) -> WorkloadState | str:
     """The rolled-out state, or the reason it will not roll out (progress deadline)."""

@@ -20,14 +20,20 @@ Design decisions:
 * ``undo`` is ``kubectl rollout undo`` (the previous ReplicaSet's template becomes the
   Deployment's) plus a marker annotation recording the move, so a re-run after a crash does
   not toggle back to the bad revision as a second ``kubectl rollout undo`` would.
-* Autoscalers (Flagger's approach): if a HorizontalPodAutoscaler scales stable, a canary
-  phase narrows its min/max to stable's share and creates ``<hpa>-canary``, a mirror with
-  the same metrics and behaviour scaled to the canary's share, so both tracks follow the
-  load and the split holds; stable's replicas are left to its autoscaler. The original spec
-  is kept on the autoscaler (``HPA_ORIGINAL``) and put back exactly, and the mirror deleted,
-  when the canary goes (promotion or rollback). Preferred over recomputing the split from
-  the autoscaler's wish each round: that would fight the autoscaler over stable's replicas
-  between rounds, and leave the canary unscaled while a spike lasts a round.
+* Autoscalers: one, stable's, and the canary beside it. The canary's pods carry stable's
+  selector labels (the Service must reach them), so stable's HPA counts them as its own, and
+  a second HPA on the canary would pick the same pods: from Kubernetes 1.26
+  (kubernetes#112011) both then stop scaling (AmbiguousSelector) for the whole rollout. And
+  since stable's HPA counts every pod behind the selector but scales only stable, it sizes
+  stable for the whole service; shrinking stable under it is a fight it wins (its
+  scale-down stabilization puts the count back). So with an autoscaler a canary phase never
+  writes stable's replicas: it narrows stable's HPA to stable's share of its min/max (the
+  original spec kept on it, ``HPA_ORIGINAL``, and put back exactly when the canary goes),
+  runs the canary at its share beside what the HPA keeps stable at, and
+  ``follow_autoscaler`` re-sizes the canary each round as the HPA moves stable. Capacity
+  errs high, never low: about 1/(1 − share) of the need (11 % more at 10 %, double at 50 %),
+  within the original max. Flagger avoids the overlap by relabelling its primary;
+  phasegate leaves the user's Deployment, selector and Service as they are.
 * Canary capacity: surge first. ``set_canary`` creates or grows the canary and then gives
   stable's pods up one per canary pod that is Ready (``capacity.stable_while_surging``),
   polling until stable is at its share, the canary reports ProgressDeadlineExceeded, or
@@ -51,6 +57,7 @@ import copy
 import functools
 import json
 import random
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -59,7 +66,7 @@ import urllib3
 from kubernetes import client, config
 
 from phasegate import drift, errors
-from phasegate.capacity import canary_split, scaled_bounds, stable_while_surging
+from phasegate.capacity import canary_beside, canary_split, scaled_bounds, stable_while_surging
 from phasegate.checkroute import ServiceURL
 from phasegate.ports import (
     CANARY,
@@ -81,6 +88,8 @@ UNDO_ANNOTATION = "phasegate.dev/undo"
 # On stable's autoscaler while phasegate narrows it: its spec before the rollout, as JSON,
 # so promotion, rollback or a rerun after a crash can put back exactly what was there.
 HPA_ORIGINAL = "phasegate.dev/original-autoscaler"
+# The mirror HPA earlier versions made for the canary (``<hpa>-canary``, managed-by
+# phasegate): never made now (see "Autoscalers" above), deleted where one is left.
 CANARY_HPA_SUFFIX = "-canary"
 
 STRATEGIC = "application/strategic-merge-patch+json"
@@ -119,14 +128,11 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     Permission("get", "", "configmaps", "configmap"),
     Permission("patch", "", "configmaps", "configmap"),
 )
-# Only where an autoscaler scales the target (named by it: "autoscaler", and its mirror
-# "canary-autoscaler"): narrowing it, creating, rewriting and deleting the mirror.
+# Only where an autoscaler scales the target (named by it: "autoscaler"): narrowing it and
+# putting it back. (A mirror HPA an earlier phasegate left is deleted if found; that
+# delete needs ``delete horizontalpodautoscalers`` on ``<hpa>-canary``, asked only then.)
 AUTOSCALER_PERMISSIONS: tuple[Permission, ...] = (
     Permission("update", "autoscaling", "horizontalpodautoscalers", "autoscaler"),
-    Permission("create", "autoscaling", "horizontalpodautoscalers"),
-    Permission("get", "autoscaling", "horizontalpodautoscalers", "canary-autoscaler"),
-    Permission("update", "autoscaling", "horizontalpodautoscalers", "canary-autoscaler"),
-    Permission("delete", "autoscaling", "horizontalpodautoscalers", "canary-autoscaler"),
 )
 # A namespace where no phase runs a canary (staging) never creates, updates or deletes one,
 # nor patches one (set_env only patches a canary that exists); it still looks for it.
@@ -287,12 +293,35 @@ def _autoscaler_state(hpas: Sequence[Obj], ref: TargetRef) -> AutoscalerState | 
     if original:
         spec = json.loads(original)
         bounds = (int(spec.get("minReplicas") or 1), int(spec["maxReplicas"]))
-    mirror = hpa["metadata"]["name"] + CANARY_HPA_SUFFIX
     return AutoscalerState(
         name=hpa["metadata"]["name"], min_replicas=int(hpa["spec"].get("minReplicas") or 1),
         max_replicas=int(hpa["spec"]["maxReplicas"]),
         desired_replicas=int((hpa.get("status") or {}).get("desiredReplicas", 0)), original_bounds=bounds,
-        canary_autoscaler=any(h["metadata"]["name"] == mirror for h in hpas))
+        canary_autoscaler=_left_mirror(hpas, hpa) is not None,
+        scaling_stopped=_scaling_stopped(hpa, hpas))
+
+
+def _left_mirror(hpas: Sequence[Obj], stable_hpa: Obj) -> Obj | None:
+    """The mirror of ``stable_hpa`` an earlier phasegate made for the canary, if one is left."""
+    name = stable_hpa["metadata"]["name"] + CANARY_HPA_SUFFIX
+    return next((h for h in hpas if h["metadata"]["name"] == name
+                 and (h["metadata"].get("labels") or {}).get(MANAGED_BY) == "phasegate"), None)
+
+
+def _scaling_stopped(hpa: Obj, hpas: Sequence[Obj]) -> str | None:
+    """Why the autoscaler cannot scale, where a person must fix it (its selector picks pods
+    another HPA picks too), or None. Its status lags the other HPA's deletion by a sync
+    period, so a condition naming only HPAs that are gone is stale and not reported."""
+    for c in (hpa.get("status") or {}).get("conditions") or []:
+        if c.get("type") != "ScalingActive" or c.get("status") != "False" or c.get("reason") != "AmbiguousSelector":
+            continue
+        message = str(c.get("message", ""))
+        named = re.search(r"\[([^\]]*)\]", message)
+        others = {n.rsplit("/", 1)[-1] for n in named[1].split()} - {hpa["metadata"]["name"]} if named else set()
+        present = {h["metadata"]["name"] for h in hpas}
+        if not named or others & present:
+            return f"AmbiguousSelector: {message}"
+    return None
 
 
 def _deadline_exceeded(d: Obj) -> bool:
@@ -476,33 +505,29 @@ class KubernetesCluster:
         items = self._request("GET", self._hpa_path(ref.namespace)).get("items") or []
         return next((h for h in items if _scales(h, ref.deployment)), None)
 
-    def _mirror_autoscaler(self, ref: TargetRef, hpa: Obj, share_percent: float) -> None:
-        """Stable's autoscaler narrowed to its share, its mirror for the canary at the rest."""
+    def _narrow_autoscaler(self, ref: TargetRef, hpa: Obj, share_percent: float) -> None:
+        """Stable's autoscaler narrowed to stable's share of its own bounds."""
         annotations = hpa["metadata"].get("annotations") or {}
         original = json.loads(annotations[HPA_ORIGINAL]) if HPA_ORIGINAL in annotations else hpa["spec"]
-        low, high = int(original.get("minReplicas") or 1), int(original["maxReplicas"])
-        stable_spec = {**original, "minReplicas": scaled_bounds(100 - share_percent, low, high)[0],
-                       "maxReplicas": scaled_bounds(100 - share_percent, low, high)[1]}
+        # Stable's share of both, so stable and the canary beside it stay within the original's.
+        low, high = scaled_bounds(100 - share_percent, int(original.get("minReplicas") or 1),
+                                  int(original["maxReplicas"]))
+        stable_spec = {**original, "minReplicas": low, "maxReplicas": high}
         if hpa["spec"] != stable_spec or HPA_ORIGINAL not in annotations:
             hpa["spec"] = stable_spec
             hpa["metadata"]["annotations"] = {**annotations, HPA_ORIGINAL: json.dumps(original, sort_keys=True)}
             self._request("PUT", self._hpa_path(ref.namespace, hpa["metadata"]["name"]), body=hpa)
-        name = hpa["metadata"]["name"] + CANARY_HPA_SUFFIX
-        c_low, c_high = scaled_bounds(share_percent, low, high)
-        spec = {**original, "minReplicas": c_low, "maxReplicas": c_high,
-                "scaleTargetRef": {**original["scaleTargetRef"], "name": ref.canary}}
-        labels = {**canary_labels(hpa["metadata"].get("labels") or {}), TRACK_LABEL: CANARY}
-        current = self._find(self._hpa_path(ref.namespace, name))
-        if current is None:
-            self._request("POST", self._hpa_path(ref.namespace), body={
-                "apiVersion": self._hpa_version(), "kind": "HorizontalPodAutoscaler",
-                "metadata": {"name": name, "namespace": ref.namespace, "labels": labels}, "spec": spec})
-        elif current["spec"] != spec:
-            current["spec"] = spec
-            self._request("PUT", self._hpa_path(ref.namespace, name), body=current)
+
+    def _delete_left_mirror(self, ref: TargetRef, hpas: Sequence[Obj], stable_hpa: Obj) -> None:
+        # A mirror and stable's HPA pick the canary's pods both: neither scales while it exists.
+        mirror = _left_mirror(hpas, stable_hpa)
+        if mirror is not None:
+            with contextlib.suppress(errors.TargetNotFound):
+                self._request("DELETE", self._hpa_path(ref.namespace, mirror["metadata"]["name"]))
 
     def _restore_autoscaler(self, ref: TargetRef) -> None:
-        hpa = self._stable_hpa(ref)
+        items = self._request("GET", self._hpa_path(ref.namespace)).get("items") or []
+        hpa = next((h for h in items if _scales(h, ref.deployment)), None)
         if hpa is None:
             return
         annotations = dict(hpa["metadata"].get("annotations") or {})
@@ -510,8 +535,7 @@ class KubernetesCluster:
             hpa["spec"] = json.loads(annotations.pop(HPA_ORIGINAL))
             hpa["metadata"]["annotations"] = annotations
             self._request("PUT", self._hpa_path(ref.namespace, hpa["metadata"]["name"]), body=hpa)
-        with contextlib.suppress(errors.TargetNotFound):
-            self._request("DELETE", self._hpa_path(ref.namespace, hpa["metadata"]["name"] + CANARY_HPA_SUFFIX))
+        self._delete_left_mirror(ref, items, hpa)
 
     def _find(self, path: str) -> Obj | None:
         try:
@@ -558,14 +582,16 @@ class KubernetesCluster:
 
     def set_canary(self, ref: TargetRef, image: str, share_percent: float, total_replicas: int,
                    timeout_seconds: float = 600.0) -> tuple[int, int]:
-        hpa = self._stable_hpa(ref)
+        items = self._request("GET", self._hpa_path(ref.namespace)).get("items") or []
+        hpa = next((h for h in items if _scales(h, ref.deployment)), None)
         if hpa is not None:
+            self._delete_left_mirror(ref, items, hpa)
             # The autoscaler controller writes its status all the time: re-read on each 409.
-            self._converge(lambda: self._mirror_autoscaler(ref, self._stable_hpa(ref) or hpa, share_percent))
-            live = self._find_deployment(ref.namespace, ref.canary)
-            total_replicas = self._get_deployment(ref.namespace, ref.deployment)["spec"].get("replicas", 1) + (
-                _ready_on_template(live) if live is not None else 0)
-        canary_n, stable_n = canary_split(share_percent, total_replicas)
+            self._converge(lambda: self._narrow_autoscaler(ref, self._stable_hpa(ref) or hpa, share_percent))
+            stable_n = int(self._get_deployment(ref.namespace, ref.deployment)["spec"].get("replicas", 1))
+            canary_n = canary_beside(share_percent, stable_n)
+        else:
+            canary_n, stable_n = canary_split(share_percent, total_replicas)
 
         def step() -> None:
             stable = self._get_deployment(ref.namespace, ref.deployment)
@@ -587,7 +613,7 @@ class KubernetesCluster:
 
         self._converge(step)
         if hpa is not None:
-            # Stable's autoscaler shrinks it as the canary takes load: never before it serves.
+            # Stable's replicas are its autoscaler's: the canary comes beside them, not out of them.
             return canary_n, stable_n
         deadline = time.monotonic() + timeout_seconds
         while True:
@@ -602,6 +628,23 @@ class KubernetesCluster:
 
     def _scale_stable(self, ref: TargetRef, replicas: int) -> None:
         self._scale(self._get_deployment(ref.namespace, ref.deployment), replicas)
+
+    def follow_autoscaler(self, ref: TargetRef, share_percent: float) -> tuple[int, int] | None:
+        if self._stable_hpa(ref) is None:
+            return None
+
+        def step() -> tuple[int, int] | None:
+            canary = self._find_deployment(ref.namespace, ref.canary)
+            if canary is None:
+                return None
+            stable_n = int(self._get_deployment(ref.namespace, ref.deployment)["spec"].get("replicas", 1))
+            canary_n = canary_beside(share_percent, stable_n)
+            if canary["spec"].get("replicas") == canary_n:
+                return None
+            self._scale(canary, canary_n)
+            return canary_n, stable_n
+
+        return self._converge(step)
 
     def remove_canary(self, ref: TargetRef, total_replicas: int) -> None:
         if self._stable_hpa(ref) is not None:
@@ -768,8 +811,7 @@ class KubernetesCluster:
                             autoscaler: str | None = None) -> list[str]:
         # Without a target name (doctor with no plan) only the verbs no object narrows are asked.
         names = {"target": ref.deployment or None, "canary": ref.canary if ref.deployment else None,
-                 "configmap": configmap, "autoscaler": autoscaler,
-                 "canary-autoscaler": autoscaler + CANARY_HPA_SUFFIX if autoscaler else None}
+                 "configmap": configmap, "autoscaler": autoscaler}
         missing: list[str] = []
         wanted = required_permissions(canary=canary, configmap=configmap is not None, autoscaler=bool(autoscaler))
         for permission in wanted:

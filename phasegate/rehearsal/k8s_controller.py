@@ -14,7 +14,8 @@ What a rollout (and ``kubectl rollout status/history/undo``) observes is reprodu
   ``spec.progressDeadlineSeconds`` (times ``time_scale`` wall seconds per second) the
   Deployment's Progressing condition turns False with reason ProgressDeadlineExceeded.
 * ``revisionHistoryLimit`` prunes the oldest scaled-down ReplicaSets.
-* HorizontalPodAutoscalers scale their Deployment on the load a test sets (``k8s_hpa``).
+* HorizontalPodAutoscalers scale their Deployment on the load a test sets, counting the pods
+  its selector picks and refusing pods two HPAs pick, as from 1.26 (``k8s_hpa``).
 * PodDisruptionBudgets report the disruption controller's status over every pod their
   selector matches (eviction itself is not emulated).
 
@@ -57,7 +58,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from phasegate.rehearsal import k8s_hpa
-from phasegate.rehearsal.k8s_store import ApiError, Obj, Store, now_rfc3339, selector_string
+from phasegate.rehearsal.k8s_store import ApiError, Obj, Store, label_selector, now_rfc3339, selector_string
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class Controller:
         self._thread: threading.Thread | None = None
         self._born: dict[str, float] = {}  # pod uid → monotonic creation time
         self._progress: dict[str, tuple[tuple[object, ...], float]] = {}  # deployment uid → (signature, time)
-        self._hpa_synced: dict[str, float] = {}  # HPA uid → monotonic time of its last pass
+        self._hpa_synced: dict[str, float] = {}  # namespace → monotonic time of its HPAs' last pass
         self._similar_events: dict[tuple[str, str], int] = {}  # (object uid, reason) -> events recorded
         self._instant = False
 
@@ -206,8 +207,7 @@ class Controller:
             else:
                 self._pending.difference_update(scope)
             for ns in scope:
-                for hpa in self.store.list("autoscaling/horizontalpodautoscalers", ns):
-                    self._sync_autoscaler(hpa)
+                self._sync_autoscalers(self.store.list("autoscaling/horizontalpodautoscalers", ns))
                 for d in self.store.list("apps/deployments", ns):
                     self._sync_deployment(d)
                 for rs in self.store.list("apps/replicasets", ns):
@@ -220,17 +220,54 @@ class Controller:
                 for pdb in self.store.list("policy/poddisruptionbudgets", ns):
                     self._disruption_status(pdb)
 
-    def _sync_autoscaler(self, hpa: Obj) -> None:
-        ns, uid = hpa["metadata"]["namespace"], hpa["metadata"]["uid"]
-        self._pending.add(ns)  # the load can change without a write: keep looking
+    def _sync_autoscalers(self, hpas: list[Obj]) -> None:
+        """One pass of the autoscalers, a namespace at a time on one clock and one snapshot of
+        its pods. The real controller's resync enqueues every HPA each period against one
+        metrics snapshot; a clock per HPA let a canary's HPA miss the pass in which stable's
+        did scale, then read the load already spread over stable's new pods and stay small."""
+        by_namespace: dict[str, list[Obj]] = {}
+        for hpa in hpas:
+            by_namespace.setdefault(hpa["metadata"]["namespace"], []).append(hpa)
         now = time.monotonic()
-        if now - self._hpa_synced.get(uid, -math.inf) < self.behaviour.hpa_period:
-            return
-        self._hpa_synced[uid] = now
-        ref = hpa["spec"].get("scaleTargetRef") or {}
-        target = self.store.find("apps/deployments", ns, ref.get("name", "")) if ref.get("kind") == "Deployment" \
-            else None
-        ready = sum(_ready(p) for p in self.store.list("pods", ns))
+        for ns, group in by_namespace.items():
+            self._pending.add(ns)  # the load can change without a write: keep looking
+            if now - self._hpa_synced.get(ns, -math.inf) < self.behaviour.hpa_period:
+                continue
+            self._hpa_synced[ns] = now
+            pods = [p for p in self.store.list("pods", ns) if not p["metadata"].get("deletionTimestamp")]
+            ready_in_namespace = sum(_ready(p) for p in pods)
+            load = self.behaviour.load.get(ns)
+            utilization = 100.0 * load / ready_in_namespace if load is not None and ready_in_namespace else None
+            targets: dict[str, Obj | None] = {}
+            picked: dict[str, list[Obj]] = {}  # HPA name → the pods its target's selector picks
+            for hpa in group:
+                name, ref = hpa["metadata"]["name"], hpa["spec"].get("scaleTargetRef") or {}
+                target = self.store.find("apps/deployments", ns, ref.get("name", "")) \
+                    if ref.get("kind") == "Deployment" else None
+                targets[name] = target
+                if target is not None:
+                    match = label_selector(selector_string(target["spec"].get("selector")))
+                    picked[name] = [p for p in pods if match(p["metadata"].get("labels") or {})]
+            owners: dict[str, set[str]] = {}  # pod name → the HPAs whose selector picks it
+            for name, selected in picked.items():
+                for pod in selected:
+                    owners.setdefault(pod["metadata"]["name"], set()).add(name)
+            for hpa in group:
+                name = hpa["metadata"]["name"]
+                selected = picked.get(name, [])
+                sharing = sorted(set().union(*(owners[p["metadata"]["name"]] for p in selected))) if selected else []
+                ambiguous = None
+                if len(sharing) > 1:
+                    target = targets[name]
+                    assert target is not None
+                    ambiguous = (f"pods by selector {selector_string(target['spec'].get('selector'))} are controlled "
+                                 f"by multiple HPAs: [{' '.join(f'{ns}/{n}' for n in sharing)}]")
+                ready = sum(_ready(p) for p in selected)
+                self._sync_autoscaler(hpa, targets[name], ready, len(selected) - ready, utilization, ambiguous)
+
+    def _sync_autoscaler(self, hpa: Obj, target: Obj | None, ready: int, unready: int, utilization: float | None,
+                         ambiguous: str | None) -> None:
+        ns = hpa["metadata"]["namespace"]
 
         def scale(replicas: int) -> None:
             assert target is not None
@@ -242,8 +279,11 @@ class Controller:
             self.store.update("autoscaling/horizontalpodautoscalers", ns, hpa["metadata"]["name"],
                               {**hpa, "status": status}, subresource="status", manager=CONTROLLER)
 
-        k8s_hpa.sync(hpa, target, ready, self.behaviour.load.get(ns), scale=scale, write_status=write_status,
-                     now=now_rfc3339())
+        if k8s_hpa.sync(hpa, target, ready, unready, utilization, ambiguous=ambiguous, scale=scale,
+                        write_status=write_status, now=now_rfc3339()):
+            assert ambiguous is not None
+            self._event(hpa, "AmbiguousSelector", ambiguous, "Warning", kind="HorizontalPodAutoscaler",
+                        api_version="autoscaling/v2", component="horizontal-pod-autoscaler")
 
     def _disruption_status(self, pdb: Obj) -> None:
         """What the disruption controller reports: the budget counts every pod the selector
@@ -334,8 +374,9 @@ class Controller:
             self._event(d, "ScalingReplicaSet",
                         f"Scaled {direction} replica set {rs['metadata']['name']} to {replicas}")
 
-    def _event(self, d: Obj, reason: str, message: str, kind: str = "Normal") -> None:
-        """A core/v1 Event as the real deployment controller records it (name, source, fields)."""
+    def _event(self, d: Obj, reason: str, message: str, event_type: str = "Normal", *, kind: str = "Deployment",
+               api_version: str = "apps/v1", component: str = "deployment-controller") -> None:
+        """A core/v1 Event as the real controllers record it (name, source, fields)."""
         meta, stamp = d["metadata"], now_rfc3339()
         # client-go's event aggregator: from the eleventh similar event of an object on, the
         # message says it stands for several.
@@ -345,11 +386,11 @@ class Controller:
         with contextlib.suppress(ApiError):  # the namespace is being deleted: no one will read it
             self.store.create("events", meta["namespace"], manager=CONTROLLER, obj={
                 "metadata": {"name": f"{meta['name']}.{time.time_ns():x}"},
-                "involvedObject": {"kind": "Deployment", "namespace": meta["namespace"], "name": meta["name"],
-                                   "uid": meta["uid"], "apiVersion": "apps/v1",
+                "involvedObject": {"kind": kind, "namespace": meta["namespace"], "name": meta["name"],
+                                   "uid": meta["uid"], "apiVersion": api_version,
                                    "resourceVersion": meta.get("resourceVersion", "")},
-                "reason": reason, "message": message, "source": {"component": "deployment-controller"},
-                "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1, "type": kind,
+                "reason": reason, "message": message, "source": {"component": component},
+                "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1, "type": event_type,
                 "eventTime": None, "reportingComponent": "", "reportingInstance": ""})
 
     def _sync_replicaset(self, rs: Obj) -> None:

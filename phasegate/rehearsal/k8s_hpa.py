@@ -7,12 +7,19 @@ on the way in and out of ``autoscaling/v1`` requests, as kube-apiserver does: v1
 The controller follows the real algorithm on a load signal a test sets instead of a
 metrics server: ``Behaviour.load[namespace]`` is the CPU the namespace's workload demands,
 in pod-requests (8.0: eight pods' worth). A Service spreads it evenly over every Ready pod
-of the namespace, so each pod runs at ``100 × load / ready_pods`` percent, and the target
-Deployment's desired replicas are ``ceil(current × utilization / target)``, skipped within
-the 10 % tolerance, clamped to [minReplicas, maxReplicas], never from 0 (an HPA does not
-scale a Deployment someone scaled to zero). No namespace load means no metrics: the HPA
-leaves the replicas alone, as the real one does. Not emulated: stabilization windows and
-``behavior`` policies (scaling is immediate), and metrics other than CPU utilization.
+of the namespace, so each pod runs at ``100 × load / ready_pods`` percent.
+
+As the real controller does, an HPA counts the pods its target's *selector* picks, not the
+pods its target owns (``replica_calculator.go``): desired replicas are
+``ceil(usage_ratio × ready_selected)``, skipped within the 10 % tolerance, with not-yet-Ready
+pods counted as idle on a scale-up (and no scaling when that flips the ratio), clamped to
+[minReplicas, maxReplicas], never from 0 (an HPA does not scale a Deployment someone scaled
+to zero). A second Deployment whose pods carry the target's selector labels (a canary) is
+therefore counted as the target's own. And as from Kubernetes 1.26 (kubernetes#112011), when
+any pod is picked by two HPAs' selectors, *both* stop: ScalingActive False, reason
+AmbiguousSelector, and a Warning event. No namespace load means no metrics: the HPA leaves the
+replicas alone, as the real one does. Not emulated: stabilization windows and ``behavior``
+policies (scaling is immediate), and metrics other than CPU utilization.
 """
 
 from __future__ import annotations
@@ -72,31 +79,44 @@ def to_v1(obj: Obj) -> Obj:
     return out
 
 
-def desired_replicas(spec: Obj, current: int, utilization: float) -> int:
-    """The real HPA's rule for one CPU-utilization metric."""
+def desired_replicas(spec: Obj, current: int, utilization: float, ready: int, unready: int = 0) -> int:
+    """The real HPA's rule for one CPU-utilization metric over the ``ready`` and ``unready``
+    pods its target's selector picks (``GetResourceReplicas``)."""
     low, high = int(spec.get("minReplicas") or 1), int(spec["maxReplicas"])
     if current == 0:
         return 0
     ratio = utilization / _cpu_target(spec)
-    wanted = current if abs(ratio - 1) <= TOLERANCE else math.ceil(current * ratio)
+    if unready == 0 or ratio <= 1:
+        wanted = current if abs(ratio - 1) <= TOLERANCE else math.ceil(ratio * ready)
+    else:
+        # A scale-up counts pods still starting as idle: their load is on its way to them.
+        counted = ratio * ready / (ready + unready)
+        wanted = current if abs(counted - 1) <= TOLERANCE or counted < 1 \
+            else max(current, math.ceil(counted * (ready + unready)))
     return min(max(wanted, low), high)
 
 
-def sync(hpa: Obj, deployment: Obj | None, ready_pods: int, load: float | None, *,
-         scale: Callable[[int], None], write_status: Callable[[Obj], None], now: str) -> None:
-    """One pass over one HPA: scale its Deployment if the load says so, and report status."""
+def sync(hpa: Obj, deployment: Obj | None, ready: int, unready: int, utilization: float | None, *,
+         ambiguous: str | None, scale: Callable[[int], None], write_status: Callable[[Obj], None],
+         now: str) -> bool:
+    """One pass over one HPA: scale its Deployment if the load says so, and report status.
+    ``ready``/``unready``: the pods its target's selector picks; ``utilization``: the CPU
+    percent each Ready pod runs at (None: no metrics); ``ambiguous``: why its pods are
+    another HPA's too. True when it newly reports the ambiguity (the caller records an event)."""
     current = deployment["spec"]["replicas"] if deployment is not None else 0
     status: Obj = {"currentReplicas": current, "desiredReplicas": current}
     conditions: list[Obj] = []
     if deployment is None:
         conditions.append({"type": "AbleToScale", "status": "False", "reason": "FailedGetScale",
                            "message": f"deployment {hpa['spec']['scaleTargetRef'].get('name')!r} not found"})
-    elif load is None or ready_pods == 0:
+    elif ambiguous is not None:
+        conditions.append({"type": "ScalingActive", "status": "False", "reason": "AmbiguousSelector",
+                           "message": ambiguous})
+    elif utilization is None or ready == 0:
         conditions.append({"type": "ScalingActive", "status": "False", "reason": "FailedGetResourceMetric",
                            "message": "no metrics for the target's pods"})
     else:
-        utilization = 100.0 * load / ready_pods
-        wanted = desired_replicas(hpa["spec"], current, utilization)
+        wanted = desired_replicas(hpa["spec"], current, utilization, ready, unready)
         status["desiredReplicas"] = wanted
         status["currentMetrics"] = [{"type": "Resource", "resource": {"name": "cpu", "current": {
             "averageUtilization": round(utilization)}}}]
@@ -109,8 +129,10 @@ def sync(hpa: Obj, deployment: Obj | None, ready_pods: int, load: float | None, 
     if "lastScaleTime" not in status and previous.get("lastScaleTime"):
         status["lastScaleTime"] = previous["lastScaleTime"]
     status["conditions"] = conditions
+    was_ambiguous = any(c.get("reason") == "AmbiguousSelector" for c in previous.get("conditions") or [])
     if {k: v for k, v in previous.items() if k != "observedGeneration"} != status:
         write_status({**status, "observedGeneration": hpa["metadata"].get("generation", 1)})
+    return ambiguous is not None and not was_ambiguous
 
 
 def targets(hpa: Obj, kind: str, name: str) -> bool:

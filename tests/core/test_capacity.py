@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from phasegate.capacity import actual_share, canary_split, scaled_bounds, stable_while_surging
+from phasegate.capacity import actual_share, canary_beside, canary_split, scaled_bounds, stable_while_surging
 from phasegate.errors import PlanError
 from phasegate.plan import load_plan, semantic_problems
 from tests.core.builders import SEED_PLAN_PATH, seed_plan
@@ -57,6 +57,16 @@ def test_stable_gives_up_one_pod_per_ready_canary_pod(ready: int, expected: int)
     assert stable_while_surging(10, 5, ready) == expected
 
 
-def test_a_canary_autoscaler_gets_its_share_of_the_bounds_in_whole_pods() -> None:
+@pytest.mark.parametrize("share", [5, 10, 25, 33.3, 50, 90])
+def test_the_canary_beside_an_autoscaled_stable_comes_closest_to_the_share(share: float) -> None:
+    for stable in range(1, 120):
+        canary = canary_beside(share, stable)
+        off = abs(actual_share(canary, stable) - share)
+        # No other whole number of pods (at least one) is closer to the plan's share.
+        assert canary >= 1 and all(abs(actual_share(c, stable) - share) >= off - 1e-9 for c in range(1, 4 * stable))
+    assert (canary_beside(10, 9), canary_beside(10, 22), canary_beside(50, 7), canary_beside(10, 1)) == (1, 2, 7, 1)
+
+
+def test_stable_narrowed_to_its_share_of_the_autoscaler_bounds_in_whole_pods() -> None:
     assert scaled_bounds(10, 4, 20) == (1, 2)
     assert scaled_bounds(50, 3, 11) == (2, 6)
