@@ -122,14 +122,22 @@ def share_problems(plan: RolloutPlan, state: TargetState) -> list[str]:
     if state.autoscaler is not None:
         a = state.autoscaler
         get_run_logger().info(
-            "HPA %s scales %s (%d–%d replicas): each canary phase narrows it to stable's share and mirrors it "
-            "for the canary, and restores it when the canary goes", a.name, state.stable.name,
-            *(a.original_bounds or (a.min_replicas, a.max_replicas)))
+            "HPA %s scales %s (%d–%d replicas): each canary phase narrows it to stable's share, keeps the "
+            "canary at its share beside it each round, and restores it when the canary goes", a.name,
+            state.stable.name, *(a.original_bounds or (a.min_replicas, a.max_replicas)))
+        if a.scaling_stopped and a.canary_autoscaler:
+            get_run_logger().info("HPA %s does not scale while the mirror an earlier phasegate made for the canary "
+                                  "picks the same pods; the first canary phase deletes that mirror", a.name)
     shares = plan.shares(total)
     for share in shares:
         get_run_logger().info("at %d replica(s) %s", total, share.describe())
-    return [f"at {total} replica(s) {message}"
-            for _, message in capacity.share_problems(shares, plan.target.share_tolerance)]
+    stopped = []
+    if state.autoscaler is not None and state.autoscaler.scaling_stopped and not state.autoscaler.canary_autoscaler:
+        # A rollout would follow no load, and every canary phase would halt on it as drift.
+        stopped = [f"HPA {state.autoscaler.name} does not scale ({state.autoscaler.scaling_stopped}); "
+                   "give each HPA pods no other HPA's selector picks, then run again"]
+    return stopped + [f"at {total} replica(s) {message}"
+                      for _, message in capacity.share_problems(shares, plan.target.share_tolerance)]
 
 
 def run_name() -> str:

@@ -99,6 +99,10 @@ def find_drift(expected: Expectation, state: TargetState, configmap: Mapping[str
             elif abs(share - expected.canary_share) > expected.share_tolerance + 1e-9:
                 found.append(Drift("replica split", f"{expected.canary_share:g}% ± {expected.share_tolerance:g}",
                                    split, owner))
+            # The load is followed only while stable's HPA scales: a second HPA picking the
+            # canary's pods (someone autoscaling the canary) stops both, silently.
+            if state.autoscaler is not None and state.autoscaler.scaling_stopped:
+                found.append(Drift(f"HPA {state.autoscaler.name}", "scaling", state.autoscaler.scaling_stopped))
     for name, value in expected.env.items():
         for workload in (stable, canary):
             if workload is not None and workload.env.get(name) != value:

@@ -116,3 +116,18 @@ def test_expectation_follows_the_phase():
     assert (CANARY.stable_image, CANARY.canary_image, CANARY.canary_share) == (OLD, NEW, 10)
     assert (FULL.stable_image, FULL.canary_image) == (NEW, None)
     assert isinstance(CANARY, Expectation)
+
+
+def test_stable_autoscaler_stopped_by_a_second_one_on_the_canary_pods_is_drift():
+    from phasegate.ports import AutoscalerState
+
+    stopped = AutoscalerState("bodhi-server", 4, 36, 9, original_bounds=(4, 40), scaling_stopped=(
+        "AmbiguousSelector: pods by selector app=bodhi-server are controlled by multiple HPAs: "
+        "[bodhi/bodhi-server bodhi/keda-hpa-bodhi-server-canary]"))
+    state = replace(canary_world(), autoscaler=stopped)
+    (d,) = find_drift(CANARY, state)
+    assert d.what == "HPA bodhi-server" and d.expected == "scaling" and "keda-hpa" in d.found
+    assert after_drift(PLAN.phase("canary-10pct"), [d]).step is not Step.CONTINUE
+    assert find_drift(CANARY, replace(state, autoscaler=replace(stopped, scaling_stopped=None))) == []
+    # Once the canary is gone (full), nothing picks stable's pods twice: not a canary finding.
+    assert find_drift(FULL, TargetState(workload("bodhi-server", NEW, 10), None, stopped)) == []

@@ -69,3 +69,28 @@ def test_a_canary_rollback_with_an_hpa_is_verified_and_restores_it_exactly():
         assert store.find(HPA, "bodhi", "bodhi-server-canary") is None
         assert store.get("apps/deployments", "bodhi", "bodhi-server")["spec"]["replicas"] >= 18  # not the start's 10
 
+
+def test_a_target_whose_autoscaler_another_one_stops_is_refused_at_preflight_with_nothing_deployed():
+    from flows.rollout import PreflightFailed
+
+    with open(os.devnull, "w") as devnull, world(load_plan(TWO_PHASE), speed=172800.0,
+                                                 notifier=ConsoleNotifier(file=devnull)) as w:
+        store = w.emulator.store
+        w.emulator.behaviour.load["bodhi"] = 5.0
+        for name in ("bodhi-server", "keda-hpa-bodhi-server"):  # e.g. KEDA's beside a team's own
+            store.create(HPA, "bodhi", {
+                "metadata": {"name": name},
+                "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "bodhi-server"},
+                         "minReplicas": 4, "maxReplicas": 40}})
+        deadline = time.monotonic() + 10
+        while not any(c["reason"] == "AmbiguousSelector" for c in
+                      (store.get(HPA, "bodhi", "bodhi-server").get("status") or {}).get("conditions") or []):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        before = store.get("apps/deployments", "bodhi", "bodhi-server")["spec"]
+        with pytest.raises(PreflightFailed) as refused:
+            run_in(w, TWO_PHASE)
+        assert "HPA bodhi-server does not scale (AmbiguousSelector" in str(refused.value)
+        assert "bodhi/keda-hpa-bodhi-server" in str(refused.value)
+        assert store.get("apps/deployments", "bodhi", "bodhi-server")["spec"] == before
+        assert store.find("apps/deployments", "bodhi", "bodhi-server-canary") is None
