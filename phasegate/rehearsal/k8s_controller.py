@@ -152,6 +152,7 @@ class Controller:
         self._born: dict[str, float] = {}  # pod uid → monotonic creation time
         self._progress: dict[str, tuple[tuple[object, ...], float]] = {}  # deployment uid → (signature, time)
         self._hpa_synced: dict[str, float] = {}  # namespace → monotonic time of its HPAs' last pass
+        self._recommendations: dict[str, k8s_hpa.History] = {}  # HPA uid → what it recommended when
         self._similar_events: dict[tuple[str, str], int] = {}  # (object uid, reason) -> events recorded
         self._instant = False
 
@@ -279,8 +280,15 @@ class Controller:
             self.store.update("autoscaling/horizontalpodautoscalers", ns, hpa["metadata"]["name"],
                               {**hpa, "status": status}, subresource="status", manager=CONTROLLER)
 
+        def stabilize(current: int, desired: int) -> int:
+            uid = hpa["metadata"]["uid"]
+            at = time.monotonic() / max(self.behaviour.time_scale, 1e-9)  # in Kubernetes seconds
+            wanted, self._recommendations[uid] = k8s_hpa.stabilized(
+                hpa["spec"], current, desired, self._recommendations.get(uid, []), at)
+            return wanted
+
         if k8s_hpa.sync(hpa, target, ready, unready, utilization, ambiguous=ambiguous, scale=scale,
-                        write_status=write_status, now=now_rfc3339()):
+                        write_status=write_status, now=now_rfc3339(), stabilize=stabilize):
             assert ambiguous is not None
             self._event(hpa, "AmbiguousSelector", ambiguous, "Warning", kind="HorizontalPodAutoscaler",
                         api_version="autoscaling/v2", component="horizontal-pod-autoscaler")

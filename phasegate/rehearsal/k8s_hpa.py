@@ -18,8 +18,15 @@ to zero). A second Deployment whose pods carry the target's selector labels (a c
 therefore counted as the target's own. And as from Kubernetes 1.26 (kubernetes#112011), when
 any pod is picked by two HPAs' selectors, *both* stop: ScalingActive False, reason
 AmbiguousSelector, and a Warning event. No namespace load means no metrics: the HPA leaves the
-replicas alone, as the real one does. Not emulated: stabilization windows and ``behavior``
-policies (scaling is immediate), and metrics other than CPU utilization.
+replicas alone, as the real one does.
+
+Its recommendations are stabilized as the real controller's are (``stabilized``): without
+``behavior``, it scales to the highest it recommended in the last 5 minutes (the
+``--horizontal-pod-autoscaler-downscale-stabilization`` default), which also puts back a
+count someone else lowered; with ``behavior``, the current count is held between the lowest
+recommendation of the scale-up window and the highest of the scale-down window. Windows
+run on the emulator's ``time_scale``. Not emulated: ``behavior`` rate policies and the
+legacy scale-up limit (scaling is immediate), and metrics other than CPU utilization.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from typing import Any
 Obj = dict[str, Any]
 DEFAULT_UTILIZATION = 80  # what kube-apiserver defaults a v1 HPA without a target to
 TOLERANCE = 0.1  # --horizontal-pod-autoscaler-tolerance
+DOWNSCALE_STABILIZATION_S = 300.0  # --horizontal-pod-autoscaler-downscale-stabilization
+History = list[tuple[float, int]]  # (when, recommendation) in Kubernetes seconds
 
 
 def _cpu_target(spec: Obj) -> int:
@@ -96,13 +105,31 @@ def desired_replicas(spec: Obj, current: int, utilization: float, ready: int, un
     return min(max(wanted, low), high)
 
 
+def stabilized(spec: Obj, current: int, desired: int, history: History, now: float) -> tuple[int, History]:
+    """The count the real controller scales to for ``desired``, and the recommendations it
+    keeps (``stabilizeRecommendation`` and ``stabilizeRecommendationWithBehaviors``)."""
+    history = history or [(now, current)]  # recordInitialRecommendation
+    behavior = spec.get("behavior")
+    if not behavior:
+        recent = [(t, r) for t, r in history if t >= now - DOWNSCALE_STABILIZATION_S]
+        return max([desired] + [r for _, r in recent]), [*recent, (now, desired)]
+    up_window = float((behavior.get("scaleUp") or {}).get("stabilizationWindowSeconds", 0))
+    down_window = float((behavior.get("scaleDown") or {}).get("stabilizationWindowSeconds", DOWNSCALE_STABILIZATION_S))
+    up = min([desired] + [r for t, r in history if t > now - up_window])
+    down = max([desired] + [r for t, r in history if t > now - down_window])
+    kept = [(t, r) for t, r in history if t > now - max(up_window, down_window)]
+    return min(max(current, up), down), [*kept, (now, desired)]
+
+
 def sync(hpa: Obj, deployment: Obj | None, ready: int, unready: int, utilization: float | None, *,
          ambiguous: str | None, scale: Callable[[int], None], write_status: Callable[[Obj], None],
-         now: str) -> bool:
+         now: str, stabilize: Callable[[int, int], int] = lambda current, desired: desired) -> bool:
     """One pass over one HPA: scale its Deployment if the load says so, and report status.
     ``ready``/``unready``: the pods its target's selector picks; ``utilization``: the CPU
     percent each Ready pod runs at (None: no metrics); ``ambiguous``: why its pods are
-    another HPA's too. True when it newly reports the ambiguity (the caller records an event)."""
+    another HPA's too; ``stabilize(current, desired)``: what the controller's stabilization
+    makes of a recommendation. True when it newly reports the ambiguity (the caller records
+    an event)."""
     current = deployment["spec"]["replicas"] if deployment is not None else 0
     status: Obj = {"currentReplicas": current, "desiredReplicas": current}
     conditions: list[Obj] = []
@@ -116,7 +143,11 @@ def sync(hpa: Obj, deployment: Obj | None, ready: int, unready: int, utilization
         conditions.append({"type": "ScalingActive", "status": "False", "reason": "FailedGetResourceMetric",
                            "message": "no metrics for the target's pods"})
     else:
-        wanted = desired_replicas(hpa["spec"], current, utilization, ready, unready)
+        # Bounds last, as the real controller does: a recommendation kept from before a
+        # narrowing is still held within the bounds of now.
+        low, high = int(hpa["spec"].get("minReplicas") or 1), int(hpa["spec"]["maxReplicas"])
+        wanted = min(max(stabilize(current, desired_replicas(hpa["spec"], current, utilization, ready, unready)),
+                         low), high) if current else 0
         status["desiredReplicas"] = wanted
         status["currentMetrics"] = [{"type": "Resource", "resource": {"name": "cpu", "current": {
             "averageUtilization": round(utilization)}}}]

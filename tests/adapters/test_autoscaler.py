@@ -58,7 +58,7 @@ def test_read_target_reports_the_autoscaler_of_stable(
 
 def scaling(emulator: ClusterEmulator, name: str) -> dict:
     conditions = (emulator.store.get(HPA, "bodhi", name).get("status") or {}).get("conditions") or []
-    return next(c for c in conditions if c["type"] == "ScalingActive")
+    return next((c for c in conditions if c["type"] == "ScalingActive"), {"reason": None, "message": ""})
 
 
 def test_the_load_doubles_during_a_canary_stables_autoscaler_follows_it_and_the_canary_keeps_its_share(
@@ -197,3 +197,25 @@ def test_a_v1_autoscaler_is_the_same_object_in_v2_and_is_followed(
     seeded_cluster.behaviour.load["bodhi"] = 8.0  # 80 % on 10 pods: 16 wanted
     settle(seeded_cluster, lambda: replicas(seeded_cluster, "bodhi-server") == 16)
     assert kube_cluster.read_target(seed_target).autoscaler.desired_replicas == 16
+
+
+@pytest.mark.parametrize("behavior", [False, True], ids=["without-behavior", "with-behavior"])
+def test_stable_lowered_under_its_autoscaler_is_put_back_unless_behavior_holds_it(
+        seeded_cluster: ClusterEmulator, behavior: bool) -> None:
+    """Why an autoscaled stable is never shrunk for a canary: without ``behavior`` the HPA
+    scales to the highest count it recommended in its 5-minute window, so a lower count
+    someone writes is put back; with ``behavior`` the current count is held in range."""
+    hpa = _hpa()
+    if not behavior:
+        del hpa["spec"]["behavior"]
+    seeded_cluster.behaviour.load["bodhi"] = 4.6  # 10 pods at 46 %: within the tolerance of 50
+    seeded_cluster.store.create(HPA, "bodhi", hpa, manager="kubectl-client-side-apply")
+    settle(seeded_cluster, lambda: scaling(seeded_cluster, "bodhi-server")["reason"] == "ValidMetricFound")
+    seeded_cluster.store.mutate("apps/deployments", "bodhi", "bodhi-server",
+                                lambda o: {**o, "spec": {**o["spec"], "replicas": 9}}, subresource="scale",
+                                manager="kubectl")  # 9 pods at 51 %: within the tolerance too
+    if behavior:
+        time.sleep(0.2)  # the scale-down window (120 s) is 0.12 s here
+        assert replicas(seeded_cluster, "bodhi-server") == 9
+    else:
+        settle(seeded_cluster, lambda: replicas(seeded_cluster, "bodhi-server") == 10)
