@@ -196,6 +196,8 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
     # (a GitOps sync, a CI apply or a person putting the old image back is not a promotion).
     ref = rollout.ref_for(phase)
     expected = expected_state(plan, phase, ref, rollout.image, release.previous_image)
+    # Asked once per phase: a round on a target no autoscaler scales costs no extra request.
+    autoscaled = phase.has_canary and read_target(ref).autoscaler is not None
     while True:
         round_started = time.monotonic()
         now = clock.now()
@@ -209,7 +211,7 @@ def run_phase(plan: RolloutPlan, image: str, phase_name: str, driver: str | None
             history[m.gate].append(m)
         action = after_round(phase, history, soak_done=done)
         if full and action.step in (Step.CONTINUE, Step.ADVANCE):
-            if phase.has_canary:
+            if autoscaled:
                 try:  # stable's autoscaler moved with the load: the canary keeps its share of it
                     follow_autoscaler.fn(ref, phase.canary_share)
                 except Exception as exc:  # as with drift: the next round asks again

@@ -25,9 +25,10 @@ Design decisions:
   a second HPA on the canary would pick the same pods: from Kubernetes 1.26
   (kubernetes#112011) both then stop scaling (AmbiguousSelector) for the whole rollout. And
   since stable's HPA counts every pod behind the selector but scales only stable, it sizes
-  stable for the whole service; shrinking stable under it is a fight it wins (its
-  scale-down stabilization puts the count back). So with an autoscaler a canary phase never
-  writes stable's replicas: it narrows stable's HPA to stable's share of its min/max (the
+  stable for the whole service; shrinking stable under it does not hold (without
+  ``behavior`` its downscale stabilization puts back the highest count of the last 5 min,
+  and its next scale sizes stable for the whole service again). So with an autoscaler a
+  canary phase never writes stable's replicas: it narrows stable's HPA to stable's share of its min/max (the
   original spec kept on it, ``HPA_ORIGINAL``, and put back exactly when the canary goes),
   runs the canary at its share beside what the HPA keeps stable at, and
   ``follow_autoscaler`` re-sizes the canary each round as the HPA moves stable. Capacity
